@@ -1,0 +1,280 @@
+"""One typed config for every entry point.
+
+A config is the dataclass schema below, filled from YAML and then from dotted
+``key=value`` overrides on the command line (``train.lr=1e-4``). Unknown keys, wrong
+types and impossible values raise :class:`ConfigError` naming the key, before any model
+is built. Model code never reads this object: ``build_*`` functions translate it into
+explicit constructor arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or holds an impossible value."""
+
+
+# --------------------------------------------------------------------------- schema
+@dataclass
+class EncoderConfig:
+    backend: str = "hf"  # "hf" (transformers AutoModel) | "timm"
+    name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # hub id / timm model name
+    # Local folder (hf) or Meta-format .pth file (timm); tried before the hub id.
+    pretrained_path: Optional[str] = "checkpoint/dinov3-vitb16-pretrain-lvd1689m"
+    # Transformer blocks to tap, counted from 1; empty = evenly spaced quarters of the depth
+    # ((3, 6, 9, 12) for the 12-block ViT-S/B, (6, 12, 18, 24) for ViT-L).
+    layers: list[int] = field(default_factory=list)
+    freeze: bool = True
+    trainable_blocks: int = 0  # fine-tune only the last k blocks (freeze must be true)
+    simple: bool = False  # all four levels at stride 16 (no learnable pyramid)
+    weights_dtype: str = "auto"  # "auto" | "float32" | "bfloat16": storage of frozen weights
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: str = "e2net"  # "e2net" | "linear" (the DINOv3 linear-probe baseline)
+    channels: int = 128  # CAEM / decoder width
+    norm: str = "gn"  # "gn" | "bn": GroupNorm is independent of the per-GPU batch size
+    context_heads: int = 4  # heads of the stride-16/32 global-context attention
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the trainable decoder
+
+
+@dataclass
+class LossConfig:
+    bce: float = 1.0  # boundary-weighted BCE (SINet-V2 structure loss, BCE half)
+    iou: float = 1.0  # boundary-weighted IoU (structure loss, IoU half)
+    dice: float = 0.0
+    edge: float = 0.0  # BCE on the mask boundary band
+    side: float = 0.5  # weight of each side output (deep supervision) relative to the final map
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/COD"  # holds TrainDataset/ (or TrainValDataset/) and TestDataset/
+    train: list[str] = field(default_factory=lambda: ["TrainDataset"])  # relative to root
+    test_sets: list[str] = field(default_factory=list)  # empty = discover under TestDataset/
+    val_fraction: float = 0.05  # seeded hold-out of the training images
+    val_set: str = ""  # a test benchmark name used for validation instead (not a clean protocol)
+    image_size: int = 384
+    multi_scale: list[int] = field(default_factory=list)  # e.g. [320, 384, 448], one per batch
+    strict: bool = False  # bad files fail at start-up instead of being skipped
+    hflip: float = 0.5
+    rotate: float = 10.0  # degrees
+    scale: list[float] = field(default_factory=lambda: [0.75, 1.0])  # random crop area range
+    color_jitter: float = 0.2
+    cache: bool = False  # decode each image once, pre-resized to ~1.25x image_size
+    max_pixels: int = 100_000_000  # larger images are treated as decompression bombs
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 16  # per process
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    min_lr_ratio: float = 0.01
+    encoder_lr_scale: float = 0.1  # lr multiplier for fine-tuned encoder blocks
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    accum_steps: int = 1
+    amp: str = "bf16"  # "bf16" | "fp16" | "off"
+    run_dir: str = ""  # default checkpoint/<run name>
+    name: str = "e2net_dinov3"
+    resume: str = "auto"  # "auto" | path | "" (start fresh)
+    val_interval: int = 1  # epochs
+    best_metric: str = "Sm"  # a key of results.json; MAE is minimised, the rest maximised
+    seed: int = 42
+    num_workers: int = 4
+    log_interval: int = 20  # steps between TensorBoard scalars
+    deterministic: bool = False
+    max_nonfinite: int = 5  # consecutive non-finite losses that stop the run
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); for tests
+    fused_adamw: bool = True  # on CUDA
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    workers: int = 0  # scoring processes; 0 = all cores
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- loading
+def _valid_keys(schema: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys += _valid_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _check_keys(tree: Any, schema: type, prefix: str = "") -> None:
+    """Reject keys the schema does not have, listing the valid ones."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {tree!r}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in tree.items():
+        if key not in fields:
+            where = prefix.rstrip(".") or "the top level"
+            valid = ", ".join(_valid_keys(schema, prefix))
+            raise ConfigError(f"unknown config key '{prefix}{key}' in {where}; valid keys: {valid}")
+        f = fields[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            _check_keys(value, type(default), f"{prefix}{key}.")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{dotted}': '{p}' is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-4", "data.multi_scale=[320,384]"]`` -> nested dict (YAML-typed values)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': cannot parse the value ({err})") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults <- YAML file (or a dict, e.g. the one stored in a checkpoint) <- overrides."""
+    cfg = OmegaConf.structured(Config)
+    layers = []
+    if path is not None:
+        if isinstance(path, dict):
+            tree = path
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file '{p}' not found (try --config e2net_dinov3.yaml)")
+            try:
+                tree = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from None
+        layers.append(tree)
+    layers.append(parse_overrides(overrides or []))
+    for tree in layers:
+        _check_keys(tree, Config)
+        try:
+            cfg = OmegaConf.merge(cfg, tree)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None) or "?"
+            raise ConfigError(f"config key '{key}': {_first_line(err)}") from None
+    validate(cfg)
+    return cfg
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Impossible values, caught before anything is built."""
+    m, d, t, lo = cfg.model, cfg.data, cfg.train, cfg.loss
+    _require(m.encoder.backend in ("hf", "timm"), "model.encoder.backend", f"'{m.encoder.backend}' is not one of hf, timm")
+    _require(all(i >= 1 for i in m.encoder.layers), "model.encoder.layers", "blocks are counted from 1")
+    _require(len(m.encoder.layers) in (0, 4), "model.encoder.layers", "give four block indices (or [] for the default)")
+    _require(m.encoder.trainable_blocks >= 0, "model.encoder.trainable_blocks", "must be >= 0")
+    _require(m.encoder.weights_dtype in ("auto", "float32", "bfloat16"), "model.encoder.weights_dtype",
+             f"'{m.encoder.weights_dtype}' is not one of auto, float32, bfloat16")
+    _require(m.decoder in ("e2net", "linear"), "model.decoder", f"'{m.decoder}' is not one of e2net, linear")
+    _require(m.channels >= 8 and m.channels % 8 == 0, "model.channels", "must be a positive multiple of 8")
+    _require(m.norm in ("gn", "bn"), "model.norm", f"'{m.norm}' is not one of gn, bn")
+    _require(m.context_heads >= 1 and m.channels % m.context_heads == 0, "model.context_heads",
+             "must be >= 1 and divide model.channels")
+    for name in ("bce", "iou", "dice", "edge", "side"):
+        v = lo[name]
+        _require(math.isfinite(v) and v >= 0, f"loss.{name}", "must be a finite weight >= 0")
+    _require(lo.bce + lo.iou + lo.dice + lo.edge > 0, "loss", "at least one loss weight must be > 0")
+    _require(d.image_size >= 32, "data.image_size", "must be >= 32")
+    _require(all(s >= 32 for s in d.multi_scale), "data.multi_scale", "sizes must be >= 32")
+    _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _require(0.0 <= d.hflip <= 1.0, "data.hflip", "is a probability in [0, 1]")
+    _require(d.rotate >= 0, "data.rotate", "must be >= 0 degrees")
+    _require(len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale",
+             "must be [min, max] with 0 < min <= max <= 1")
+    _require(d.color_jitter >= 0, "data.color_jitter", "must be >= 0")
+    _require(d.max_pixels > 0, "data.max_pixels", "must be > 0")
+    _require(len(d.train) > 0 or d.val_set != "", "data.train", "list at least one training folder")
+    _require(t.epochs >= 1, "train.epochs", "must be >= 1")
+    _require(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    _require(math.isfinite(t.lr) and t.lr > 0, "train.lr", "must be a finite number > 0")
+    _require(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _require(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+    _require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+    _require(t.encoder_lr_scale >= 0, "train.encoder_lr_scale", "must be >= 0")
+    _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "two values in [0, 1)")
+    _require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _require(t.accum_steps >= 1, "train.accum_steps", "must be >= 1")
+    _require(t.amp in ("bf16", "fp16", "off"), "train.amp", f"'{t.amp}' is not one of bf16, fp16, off")
+    _require(t.val_interval >= 1, "train.val_interval", "must be >= 1")
+    _require(t.best_metric in METRIC_KEYS, "train.best_metric",
+             f"'{t.best_metric}' is not one of {', '.join(METRIC_KEYS)}")
+    _require(t.num_workers >= 0, "train.num_workers", "must be >= 0")
+    _require(t.log_interval >= 1, "train.log_interval", "must be >= 1")
+    _require(t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
+    _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+    _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _require(cfg.eval.workers >= 0, "eval.workers", "must be >= 0")
+
+
+# The keys of results.json, in the papers' column order.
+METRIC_KEYS = ("Sm", "wFm", "MAE", "Em_adp", "Em_mean", "Em_max", "Fm_adp", "Fm_mean", "Fm_max")
+
+
+def check_patch_size(cfg: DictConfig, patch_size: int) -> None:
+    """Image sizes must tile into whole patches; called once the encoder is known."""
+    for key, sizes in (("data.image_size", [cfg.data.image_size]), ("data.multi_scale", list(cfg.data.multi_scale))):
+        for s in sizes:
+            _require(s % patch_size == 0, key,
+                     f"{s} is not a multiple of the encoder's patch size {patch_size} "
+                     f"(try {max(patch_size, round(s / patch_size) * patch_size)})")
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(cfg))
