@@ -134,7 +134,9 @@ def _valid_keys(schema: type, prefix: str = "") -> list[str]:
 def _check_keys(tree: Any, schema: type, prefix: str = "") -> None:
     """Reject keys the schema does not have, listing the valid ones."""
     if not isinstance(tree, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {tree!r}")
+        where = prefix.rstrip(".") or "the config file"
+        raise ConfigError(f"config key '{where}' is a section, not a value (got {tree!r}); "
+                          f"set its keys instead, e.g. {_valid_keys(schema, prefix)[0]}=...")
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key, value in tree.items():
         if key not in fields:
