@@ -155,7 +155,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"'{dotted}': '{p}' is not a section")
+            raise ConfigError(f"config key '{dotted}': '{p}' is set to a value, not a section")
     node[leaf] = value
 
 

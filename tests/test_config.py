@@ -1,0 +1,110 @@
+"""The config loader: typed sections, dotted overrides, errors that name the key."""
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import config
+from config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+VALID_KEYS = config._valid_keys(config.Config)
+
+
+def test_default_recipe_loads_with_overrides():
+    cfg = load_config(ROOT / "e2net_dinov3.yaml", ["train.lr=2e-4", "data.multi_scale=[320,384]"])
+    assert cfg.train.lr == 2e-4
+    assert list(cfg.data.multi_scale) == [320, 384]
+    assert cfg.model.encoder.pretrained_path == "checkpoint/dinov3-vitb16-pretrain-lvd1689m"
+
+
+def test_every_yaml_in_the_repo_loads():
+    for path in [ROOT / "e2net_dinov3.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]:
+        load_config(path)
+
+
+def test_dict_round_trip(tmp_path):
+    cfg = load_config(None, ["train.epochs=3"])
+    again = load_config(config.to_dict(cfg))
+    assert again == cfg
+    config.save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lrr=1", "train.lrr"),
+    ("nosection.x=1", "nosection"),
+    ("train.lr=abc", "train.lr"),
+    ("train.lr=-1e-4", "train.lr"),
+    ("train.lr=.nan", "train.lr"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.amp=fp8", "train.amp"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("data.val_fraction=1.5", "data.val_fraction"),
+    ("model.decoder=unet", "model.decoder"),
+    ("model.encoder=3", "model.encoder"),
+    ("train.best_metric=accuracy", "train.best_metric"),
+])
+def test_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.lrr=1"])
+    assert "train.lr," in str(err.value) and "train.epochs" in str(err.value)
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"train": {"epochz": 3}}))
+    with pytest.raises(ConfigError, match="train.epochz"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_image_size_must_tile_into_patches():
+    cfg = load_config(None, ["data.image_size=390"])
+    with pytest.raises(ConfigError, match=r"data\.image_size.*384"):
+        config.check_patch_size(cfg, 16)
+
+
+_values = st.one_of(
+    st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.none(), st.text(max_size=12), st.lists(st.integers(-5, 500), max_size=5),
+    st.sampled_from(["bf16", "fp16", "off", "auto", "hf", "timm", "e2net", "linear", "gn", "Sm", "MAE", "[]", "{}"]),
+)
+_keys = st.one_of(st.sampled_from(VALID_KEYS), st.sampled_from(["train", "model.encoder", "x.y", "train.lr.x"]),
+                  st.text(alphabet="abcdefghijklmnopqrstuvwxyz._", min_size=1, max_size=20))
+
+
+def _render(value) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_keys, _values), max_size=4))
+def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
+    overrides = [f"{k}={_render(v)}" for k, v in pairs]
+    try:
+        cfg = load_config(None, overrides)
+    except ConfigError as err:
+        assert str(err).startswith(("config key", "unknown config key", "override")), str(err)
+        return
+    config.validate(cfg)  # a config that loads is a valid one
+    assert cfg.train.lr > 0 and cfg.train.batch_size >= 1
