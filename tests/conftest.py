@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random DINOv3 models written by scripts/make_tiny_dinov3.py (no network)."""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from scripts.make_tiny_dinov3 import make_tiny_dinov3  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov3_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``factory(**kwargs) -> folder`` of a tiny random DINOv3 ViT; kwargs as ``make_tiny_dinov3``.
+
+    Folders are cached per kwargs for the whole session, so asking twice costs nothing.
+    """
+    cache: dict[tuple, Path] = {}
+    defaults = {k: v.default for k, v in inspect.signature(make_tiny_dinov3).parameters.items()}
+
+    def factory(**kwargs) -> Path:
+        key = tuple(sorted((k, v) for k, v in kwargs.items() if defaults.get(k) != v))
+        if key not in cache:
+            name = "dinov3-" + "-".join(f"{k}{v}" for k, v in key) if key else "dinov3-default"
+            cache[key] = make_tiny_dinov3(tmp_path_factory.mktemp(name[:60]), **kwargs)
+        return cache[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov3(tiny_dinov3_factory: Callable[..., Path]) -> Path:
+    """Folder of a tiny random DINOv3 ViT: hidden 64, 12 blocks, 2 heads, 4 registers, patch 16."""
+    return tiny_dinov3_factory()
