@@ -1,0 +1,43 @@
+"""E2Net model and loss, built from the ``model:`` and ``loss:`` config sections.
+
+``build_model(cfg)`` and ``build_loss(cfg)`` are the only places that read the config; every
+module takes explicit arguments and can be built and tested alone.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from models.e2net import E2Net
+from models.heads import E2NetDecoder
+from models.linear import LinearDecoder
+from models.losses import CODLoss
+
+__all__ = ["E2Net", "E2NetDecoder", "LinearDecoder", "CODLoss", "build_model", "build_loss"]
+
+
+def build_model(cfg: DictConfig) -> E2Net:
+    """Encoder + CAEM + decoder from ``cfg.model`` (a full config from ``config.load_config``)."""
+    # Imported here: caem.py imports models.blocks, so a top-level import would be circular.
+    from caem import CAEM
+    from dinov3_encoder import build_dinov3_encoder
+
+    m, e = cfg.model, cfg.model.encoder
+    encoder = build_dinov3_encoder(
+        model_name=e.name, pretrained_path=e.pretrained_path, freeze=e.freeze, simple=e.simple,
+        layers=tuple(e.layers) or None, backend=e.backend, trainable_blocks=e.trainable_blocks,
+        weights_dtype=e.weights_dtype,
+    )
+    if m.decoder == "linear":
+        caem, decoder = None, LinearDecoder(encoder.out_channels, len(encoder.out_channels), norm=m.norm)
+    elif m.decoder == "e2net":
+        caem = CAEM(encoder.out_channels, m.channels, norm=m.norm, num_levels=len(encoder.out_channels))
+        decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
+    else:
+        raise ValueError(f"model.decoder '{m.decoder}' is not one of e2net, linear")
+    return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
+
+
+def build_loss(cfg: DictConfig) -> CODLoss:
+    """``CODLoss`` with the term weights of ``cfg.loss``."""
+    lo = cfg.loss
+    return CODLoss(bce=lo.bce, iou=lo.iou, dice=lo.dice, edge=lo.edge, side=lo.side)

@@ -1,0 +1,76 @@
+"""E2Net: DINOv3 encoder -> CAEM -> decoder, and its trainable-only state dict."""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class E2Net(nn.Module):
+    """Camouflaged-object segmenter.
+
+    Args:
+        encoder: image [B, 3, H, W] in [0, 1] -> list of 4 maps (e.g. ``DINOv3Encoder``); it
+            keeps its frozen part in eval mode and out of autograd itself.
+        caem: list of 4 maps -> list of 4 maps, or None (the linear decoder reads the encoder directly).
+        decoder: ``(maps, size) -> list of logits [B, 1, *size]``, final last.
+        channels_last: keep the decoder's weights and activations in NHWC, which tensor-core
+            convolutions prefer.
+        compile: ``torch.compile`` CAEM and the decoder (in place, so state-dict keys do not change).
+
+    ``forward(x [B, 3, H, W] in [0, 1]) -> list of logits [B, 1, H, W]``, final prediction last;
+    the same list in training and evaluation mode.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, caem: Optional[nn.Module], decoder: nn.Module,
+        channels_last: bool = False, compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.caem = caem
+        self.decoder = decoder
+        self.channels_last = channels_last
+        if channels_last:
+            for m in (caem, decoder):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
+        if compile:
+            # One static graph per input size: multi-scale training uses a few fixed sizes, and
+            # dynamic shapes hit an inductor error here (torch 2.14, "cannot determine truth
+            # value of Relational" in get_fill_order).
+            for m in (caem, decoder):
+                if m is not None:
+                    m.compile(dynamic=False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = self.encoder(x)
+        if self.channels_last:
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+        if self.caem is not None:
+            feats = self.caem(feats)
+        return self.decoder(feats, tuple(x.shape[-2:]))
+
+    # -- checkpoints: everything but the frozen encoder weights ----------------------------------
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys of encoder parameters that do not train (loaded from the DINOv3 weights)."""
+        return {f"encoder.{n}" for n, p in self.encoder.named_parameters() if not p.requires_grad}
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The state dict without frozen encoder weights: pyramid, fine-tuned blocks, CAEM, decoder, norm stats."""
+        frozen = self.frozen_keys()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def load_trainable_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load a :meth:`trainable_state_dict`; strict about every key except frozen encoder weights."""
+        frozen = self.frozen_keys()
+        result = self.load_state_dict({k: v for k, v in state_dict.items() if k not in frozen}, strict=False)
+        missing = [k for k in result.missing_keys if k not in frozen]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                "checkpoint does not match this model "
+                f"(missing {len(missing)}: {missing[:5]}; unexpected {len(result.unexpected_keys)}: "
+                f"{result.unexpected_keys[:5]}): was it trained with another model.decoder, model.channels, "
+                "model.encoder.simple or model.encoder.trainable_blocks? Use the config stored in the checkpoint."
+            )

@@ -1,0 +1,104 @@
+"""Parameters, forward FLOPs and output shapes of the configured model.
+
+    python scripts/model_info.py --config e2net_dinov3.yaml [key=value ...] [--size 384 | --size 320 480]
+    python scripts/model_info.py model.encoder.pretrained_path=/tmp/vitb model.decoder=linear
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` for one image, which counts matrix
+multiplications, convolutions and attention with a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2);
+norms, activations and resizing are not counted. Attention runs on the math backend here so that
+the CPU kernel, which the counter does not know, is counted as its two matrix products.
+"Frozen" FLOPs are those of encoder modules whose weights are all frozen (the ViT trunk); every
+other FLOP (pyramid, fine-tuned blocks, CAEM, decoder) is "trainable".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from config import ConfigError, load_config  # noqa: E402
+from models import build_model  # noqa: E402
+
+
+def frozen_flops(root: nn.Module, prefix: str, counts: dict[str, int]) -> int:
+    """FLOPs of the largest submodules of ``root`` whose parameters are all frozen."""
+    params = list(root.parameters())
+    if params and not any(p.requires_grad for p in params):
+        return counts.get(prefix, 0)
+    return sum(frozen_flops(child, f"{prefix}.{name}", counts) for name, child in root.named_children())
+
+
+def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
+    """Parameter counts, FLOPs per part and output shapes for one [1, 3, *size] image."""
+    model.eval()
+    x = torch.rand(1, 3, *size)
+    counter = FlopCounterMode(display=False, depth=None)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        outputs = model(x)
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    total = counts["Global"]
+    frozen = frozen_flops(model, root, counts)
+    return {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+        "total": total,
+        "frozen": frozen,
+        "encoder_trainable": counts.get(f"{root}.encoder", 0) - frozen,
+        "caem": counts.get(f"{root}.caem", 0),
+        "decoder": counts.get(f"{root}.decoder", 0),
+        "trainable": total - frozen,
+        "shapes": [tuple(o.shape) for o in outputs],
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    p.add_argument("--size", type=int, nargs="+", default=[384], metavar="S",
+                   help="input size: one value (square) or H W; multiples of the patch size")
+    p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    args = p.parse_args(argv)
+    if len(args.size) not in (1, 2):
+        p.error("--size takes one value (square) or two (H W)")
+    size = (args.size[0], args.size[-1])
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        p.error(str(err))
+    torch.manual_seed(0)
+    try:
+        info = measure(build_model(cfg), size)
+    except (FileNotFoundError, ValueError, ImportError) as err:  # missing weights, bad size: one line
+        sys.exit(f"model_info.py: {err}")
+    g = lambda n: f"{n / 1e9:10.3f}"  # noqa: E731
+    ratio = info["trainable"] / info["frozen"] if info["frozen"] else float("nan")
+    m = cfg.model
+    print(f"model: decoder={m.decoder} channels={m.channels} simple={m.encoder.simple} "
+          f"trainable_blocks={m.encoder.trainable_blocks} encoder={m.encoder.pretrained_path or m.encoder.name}")
+    print(f"input: 1x3x{size[0]}x{size[1]}   (GFLOPs: FlopCounterMode, multiply-add = 2 FLOPs)")
+    print(f"{'trainable params (M)':38s}{info['trainable_params'] / 1e6:10.2f}")
+    print(f"{'frozen params (M)':38s}{info['frozen_params'] / 1e6:10.2f}")
+    print(f"{'frozen encoder forward GFLOPs':38s}{g(info['frozen'])}")
+    print(f"{'trainable-part forward GFLOPs':38s}{g(info['trainable'])}")
+    print(f"{'  encoder pyramid / fine-tuned blocks':38s}{g(info['encoder_trainable'])}")
+    print(f"{'  CAEM':38s}{g(info['caem'])}")
+    print(f"{'  decoder':38s}{g(info['decoder'])}")
+    print(f"{'trainable / frozen encoder':38s}{ratio:10.2%}")
+    print(f"{'outputs (final last)':38s}{', '.join('x'.join(map(str, s)) for s in info['shapes'])}")
+
+
+if __name__ == "__main__":
+    main()
