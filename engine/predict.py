@@ -1,0 +1,127 @@
+"""Inference for test.py: batched, under autocast, each map restored to its original size.
+
+Probability maps are resized bilinearly to the mask's (or image's) original size and
+stored as 8-bit PNGs (``round(255 * p)``), the form PySODMetrics and every published COD
+evaluation reads. Preprocessing of one's own images is the test transform of the data
+package (square resize to ``data.image_size``), so a photo is seen exactly as a
+benchmark image is.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from datasets.problems import BadFile
+from datasets.reading import decode_image, probe
+from datasets.transforms import TestTransform
+from engine.amp import Precision
+
+log = logging.getLogger(__name__)
+
+# Formats OpenCV decodes; checked case-insensitively.
+OWN_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
+
+
+def to_uint8(prob: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``prob``: [1, 1, h, w] float probabilities -> uint8 [H, W] at ``size`` = (H, W) (bilinear)."""
+    prob = F.interpolate(prob.float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+    return (prob[0, 0] * 255).round().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write '{path}' (check free disk space and write permission)")
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader: Iterable[dict], precision: Precision, device: torch.device,
+                   out_dir: Path, desc: str = "predict") -> list[tuple[str, str, str]]:
+    """Write ``out_dir/<name>.png`` for every sample of ``loader`` (batches as built by
+    ``datasets.build_loader``: ``image`` [B, 3, S, S], ``size`` [(H, W)], ``name``, ``mask_path``).
+
+    Returns ``[(name, map path, mask path)]`` in loader order, ready for scoring.
+    """
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        x = batch["image"].to(device, non_blocking=True)
+        with precision.autocast():
+            prob = torch.sigmoid(model(x)[-1].float())  # final prediction is last; sigmoid in float32
+        for j, name in enumerate(batch["name"]):
+            path = out_dir / f"{name}.png"
+            write_png(path, to_uint8(prob[j:j + 1], batch["size"][j]))
+            written.append((name, str(path), batch["mask_path"][j]))
+    return written
+
+
+def list_own_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OWN_IMAGE_EXTS)
+
+
+def _decoded(paths: list[Path], max_pixels: int) -> Iterator[tuple[Path, np.ndarray]]:
+    """RGB uint8 images; unreadable files, non-images and decompression bombs are skipped with a warning."""
+    for path in paths:
+        try:
+            probe(path, max_pixels)
+            yield path, decode_image(path)
+        except BadFile as err:
+            log.warning("skipping %s: %s", path, err)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+    """Side by side: the image | the image tinted by the mask with its outline.
+
+    ``image``: RGB uint8 [H, W, 3]; ``mask``: uint8 [H, W]. Returns RGB uint8 [H, 2W, 3].
+    """
+    alpha = (mask.astype(np.float32) / 255.0)[..., None] * 0.55
+    tinted = (image * (1 - alpha) + np.array(colour, np.float32) * alpha).astype(np.uint8)
+    contours, _ = cv2.findContours((mask >= 128).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(tinted, contours, -1, colour, max(1, min(mask.shape) // 250), lineType=cv2.LINE_AA)
+    return np.concatenate([image, tinted], axis=1)
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, paths: list[Path], out_dir: Path, precision: Precision, device: torch.device,
+                   size: int, batch_size: int, max_pixels: int) -> int:
+    """Masks (``out_dir/masks/<stem>.png``) and overlays (``out_dir/overlays/<stem>.jpg``) for
+    images of any size. Returns the number of images written."""
+    model.eval()
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    transform, stems, count = TestTransform(), set(), 0
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        nonlocal count
+        x = torch.stack([transform(img, np.zeros(img.shape[:2], np.uint8), size)[0] for _, img in batch])
+        with precision.autocast():
+            prob = torch.sigmoid(model(x.to(device))[-1].float())
+        for j, (path, img) in enumerate(batch):
+            stem = path.stem if path.stem not in stems else f"{path.stem}_{path.suffix.lstrip('.')}"
+            stems.add(stem)
+            mask = to_uint8(prob[j:j + 1], img.shape[:2])
+            write_png(out_dir / "masks" / f"{stem}.png", mask)
+            side = cv2.cvtColor(overlay(img, mask), cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(str(out_dir / "overlays" / f"{stem}.jpg"), side, [cv2.IMWRITE_JPEG_QUALITY, 90]):
+                raise OSError(f"cannot write '{out_dir / 'overlays' / stem}.jpg'")
+            count += 1
+        batch.clear()
+
+    for item in tqdm(_decoded(paths, max_pixels), total=len(paths), desc="predict", unit="image", disable=None):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return count

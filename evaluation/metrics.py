@@ -1,0 +1,162 @@
+"""COD metrics through PySODMetrics, split into per-image work and a fixed-order combine.
+
+:func:`image_scores` runs the library's metric classes on one image (fresh objects, so each
+number is exactly the value the library records for that image). :class:`CODMetrics`
+keeps those per-image results in the order they were added and reduces them with the
+library's own reductions (``np.mean`` over images of float64 values; for the 256-threshold
+curves the curve is averaged over images first, then its mean or max is taken). Scoring
+processes therefore only compute :class:`ImageScores`; the parent adds them in file-name
+order, and any number of workers gives bit-identical results.
+
+Conventions (the library's): maps and masks are uint8 greyscale; masks are binarised at
+``> 128``; each map is min-max scaled to [0, 1] unless it is constant; F-measure uses
+beta^2 = 0.3, weighted F-measure beta = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import py_sod_metrics as sod
+from py_sod_metrics.utils import prepare_data
+
+from config import METRIC_KEYS
+
+N_THRESHOLDS = 256
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Everything the dataset-level metrics need from one image.
+
+    Curves are float64 arrays of shape [256] in the library's order: index ``i`` is the
+    binarisation threshold ``255 - i`` (pixels ``>= 255 - i`` count as foreground).
+    """
+
+    sm: float
+    wfm: float
+    mae: float
+    em_adp: float
+    fm_adp: float
+    em_curve: np.ndarray
+    fm_curve: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Dataset-mean curves, each [256], indexed by threshold 0..255 (ascending)."""
+
+    precision: np.ndarray
+    recall: np.ndarray
+    fmeasure: np.ndarray
+    emeasure: np.ndarray
+
+
+def _fmeasure_v2() -> sod.FmeasureV2:
+    # FmeasureV2 computes one histogram per image for all three; the older Fmeasure class
+    # gives the same numbers but is deprecated by the library.
+    return sod.FmeasureV2(metric_handlers={
+        "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
+        "pre": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
+        "rec": sod.RecallHandler(with_dynamic=True, with_adaptive=False),
+    })
+
+
+def check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
+    """Raise ValueError unless ``pred`` and ``gt`` are same-sized 2-D uint8 arrays."""
+    for what, a in (("prediction", pred), ("mask", gt)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2:
+            desc = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"{what} must be a 2-D uint8 array (H x W, values 0..255), got a {desc}")
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and mask {gt.shape} differ in size; resize the "
+                         "prediction to the mask's size first (bilinear)")
+
+
+def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
+    """Score one map. ``pred``, ``gt``: uint8 [H, W] (same size)."""
+    check_pair(pred, gt)
+    # The library's own normalisation (mask > 128, min-max scaled map), done once and
+    # handed to every metric with normalize=False instead of being repeated five times.
+    pred_n, gt_b = prepare_data(pred, gt)
+    sm, em, wfm, mae, fm = sod.Smeasure(), sod.Emeasure(), sod.WeightedFmeasure(), sod.MAE(), _fmeasure_v2()
+    for metric in (sm, em, wfm, mae, fm):
+        metric.step(pred_n, gt_b, normalize=False)
+    # get_results() of a one-image accumulator is that image's value, exactly (x / 1).
+    em_r, fm_r = em.get_results()["em"], fm.get_results()
+    return ImageScores(
+        sm=float(sm.get_results()["sm"]),
+        wfm=float(wfm.get_results()["wfm"]),
+        mae=float(mae.get_results()["mae"]),
+        em_adp=float(em_r["adp"]),
+        fm_adp=float(fm_r["fm"]["adaptive"]),
+        em_curve=np.asarray(em_r["curve"], dtype=np.float64),
+        fm_curve=np.asarray(fm_r["fm"]["dynamic"], dtype=np.float64),
+        precision=np.asarray(fm_r["pre"]["dynamic"], dtype=np.float64),
+        recall=np.asarray(fm_r["rec"]["dynamic"], dtype=np.float64),
+    )
+
+
+def _mean(values: list) -> np.ndarray:
+    # Exactly the library's reduction: float64 array, np.mean over the image axis.
+    return np.mean(np.array(values, dtype=np.float64), axis=0)
+
+
+class CODMetrics:
+    """Accumulates per-image scores; ``results()`` gives the dataset-level numbers.
+
+    Usage: ``m = CODMetrics(); m.step(pred_u8, gt_u8) ...; m.results()``. Workers can
+    compute :func:`image_scores` elsewhere and :meth:`add` them here in a fixed order.
+    """
+
+    def __init__(self) -> None:
+        self._images: list[ImageScores] = []
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def step(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Score one map. ``pred``, ``gt``: uint8 [H, W], same size (resize the map first)."""
+        self._images.append(image_scores(pred, gt))
+
+    def add(self, scores: ImageScores) -> None:
+        self._images.append(scores)
+
+    def _require_images(self) -> None:
+        if not self._images:
+            raise ValueError("no images were scored, so there are no metrics to report")
+
+    def results(self) -> dict:
+        """``{"Sm", "wFm", "MAE", "Em_adp", "Em_mean", "Em_max", "Fm_adp", "Fm_mean",
+        "Fm_max", "n_images"}`` as Python floats (n_images: int)."""
+        self._require_images()
+        ims = self._images
+        em_curve = _mean([s.em_curve for s in ims])
+        fm_curve = _mean([s.fm_curve for s in ims])
+        out = {
+            "Sm": _mean([s.sm for s in ims]),
+            "wFm": _mean([s.wfm for s in ims]),
+            "MAE": _mean([s.mae for s in ims]),
+            "Em_adp": _mean([s.em_adp for s in ims]),
+            "Em_mean": em_curve.mean(),
+            "Em_max": em_curve.max(),
+            "Fm_adp": _mean([s.fm_adp for s in ims]),
+            "Fm_mean": fm_curve.mean(),
+            "Fm_max": fm_curve.max(),
+        }
+        assert tuple(out) == METRIC_KEYS
+        return {**{k: float(v) for k, v in out.items()}, "n_images": len(ims)}
+
+    def curves(self) -> Curves:
+        """Dataset-mean precision, recall, F-measure and E-measure against threshold 0..255."""
+        self._require_images()
+        ims = self._images
+        # flip: the library indexes thresholds 255..0
+        return Curves(
+            precision=np.flip(_mean([s.precision for s in ims])).copy(),
+            recall=np.flip(_mean([s.recall for s in ims])).copy(),
+            fmeasure=np.flip(_mean([s.fm_curve for s in ims])).copy(),
+            emeasure=np.flip(_mean([s.em_curve for s in ims])).copy(),
+        )

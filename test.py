@@ -1,0 +1,242 @@
+"""Evaluate a checkpoint on the COD benchmarks, score other methods' maps, or predict your own images.
+
+  python test.py --ckpt checkpoint/e2net_dinov3/best.pth [--config FILE] [key=value ...]
+      Every test benchmark under data.root (CAMO, CHAMELEON, COD10K, NC4K by default; the
+      config stored in the checkpoint unless --config is given; key=value overrides either,
+      e.g. data.root=/data/COD eval.batch_size=16). Maps are predicted at data.image_size,
+      resized to each mask's original size (bilinear) and written as 8-bit PNGs to
+      <out>/preds/<benchmark>/, then scored. Default --out: <checkpoint folder>/test/<checkpoint name>/.
+
+  python test.py --preds maps/SINetV2 [--preds maps/Ours ...] --data-root data/COD
+      Scores saved maps, no model: each DIR holds one folder of maps per benchmark
+      (DIR/CAMO/*.png, ...) named like the masks. Missing, extra, colour, 16-bit and
+      wrongly sized maps are reported by file name. Several --preds make one comparison.
+      Default --out: outputs/scores/.
+
+  python test.py --ckpt best.pth --images my_photos/ [--out DIR]
+      Masks and side-by-side overlays for images of any size and format, no metrics.
+      Default --out: <checkpoint folder>/predict/<images folder name>/.
+
+Outputs of a scoring run in --out: results.json ({benchmark: {Sm, wFm, MAE, Em_adp, Em_mean,
+Em_max, Fm_adp, Fm_mean, Fm_max, n_images}}), results.md and results.csv (rows: runs, columns:
+benchmark x metric; also printed), curves/<benchmark>.png (precision-recall and
+F-measure-vs-threshold). With several --preds, each run's results.json is in <out>/<run name>/
+and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-max scaled
+per image, masks binarised at > 128); scoring runs in --workers processes (default: all cores)
+and gives identical numbers for any worker count.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+from config import ConfigError, check_patch_size, load_config
+from evaluation import (CODMetrics, EvaluationError, Scorer, find_pred_dirs, format_table, match_benchmarks,
+                        pair_folder, plot_curves, score_benchmark, write_results_json, write_tables)
+from evaluation.maps import MapIssues
+
+# torch, models and datasets are imported inside the functions that need them: the scoring
+# worker processes re-import this file (multiprocessing does so with the main script), and
+# must start light.
+log = logging.getLogger("test")
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", type=Path, help="checkpoint written by train.py (best.pth / last.pth)")
+    p.add_argument("--preds", type=Path, action="append", help="folder of saved maps, one sub-folder per benchmark "
+                   "(repeat to compare methods)")
+    p.add_argument("--data-root", type=Path, help="folder holding TestDataset/<Benchmark>/{Imgs,GT} (needed with "
+                   "--preds; with --ckpt the same as data.root=...)")
+    p.add_argument("--images", type=Path, help="with --ckpt: predict these images instead of the benchmarks")
+    p.add_argument("--config", type=Path, help="YAML config to use instead of the checkpoint's own")
+    p.add_argument("--out", type=Path, help="output folder (defaults above)")
+    p.add_argument("--workers", type=int, help="scoring processes (default eval.workers; 0 = all cores)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --ckpt)")
+    args = p.parse_args(argv)
+    if bool(args.ckpt) == bool(args.preds):
+        p.error("give either --ckpt PATH (evaluate a checkpoint) or --preds DIR --data-root ROOT (score saved maps)")
+    if args.ckpt and not args.ckpt.is_file():
+        p.error(f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py, e.g. "
+                "checkpoint/e2net_dinov3/best.pth)")
+    if args.images:
+        if not args.images.is_dir():
+            p.error(f"--images '{args.images}' is not a folder")
+        from engine.predict import list_own_images
+        if not list_own_images(args.images):
+            p.error(f"--images '{args.images}' holds no images (.jpg, .png, .bmp, .tif, .webp, ...)")
+    if args.preds:
+        if args.data_root is None:
+            p.error("--preds needs --data-root ROOT, the folder holding TestDataset/<Benchmark>/GT")
+        if args.overrides or args.config or args.images:
+            p.error("key=value overrides, --config and --images apply to --ckpt only")
+        for folder in args.preds:
+            try:
+                find_pred_dirs(folder)
+            except EvaluationError as err:
+                p.error(str(err))
+    if args.workers is not None and args.workers < 0:
+        p.error(f"--workers must be >= 0 (0 = all cores), got {args.workers}")
+    return args
+
+
+def run_names(folders: list[Path]) -> dict[str, Path]:
+    """A distinct, file-system-safe name per --preds folder (its name; its parent's too if needed)."""
+    names: dict[str, Path] = {}
+    for folder in folders:
+        resolved = folder.resolve()
+        base = re.sub(r"[^\w.+-]", "_", resolved.name or "maps")
+        name = base if base not in names else re.sub(r"[^\w.+-]", "_", f"{resolved.parent.name}_{base}")
+        i = 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names[name] = folder
+    return names
+
+
+def write_outputs(scored: dict[str, dict[str, CODMetrics]], out: Path) -> None:
+    """results.json per run, the comparison table (printed, .md, .csv) and the curves."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {run: {b: m.results() for b, m in per_run.items()} for run, per_run in scored.items()}
+    for run, results in runs.items():
+        run_dir = out if len(runs) == 1 else out / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_results_json(results, run_dir / "results.json")
+    md, csv_path = write_tables(runs, out)
+    figures = plot_curves({run: {b: m.curves() for b, m in per_run.items()} for run, per_run in scored.items()},
+                          out / "curves")
+    print(format_table(runs))
+    log.info("wrote %s, %s and %s in %s; %d curve plot(s) in %s",
+             "results.json" if len(runs) == 1 else "<run>/results.json", md.name, csv_path.name, out, len(figures),
+             out / "curves")
+
+
+def score_saved_maps(args: argparse.Namespace) -> None:
+    """--preds mode: pair each folder's maps with the benchmark masks and score them."""
+    import datasets
+
+    gt_dirs = {b: mask_dir for b, (_, mask_dir) in datasets.find_benchmark_dirs(args.data_root).items()}
+    scored: dict[str, dict[str, CODMetrics]] = {}
+    with Scorer(args.workers or 0) as scorer:
+        for run, folder in run_names(args.preds).items():
+            matched, unmatched, no_maps = match_benchmarks(find_pred_dirs(folder), gt_dirs)
+            if unmatched:
+                log.warning("%s: no benchmark named %s under %s (it has %s): not scored", folder,
+                            ", ".join(unmatched), args.data_root, ", ".join(gt_dirs))
+            if no_maps:
+                log.warning("%s: no maps for %s", folder, ", ".join(no_maps))
+            for bench, (pred_dir, gt_dir) in matched.items():
+                pairs, issues = pair_folder(pred_dir, gt_dir, bench)
+                metrics = score_benchmark(scorer, pairs, issues, f"{run}/{bench}")
+                if metrics is not None:
+                    scored.setdefault(run, {})[bench] = metrics
+    if not scored:
+        raise EvaluationError(f"none of the --preds folders holds maps named like the masks under {args.data_root} "
+                              "(maps must be DIR/<Benchmark>/<mask file stem>.png)")
+    write_outputs(scored, args.out or Path("outputs/scores"))
+
+
+def load_model(args: argparse.Namespace):
+    """Checkpoint -> (cfg, model on its device, device, precision)."""
+    import torch
+
+    import models
+    from dinov3_encoder import read_patch_size
+    from engine.amp import select_precision
+    from engine.checkpoint import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(args.ckpt, required=("model",) if args.config else ("model", "config"))
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    cfg = load_config(args.config if args.config else state["config"], overrides)
+    enc = cfg.model.encoder
+    try:
+        check_patch_size(cfg, read_patch_size(enc.name, enc.pretrained_path, enc.backend))
+        model = models.build_model(cfg)
+    except (ValueError, ImportError) as err:  # how the encoder builder reports impossible settings
+        raise ConfigError(f"cannot build the model of this config: {err}") from None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model.load_trainable_state_dict(state["model"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint '{args.ckpt}' does not fit the model of this config "
+                              f"({str(err).strip().splitlines()[0]}); use the config it was trained with") from None
+    log.info("loaded %s (epoch %s, step %s) on %s", args.ckpt, state.get("epoch"), state.get("step"), device)
+    return cfg, model.to(device).eval(), device, select_precision(cfg.train.amp, device)
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> None:
+    """--ckpt mode: predict every test benchmark, write the maps, score them."""
+    import torch
+
+    import datasets
+    from engine.predict import predict_loader
+
+    cfg, model, device, precision = load_model(args)
+    out = args.out or args.ckpt.parent / "test" / args.ckpt.stem
+    test_sets = datasets.build_test_sets(cfg)
+    predicted = {}
+    for bench, ds in test_sets.items():
+        loader = datasets.build_loader(ds, cfg, train=False)
+        predicted[bench] = predict_loader(model, loader, precision, device, out / "preds" / bench, desc=bench)
+        log.info("%s: %d maps written to %s", bench, len(predicted[bench]), out / "preds" / bench)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    run = f"{args.ckpt.parent.name}/{args.ckpt.stem}" if args.ckpt.parent.name else args.ckpt.stem
+    scored: dict[str, CODMetrics] = {}
+    # The data package already holds each benchmark to its definition (COD10K: '-CAM-' only).
+    with Scorer(cfg.eval.workers if args.workers is None else args.workers) as scorer:
+        for bench, written in predicted.items():
+            metrics = score_benchmark(scorer, written, MapIssues(), bench)
+            if metrics is not None:
+                scored[bench] = metrics
+    if not scored:
+        raise EvaluationError("no benchmark could be scored (see the warnings above)")
+    write_outputs({run: scored}, out)
+
+
+def predict_own_images(args: argparse.Namespace) -> None:
+    """--ckpt --images mode: masks and overlays, no metrics."""
+    from engine.predict import list_own_images, predict_images
+
+    cfg, model, device, precision = load_model(args)
+    out = args.out or args.ckpt.parent / "predict" / args.images.resolve().name
+    paths = list_own_images(args.images)
+    n = predict_images(model, paths, out, precision, device, int(cfg.data.image_size), int(cfg.eval.batch_size),
+                       int(cfg.data.max_pixels))
+    if n == 0:
+        raise EvaluationError(f"none of the {len(paths)} files in '{args.images}' could be read as an image")
+    log.info("%d of %d images: masks in %s, overlays in %s", n, len(paths), out / "masks", out / "overlays")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from datasets import DatasetError
+
+    # User-fixable problems end in one line (missing weights are a FileNotFoundError).
+    user_errors: tuple = (ConfigError, DatasetError, EvaluationError, OSError)
+    if args.ckpt:
+        from engine.checkpoint import CheckpointError
+        user_errors += (CheckpointError,)
+    try:
+        if args.preds:
+            score_saved_maps(args)
+        elif args.images:
+            predict_own_images(args)
+        else:
+            evaluate_checkpoint(args)
+    except user_errors as err:
+        print(f"test.py: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
