@@ -73,8 +73,10 @@ class DataConfig:
     rotate: float = 10.0  # degrees
     scale: list[float] = field(default_factory=lambda: [0.75, 1.0])  # random crop area range
     color_jitter: float = 0.2
-    cache: bool = False  # decode each image once, pre-resized to ~1.25x image_size
+    cache: bool = False  # decode each training image once, pre-resized to ~1.25x image_size
+    cache_dir: str = ""  # where that cache lives; empty = <data.root>/.cache
     max_pixels: int = 100_000_000  # larger images are treated as decompression bombs
+    verify: bool = False  # fully decode every file at start-up (headers and end markers are always checked)
 
 
 @dataclass
@@ -100,14 +102,16 @@ class TrainConfig:
     log_interval: int = 20  # steps between TensorBoard scalars
     deterministic: bool = False
     max_nonfinite: int = 5  # consecutive non-finite losses that stop the run
-    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); for tests
+    # Stop after this many optimizer steps (0 = no limit) without changing the LR schedule: an
+    # interruption on purpose (tests of resume); a partial last epoch counts as done.
+    max_steps: int = 0
     fused_adamw: bool = True  # on CUDA
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 8
-    workers: int = 0  # scoring processes; 0 = all cores
+    batch_size: int = 8  # images per forward pass in validation and test.py (at data.image_size)
+    workers: int = 0  # test.py scoring processes (PySODMetrics per map); 0 = all cores; same numbers for any count
 
 
 @dataclass
@@ -218,6 +222,8 @@ def validate(cfg: DictConfig) -> None:
     _require(all(i >= 1 for i in m.encoder.layers), "model.encoder.layers", "blocks are counted from 1")
     _require(len(m.encoder.layers) in (0, 4), "model.encoder.layers", "give four block indices (or [] for the default)")
     _require(m.encoder.trainable_blocks >= 0, "model.encoder.trainable_blocks", "must be >= 0")
+    _require(m.encoder.freeze or m.encoder.trainable_blocks == 0, "model.encoder.trainable_blocks",
+             "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block")
     _require(m.encoder.weights_dtype in ("auto", "float32", "bfloat16"), "model.encoder.weights_dtype",
              f"'{m.encoder.weights_dtype}' is not one of auto, float32, bfloat16")
     _require(m.decoder in ("e2net", "linear"), "model.decoder", f"'{m.decoder}' is not one of e2net, linear")
@@ -236,9 +242,10 @@ def validate(cfg: DictConfig) -> None:
     _require(d.rotate >= 0, "data.rotate", "must be >= 0 degrees")
     _require(len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale",
              "must be [min, max] with 0 < min <= max <= 1")
-    _require(d.color_jitter >= 0, "data.color_jitter", "must be >= 0")
+    _require(0 <= d.color_jitter < 1, "data.color_jitter", "must be in [0, 1) (factors 1 +- color_jitter)")
+    _require(d.rotate <= 180, "data.rotate", "must be <= 180 degrees")
     _require(d.max_pixels > 0, "data.max_pixels", "must be > 0")
-    _require(len(d.train) > 0 or d.val_set != "", "data.train", "list at least one training folder")
+    _require(len(d.train) > 0, "data.train", "list at least one training folder (relative to data.root)")
     _require(t.epochs >= 1, "train.epochs", "must be >= 1")
     _require(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     _require(math.isfinite(t.lr) and t.lr > 0, "train.lr", "must be a finite number > 0")
@@ -249,6 +256,8 @@ def validate(cfg: DictConfig) -> None:
     _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "two values in [0, 1)")
     _require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _require(t.accum_steps >= 1, "train.accum_steps", "must be >= 1")
+    if t.amp == "False":  # YAML 1.1 reads an unquoted `off` (train.amp=off, amp: off) as false
+        t.amp = "off"
     _require(t.amp in ("bf16", "fp16", "off"), "train.amp", f"'{t.amp}' is not one of bf16, fp16, off")
     _require(t.val_interval >= 1, "train.val_interval", "must be >= 1")
     _require(t.best_metric in METRIC_KEYS, "train.best_metric",

@@ -1,0 +1,17 @@
+"""COD datasets: the field's folder layouts, checked files, paired augmentation, seeded loaders.
+
+Note: this package shadows Hugging Face's ``datasets`` when run from the repo root; nothing in
+this project uses that library.
+"""
+from .build import build_test_sets, build_train_val, split_train_val
+from .dataset import CODDataset, Sample
+from .layout import KNOWN_BENCHMARKS, find_benchmark_dirs
+from .loader import build_loader, collate, set_epoch
+from .problems import BadFile, DatasetError, Problem
+from .transforms import TestTransform, TrainTransform
+
+__all__ = [
+    "BadFile", "CODDataset", "DatasetError", "KNOWN_BENCHMARKS", "Problem", "Sample", "TestTransform",
+    "TrainTransform", "build_loader", "build_test_sets", "build_train_val", "collate", "find_benchmark_dirs",
+    "set_epoch", "split_train_val",
+]

@@ -1,0 +1,92 @@
+"""One map-style dataset class for training, validation and test benchmarks.
+
+A sample is ``{"image": float32 [3, S, S] RGB in [0, 1], "mask": float32 [1, S, S] in {0, 1},
+"name": str (image file stem), "size": (mask_h, mask_w) original size, "mask_path": str}``.
+The key may be an int (size ``default_size``, epoch 0) or ``(index, size, epoch)`` from
+:class:`datasets.loader.SeededBatchSampler`: augmentations are drawn from a generator seeded by
+``(seed, epoch, index)``, so they do not depend on which worker loads a sample (no two workers
+repeat each other, and a resumed run sees the same augmentations as an uninterrupted one).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .problems import BadFile
+from .reading import decode_image, decode_mask, reduction
+
+log = logging.getLogger(__name__)
+
+Key = Union[int, tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/mask pair as found at build time (sizes from the file headers)."""
+
+    image_path: str
+    mask_path: str
+    name: str
+    height: int  # image
+    width: int
+    mask_height: int
+    mask_width: int
+
+
+class CODDataset(Dataset):
+    """Image/mask pairs with a paired transform.
+
+    ``on_error``: what a file that fails to decode at load time (missed by the build-time check,
+    or changed since) turns into: ``"next"`` loads the next sample instead (training), ``"blank"``
+    returns a black image with this sample's name, size and mask path, so predictions and
+    ground truth stay aligned (evaluation). Both log a warning naming the file.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Callable, default_size: int, seed: int = 0,
+                 on_error: str = "next", name: str = "") -> None:
+        if on_error not in ("next", "blank"):
+            raise ValueError(f"on_error must be 'next' or 'blank', got {on_error!r}")
+        self.samples, self.transform, self.default_size = list(samples), transform, default_size
+        self.seed, self.on_error, self.name = seed, on_error, name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: Key) -> dict:
+        index, size, epoch = (key, self.default_size, 0) if isinstance(key, (int, np.integer)) else key
+        index = int(index)
+        for attempt in range(min(len(self.samples), 10)):
+            i = (index + attempt) % len(self.samples)
+            try:
+                return self.load(i, size, np.random.default_rng((self.seed % 2**64, epoch, i)))
+            except (BadFile, OSError, cv2.error) as err:
+                s = self.samples[i]
+                log.warning("%s: skipping %s at load time (%s)", self.name or "dataset", s.image_path, err)
+                if self.on_error == "blank":
+                    return self._blank(s, size)
+        raise BadFile(f"{self.name or 'dataset'}: 10 consecutive samples from index {index} failed to load; "
+                      "run python scripts/check_dataset.py on data.root")
+
+    def load(self, i: int, size: int, rng: np.random.Generator) -> dict:
+        s = self.samples[i]
+        r = reduction(s.height, s.width, self.transform.needed_side(size))
+        image = decode_image(s.image_path, r)
+        if (s.mask_height, s.mask_width) == (s.height, s.width):
+            mask = decode_mask(s.mask_path, r)
+        else:  # reported at build time; nearest keeps the mask binary
+            mask = decode_mask(s.mask_path)
+        if mask.shape != image.shape[:2]:
+            mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        img, msk = self.transform(image, mask, size, rng)
+        return {"image": img, "mask": msk, "name": s.name, "size": (s.mask_height, s.mask_width),
+                "mask_path": s.mask_path}
+
+    def _blank(self, s: Sample, size: int) -> dict:
+        return {"image": torch.zeros(3, size, size), "mask": torch.zeros(1, size, size), "name": s.name,
+                "size": (s.mask_height, s.mask_width), "mask_path": s.mask_path}

@@ -1,0 +1,153 @@
+"""The field's folder layouts: find image/mask folders, pair files by stem, discover benchmarks.
+
+Accepted (no renaming needed):
+- SINet-V2: ``TrainDataset/{Imgs,GT}`` (or ``TrainValDataset/``), ``TestDataset/<name>/{Imgs,GT}``;
+- CamoFormer: ``TrainDataset/{Image,GT}``; also ``images/``/``masks/``, ``Mask/``.
+Folder names match case-insensitively; files pair by stem whatever their extension's case.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .problems import DatasetError, Problem
+from .reading import IMAGE_EXTS
+
+log = logging.getLogger(__name__)
+
+IMAGE_DIRS = ("imgs", "image", "images", "img")
+MASK_DIRS = ("gt", "mask", "masks", "gts")
+TEST_DIR = "TestDataset"
+KNOWN_BENCHMARKS = ("CAMO", "CHAMELEON", "COD10K", "NC4K")  # the papers' column order
+_MASK_EXT_PREFERENCE = (".png", ".bmp", ".jpg", ".jpeg")  # lossless first
+
+
+def _subdir(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first subfolder whose lower-cased name is in ``names`` (in that priority order)."""
+    found = {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir()} if folder.is_dir() else {}
+    hits = [found[n] for n in names if n in found]
+    if len(hits) > 1:
+        log.warning("%s holds several candidate folders (%s); using %s", folder,
+                    ", ".join(h.name for h in hits), hits[0].name)
+    return hits[0] if hits else None
+
+
+def split_dirs(folder: Path) -> tuple[Path, Path] | None:
+    """(image dir, mask dir) inside ``folder``, or None if it does not hold both."""
+    img, gt = _subdir(folder, IMAGE_DIRS), _subdir(folder, MASK_DIRS)
+    return (img, gt) if img and gt else None
+
+
+def _layout_hint(folder: Path) -> str:
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return (f"expected an image folder ({'/'.join(('Imgs', 'Image', 'images'))}) and a mask folder "
+            f"({'/'.join(('GT', 'Mask', 'masks'))}) in {folder}; it holds: {', '.join(subs) or 'no folders'}")
+
+
+def _list_images(folder: Path) -> tuple[dict[str, list[Path]], list[Problem]]:
+    """stem -> files with an image extension (hidden files such as macOS '._x.jpg' ignored)."""
+    by_stem: dict[str, list[Path]] = {}
+    other = 0
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.suffix.lower() in IMAGE_EXTS:
+            by_stem.setdefault(p.stem, []).append(p)
+        elif not p.is_dir():
+            other += 1
+    if other:
+        log.info("%s: ignored %d file(s) without an image extension (%s)", folder, other, " ".join(IMAGE_EXTS))
+    problems = [] if by_stem else [Problem(str(folder), "empty folder: no .jpg/.jpeg/.png/.bmp files")]
+    return by_stem, problems
+
+
+def pair_files(img_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """Pair images and masks by stem. Unpaired or duplicated stems are problems (and skipped)."""
+    images, problems = _list_images(img_dir)
+    masks, mask_problems = _list_images(gt_dir)
+    problems += mask_problems
+    pairs = []
+    for stem in sorted(images):
+        files = images[stem]
+        if len(files) > 1:
+            problems += [Problem(str(f), f"another image has the same name ({files[0].name}); using that one")
+                         for f in files[1:]]
+        if stem not in masks:
+            problems.append(Problem(str(files[0]), f"image without a mask (no {stem}.* in {gt_dir})"))
+            continue
+        cands = sorted(masks[stem], key=lambda m: (_MASK_EXT_PREFERENCE.index(m.suffix.lower()), m.name))
+        if len(cands) > 1:
+            problems += [Problem(str(m), f"another mask has the same name ({cands[0].name}); using that one")
+                         for m in cands[1:]]
+        pairs.append((files[0], cands[0]))
+    for stem in sorted(set(masks) - set(images)):
+        problems.append(Problem(str(masks[stem][0]), f"mask without an image (no {stem}.* in {img_dir})"))
+    return pairs, problems
+
+
+def resolve_train_dirs(root: Path, entries: list[str]) -> list[tuple[Path, Path]]:
+    """(image dir, mask dir) of each ``data.train`` entry (relative to ``root`` or absolute)."""
+    dirs = []
+    for entry in entries:
+        folder = root / entry
+        if not folder.is_dir() and entry == "TrainDataset" and (root / "TrainValDataset").is_dir():
+            folder = root / "TrainValDataset"  # SINet-V2's name for the same thing
+            log.info("using %s (no TrainDataset/ under %s)", folder, root)
+        if not folder.is_dir():
+            raise DatasetError(_missing(folder, root, "training folder", "data.train"))
+        found = split_dirs(folder)
+        if found is None:
+            raise DatasetError(f"training folder {folder}: {_layout_hint(folder)}")
+        dirs.append(found)
+    return dirs
+
+
+def _missing(folder: Path, root: Path, what: str, key: str) -> str:
+    if not root.is_dir():
+        return (f"data.root {root} does not exist: set data.root=PATH to the folder holding TrainDataset/ "
+                f"and TestDataset/, or generate a demo set with "
+                f"'python scripts/make_synthetic_cod.py --out {root}'")
+    subs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    return f"{what} {folder} not found; {root} holds: {', '.join(subs) or 'nothing'} (set {key} or data.root)"
+
+
+def _benchmark_order(name: str) -> tuple[int, str]:
+    up = name.upper()
+    return (KNOWN_BENCHMARKS.index(up) if up in KNOWN_BENCHMARKS else len(KNOWN_BENCHMARKS), up)
+
+
+def find_benchmark_dirs(root: str | Path, names: list[str] | None = None) -> dict[str, tuple[Path, Path]]:
+    """Benchmarks under ``root/TestDataset`` (or ``root`` itself if it is that folder).
+
+    Returns ``{name: (image dir, mask dir)}`` in the papers' order (CAMO, CHAMELEON, COD10K, NC4K,
+    then others by name). ``names`` picks benchmarks by folder name (case-insensitive) or by path
+    (absolute, or relative to ``root``); a name that is not found raises :class:`DatasetError`.
+    """
+    root = Path(root)
+    base = root / TEST_DIR if (root / TEST_DIR).is_dir() else root
+    found: dict[str, tuple[Path, Path]] = {}
+    if base.is_dir():
+        for sub in sorted(base.iterdir(), key=lambda p: _benchmark_order(p.name)):
+            dirs = split_dirs(sub) if sub.is_dir() else None
+            if dirs:
+                found[sub.name] = dirs
+    if not names:
+        if not found:
+            raise DatasetError(f"no test benchmarks under {base}: "
+                               f"expected {base}/<name>/{{Imgs,GT}} (e.g. CAMO, CHAMELEON, COD10K, NC4K)")
+        return found
+    picked: dict[str, tuple[Path, Path]] = {}
+    by_lower = {k.lower(): k for k in found}
+    for name in names:
+        if name.lower() in by_lower:
+            key = by_lower[name.lower()]
+            picked[key] = found[key]
+            continue
+        folder = Path(name) if Path(name).is_absolute() else root / name
+        dirs = split_dirs(folder) if folder.is_dir() else None
+        if dirs is None:
+            raise DatasetError(f"test benchmark '{name}' not found: {base} holds "
+                               f"{', '.join(found) or 'no benchmarks'}; name one of them or give a folder "
+                               f"with Imgs/ and GT/ (data.test_sets / data.val_set)")
+        picked[folder.name] = dirs
+    return picked

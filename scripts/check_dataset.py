@@ -1,0 +1,86 @@
+"""Count and check a COD data root: every split and benchmark, every bad file.
+
+    python scripts/check_dataset.py ROOT [--fast] [key=value ...]
+
+Uses the same discovery and checks as training (``data.train``, ``data.test_sets``,
+``data.val_fraction`` / ``data.val_set`` and ``train.seed`` may be overridden), and by default
+also decodes every pixel of every file (``--fast``: headers and end markers only). Prints the
+counts per split and benchmark, then every problem; exits 1 if there were problems, else 0.
+Notes (e.g. a mask whose size differs from its image) are printed but do not fail the check.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from config import ConfigError, load_config  # noqa: E402
+from datasets.build import cod10k_camouflaged, scan, split_train_val  # noqa: E402
+from datasets.layout import find_benchmark_dirs, resolve_train_dirs  # noqa: E402
+from datasets.problems import DatasetError, Problem, format_problems  # noqa: E402
+
+
+def check(root: str | Path, overrides: list[str], full: bool = True) -> tuple[list[tuple[str, int]], list, list]:
+    """(rows of (split, count), problems, notes) for the data root ``root``."""
+    cfg = load_config(None, [f"data.root={root}", *overrides])
+    d, root = cfg.data, Path(root)
+    rows, problems, notes = [], [], []
+    dirs = resolve_train_dirs(root, list(d.train))
+    samples, bad, odd = scan(dirs, int(d.max_pixels), verify=full)
+    problems, notes = problems + bad, notes + odd
+    if d.val_set:
+        train, val = samples, None
+    else:
+        train, val = split_train_val(samples, float(d.val_fraction), int(cfg.train.seed), root)
+    rows.append((f"train ({', '.join(str(i.parent.relative_to(root)) for i, _ in dirs)})", len(train)))
+    if val is not None:
+        rows.append((f"val (seeded {d.val_fraction:g} of the training images)", len(val)))
+    try:
+        benches = find_benchmark_dirs(root, list(d.test_sets) or None)
+    except DatasetError as err:
+        if d.test_sets or d.val_set:
+            raise
+        benches = {}
+        notes.append(Problem(str(root), f"no test benchmarks: {err}"))
+    for name, bdirs in benches.items():
+        found, bad, odd = scan([bdirs], int(d.max_pixels), verify=full)
+        found, cam = cod10k_camouflaged(name, found)
+        problems, notes = problems + bad, notes + odd + cam
+        rows.append((f"test {name}" + (" (also val: data.val_set)" if name.lower() == d.val_set.lower() else ""),
+                     len(found)))
+    return rows, problems, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", help="data root holding TrainDataset/ and TestDataset/")
+    ap.add_argument("--fast", action="store_true", help="skip the full decode (headers and end markers only)")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train=[TrainDataset]")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # this script prints its own report
+    try:
+        rows, problems, notes = check(args.root, args.overrides, full=not args.fast)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    width = max(len(r[0]) for r in rows)
+    print(f"{'split':<{width}}  images")
+    for name, n in rows:
+        print(f"{name:<{width}}  {n:>6}")
+    if notes:
+        print(f"\n{len(notes)} note(s):\n{format_problems(notes)}")
+    if problems:
+        print(f"\n{len(problems)} problem(s) (these files are skipped by training/testing, "
+              f"or fail it with data.strict=true):\n{format_problems(problems)}")
+        return 1
+    print("\nno problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
