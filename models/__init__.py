@@ -12,7 +12,7 @@ from models.heads import E2NetDecoder
 from models.linear import LinearDecoder
 from models.losses import CODLoss
 
-__all__ = ["E2Net", "E2NetDecoder", "LinearDecoder", "CODLoss", "build_model", "build_loss"]
+__all__ = ["E2Net", "E2NetDecoder", "LinearDecoder", "CODLoss", "build_model", "build_loss", "frozen_weights_dtype"]
 
 
 def build_model(cfg: DictConfig) -> E2Net:
@@ -25,7 +25,7 @@ def build_model(cfg: DictConfig) -> E2Net:
     encoder = build_dinov3_encoder(
         model_name=e.name, pretrained_path=e.pretrained_path, freeze=e.freeze, simple=e.simple,
         layers=tuple(e.layers) or None, backend=e.backend, trainable_blocks=e.trainable_blocks,
-        weights_dtype=e.weights_dtype,
+        weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
     )
     if m.decoder == "linear":
         caem, decoder = None, LinearDecoder(encoder.out_channels, len(encoder.out_channels), norm=m.norm)
@@ -35,6 +35,23 @@ def build_model(cfg: DictConfig) -> E2Net:
     else:
         raise ValueError(f"model.decoder '{m.decoder}' is not one of e2net, linear")
     return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
+
+
+def frozen_weights_dtype(weights_dtype: str, amp: str) -> str:
+    """Resolve ``model.encoder.weights_dtype=auto`` from ``train.amp``.
+
+    Under bf16 autocast every matmul casts its float32 weight to bf16 on every call (autocast
+    caches casts only for weights that train); storing the frozen weights in bf16 gives the same
+    products without those copies, and halves their memory, on CPU as on CUDA
+    (docs/performance.md). Without bf16 autocast (``off``, or ``fp16`` on older GPUs) they stay float32.
+    """
+    if weights_dtype != "auto":
+        return weights_dtype
+    import torch
+
+    # A GPU without bf16 runs train.amp=bf16 as fp16 (engine.amp.select_precision): keep float32 there.
+    no_bf16_gpu = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
+    return "bfloat16" if amp == "bf16" and not no_bf16_gpu else "float32"
 
 
 def build_loss(cfg: DictConfig) -> CODLoss:

@@ -1,0 +1,313 @@
+"""What a training step and an inference pass cost, as ratios to the hardware and to the frozen encoder.
+
+    python scripts/benchmark.py                      # CUDA if present (batch 8), else CPU (batch 2)
+    python scripts/benchmark.py --json bench.json model.channels_last=true train.fused_adamw=false
+
+Builds the real model with ``models.build_model(config.load_config(--config, overrides))`` around a
+ViT-B/16-shaped random DINOv3 written to a temporary folder (no weights needed; ``--encoder DIR``
+uses a saved one instead), at ``--size`` px, and measures after warm-up, as medians over
+``--repeats`` (CUDA timed with synchronisation):
+
+  matmul     bf16 and fp32 throughput of a 4096x4096 matmul (the device's reference peak)
+  encoder    ``model.encoder(x)`` under no_grad + the config's autocast; FLOP/s from FlopCounterMode
+  train      zero_grad, forward + loss under autocast, backward, grad clipping, AdamW step (as train.py)
+  infer      ``sigmoid(model(x)[-1])`` under no_grad + autocast (as test.py)
+  loader     training transforms, images/s per worker core (scripts/bench_data.py)
+
+Each phase runs in a fresh subprocess so that its peak memory is its own: CUDA
+``max_memory_allocated``, CPU peak RSS (VmHWM, reset after the model is built). Ratios in the
+table and in ``--json``: P1 ``encoder_fraction_of_peak``, P2 ``train_step_over_encoder``, P3
+``inference_over_encoder``, P6 ``train_mem_over_inference_mem``, P4 ``loader_images_per_s_per_worker``.
+The load average is recorded with each phase: on a shared CPU, compare runs taken at similar load.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PHASES = ("matmul", "encoder", "train", "infer", "loader")
+GOALS = {"encoder_fraction_of_peak": (">=", 0.70), "train_step_over_encoder": ("<=", 1.6),
+         "inference_over_encoder": ("<=", 1.25), "train_mem_over_inference_mem": ("<=", 1.5),
+         "loader_images_per_s_per_worker": (">=", 150)}
+
+
+# --------------------------------------------------------------------------- measuring (child process)
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, warmup: int, repeats: int) -> dict:
+    """Median wall and process-CPU seconds of ``fn()`` after ``warmup`` calls; the first warm-up call
+    runs under FlopCounterMode (its time is discarded anyway)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    for _ in range(max(0, warmup - 1)):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        _sync(device)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"s": statistics.median(wall), "cpu_s": statistics.median(cpu), "all_s": wall,
+            "flops": counter.get_total_flops()}
+
+
+def _reset_peak(device) -> None:
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # return freed heap to the OS so the high-water mark starts from what is live
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def _peak_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def _matmul(device, spec) -> dict:
+    import torch
+
+    n, out = spec["matmul_n"], {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        r = _timed(lambda: a @ b, device, spec["warmup"], spec["repeats"])
+        out[f"{name}_flops_per_s"] = 2 * n ** 3 / r["s"]
+        out[f"{name}_flops_per_cpu_s"] = 2 * n ** 3 / r["cpu_s"]  # per thread-second
+        out[f"{name}_s"] = r["s"]
+    return out
+
+
+def run_phase(phase: str, spec: dict) -> dict:
+    """One phase in this process -> its numbers (times in s, memory in bytes, FLOPs)."""
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    if phase == "matmul":
+        return _matmul(device, spec)
+    if phase == "loader":
+        from scripts.bench_data import bench
+
+        r = bench(spec["size"], n_images=32, seconds=spec["loader_seconds"], workers=0)
+        return {"images_per_s_per_worker": r["images_per_s_per_worker"], "images_per_cpu_s": r["images_per_cpu_s"]}
+
+    import models
+    from config import load_config
+    from engine.amp import select_precision
+    from engine.optim import build_optimizer
+
+    cfg = load_config(spec["config"], spec["overrides"])
+    precision = select_precision(cfg.train.amp, device)
+    model = models.build_model(cfg).to(device)
+    B, S = spec["batch"], spec["size"]
+    x = torch.rand(B, 3, S, S, device=device)
+    if phase == "encoder":
+        model.eval()
+
+        @torch.no_grad()
+        def step():
+            with precision.autocast():
+                model.encoder(x)
+    elif phase == "infer":
+        model.eval()
+
+        @torch.no_grad()
+        def step():
+            with precision.autocast():
+                torch.sigmoid(model(x)[-1].float())
+    elif phase == "train":
+        model.train()
+        loss_fn = models.build_loss(cfg)
+        y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
+        t = cfg.train
+        pretrained = getattr(model.encoder, "trunk", model.encoder).parameters()
+        optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.encoder_lr_scale, pretrained,
+                                    fused=t.fused_adamw and device.type == "cuda")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with precision.autocast():
+                loss, _ = loss_fn(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+            optimizer.step()
+    else:
+        raise ValueError(f"unknown phase '{phase}'; one of {', '.join(PHASES)}")
+    _reset_peak(device)
+    r = _timed(step, device, spec["warmup"], spec["repeats"])
+    r["peak_bytes"] = _peak_bytes(device)
+    r["autocast"] = str(precision.dtype).replace("torch.", "") if precision.dtype else "off"
+    return r
+
+
+# --------------------------------------------------------------------------- driver (parent process)
+def _child(phase: str, spec: dict) -> dict:
+    load = os.getloadavg()[0]
+    proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--spec", json.dumps(spec)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark phase '{phase}' failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load_avg_1min"] = [load, os.getloadavg()[0]]  # before and after
+    return result
+
+
+def _ratios(r: dict) -> dict:
+    enc, mm = r["encoder"], r["matmul"]
+    enc_flops_s = enc["flops"] / enc["s"]
+    # P1 compares with the peak of the dtype the encoder computes in: bf16 under train.amp=bf16
+    # (the default), fp32 with train.amp=off (on CPUs whose bf16 matmul is slower than fp32).
+    peak = mm["fp32_flops_per_s"] if enc["autocast"] == "off" else mm["bf16_flops_per_s"]
+    return {
+        "encoder_fraction_of_peak": enc_flops_s / peak,
+        "encoder_fraction_of_bf16_peak": enc_flops_s / mm["bf16_flops_per_s"],
+        "encoder_fraction_of_fp32_peak": enc_flops_s / mm["fp32_flops_per_s"],
+        "train_step_over_encoder": r["train"]["s"] / enc["s"],
+        "inference_over_encoder": r["infer"]["s"] / enc["s"],
+        "train_mem_over_inference_mem": r["train"]["peak_bytes"] / r["infer"]["peak_bytes"],
+        "loader_images_per_s_per_worker": r["loader"]["images_per_s_per_worker"],
+        # The same ratios in process CPU time: less sensitive to other jobs on a shared CPU
+        # (with --threads 1, CPU time is the work itself; wall time adds the waits for a core).
+        "encoder_fraction_of_peak_cpu": enc["flops"] / enc["cpu_s"] / (
+            mm["fp32_flops_per_cpu_s"] if enc["autocast"] == "off" else mm["bf16_flops_per_cpu_s"]),
+        "train_step_over_encoder_cpu": r["train"]["cpu_s"] / enc["cpu_s"],
+        "inference_over_encoder_cpu": r["infer"]["cpu_s"] / enc["cpu_s"],
+    }
+
+
+def _table(out: dict) -> str:
+    r, q = out["phases"], out["ratios"]
+    g = lambda v: f"{v / 1e9:8.1f} GFLOP/s"  # noqa: E731
+    mb = lambda v: f"{v / 2 ** 20:8.0f} MiB"  # noqa: E731
+    lines = [f"{out['device_name']} ({out['threads']} threads), batch {out['batch']} x {out['size']}px, "
+             f"autocast {r['encoder']['autocast']}, "
+             f"median of {out['repeats']}, overrides: {' '.join(out['overrides']) or '-'}",
+             f"  matmul {out['matmul_n']}^2   bf16 {g(r['matmul']['bf16_flops_per_s'])}   "
+             f"fp32 {g(r['matmul']['fp32_flops_per_s'])}"]
+    for name in ("encoder", "train", "infer"):
+        p = r[name]
+        lines.append(f"  {name:8s} {p['s'] * 1e3:9.1f} ms (cpu {p['cpu_s'] * 1e3:8.1f} ms)  "
+                     f"{p['flops'] / 1e9:8.1f} GFLOP  {g(p['flops'] / p['s'])}  peak {mb(p['peak_bytes'])}  "
+                     f"load {p['load_avg_1min'][0]:.1f}")
+    lines.append(f"  loader   {r['loader']['images_per_s_per_worker']:6.1f} images/s per worker "
+                 f"({r['loader']['images_per_cpu_s']:.1f} per CPU-s)")
+    for i, key in zip(("P1", "P2", "P3", "P6", "P4"), GOALS):
+        op, goal = GOALS[key]
+        ok = q[key] >= goal if op == ">=" else q[key] <= goal
+        lines.append(f"  {i} {key:32s} {q[key]:8.3f}  goal {op} {goal:<6}  {'ok' if ok else 'MISSED'}")
+    lines.append(f"     (CPU-time ratios: P1 {q['encoder_fraction_of_peak_cpu']:.3f}, "
+                 f"P2 {q['train_step_over_encoder_cpu']:.3f}, "
+                 f"P3 {q['inference_over_encoder_cpu']:.3f})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. model.channels_last=true")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--batch", type=int, default=0, help="0: 8 on CUDA, 2 on CPU")
+    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--repeats", type=int, default=0, help="timed runs per phase after warm-up (0: 20 CUDA, 3 CPU)")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed runs first (0: 5 CUDA, 1 CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--config", default=str(ROOT / "e2net_dinov3.yaml"), help="recipe to build the model from")
+    ap.add_argument("--encoder", default="", help="a saved DINOv3 folder instead of a random ViT-B/16")
+    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset (ratios need all)")
+    ap.add_argument("--quick", action="store_true", help="2048^2 matmul, shorter loader run, 2 repeats")
+    ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.phase:
+        print(json.dumps(run_phase(a.phase, json.loads(a.spec))))
+        return 0
+
+    import torch
+
+    device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch (check nvidia-smi / CUDA_VISIBLE_DEVICES)")
+    cuda = device == "cuda"
+    phases = [p.strip() for p in a.phases.split(",") if p.strip()]
+    bad = [p for p in phases if p not in PHASES]
+    if bad:
+        raise SystemExit(f"--phases: unknown {bad}; choose from {', '.join(PHASES)}")
+    with tempfile.TemporaryDirectory(prefix="bench-dinov3-") as tmp:
+        encoder = a.encoder
+        if not encoder and set(phases) & {"encoder", "train", "infer"}:
+            from scripts.make_tiny_dinov3 import make_tiny_dinov3
+
+            # ViT-B/16 shape (MLP 3072, 4 registers); small init keeps random activations ordinary.
+            encoder = str(make_tiny_dinov3(Path(tmp) / "vitb16", hidden=768, layers=12, heads=12, registers=4,
+                                           patch=16, mlp_ratio=4.0, init_std=0.02))
+        spec = {
+            "device": device, "threads": a.threads, "size": a.size, "config": a.config,
+            "batch": a.batch or (8 if cuda else 2),
+            "repeats": a.repeats or (2 if a.quick else 20 if cuda else 3),
+            "warmup": a.warmup or (5 if cuda else 1),
+            "matmul_n": 2048 if a.quick else 4096, "loader_seconds": 3.0 if a.quick else 8.0,
+            "overrides": [f"model.encoder.pretrained_path={encoder}", "model.encoder.name=benchmark-vitb16",
+                          f"data.image_size={a.size}", *a.overrides],
+        }
+        results = {}
+        for phase in phases:
+            print(f"[{phase}] ...", file=sys.stderr, flush=True)
+            results[phase] = _child(phase, spec)
+    name = torch.cuda.get_device_name() if cuda else (_cpu_name() or "CPU")
+    out = {"device": device, "device_name": name, "threads": a.threads or torch.get_num_threads(),
+           "batch": spec["batch"], "size": a.size, "repeats": spec["repeats"], "matmul_n": spec["matmul_n"],
+           "overrides": a.overrides, "torch": torch.__version__, "cpu_count": os.cpu_count(), "phases": results}
+    if set(PHASES) <= set(phases):
+        out["ratios"] = _ratios(results)
+        out.update(out["ratios"])
+        print(_table(out))
+    else:
+        print(json.dumps(results, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def _cpu_name() -> str:
+    m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else None
+    return m.group(1).strip() if m else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
