@@ -283,6 +283,15 @@ def check_patch_size(cfg: DictConfig, patch_size: int) -> None:
                      f"(try {max(patch_size, round(s / patch_size) * patch_size)})")
 
 
+def check_depth(cfg: DictConfig, depth: int) -> None:
+    """Tapped and fine-tuned blocks must exist in the encoder; called once its depth is known."""
+    enc = cfg.model.encoder
+    _require(all(i <= depth for i in enc.layers), "model.encoder.layers",
+             f"{list(enc.layers)} goes beyond the encoder's {depth} blocks (counted from 1; [] taps the default)")
+    _require(enc.trainable_blocks <= depth, "model.encoder.trainable_blocks",
+             f"{enc.trainable_blocks} is more than the encoder's {depth} blocks")
+
+
 def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 

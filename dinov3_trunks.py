@@ -42,6 +42,16 @@ def read_patch_size(model_name: str, pretrained_path: Optional[str] = None, back
     return _square(config.patch_size, "patch_size")
 
 
+def read_depth(model_name: str, pretrained_path: Optional[str] = None, backend: str = "hf") -> int:
+    """Transformer blocks of the ViT (stages of a ConvNeXt), read like :func:`read_patch_size`, nothing loaded."""
+    if backend == "timm":
+        with torch.device("meta"):
+            model = _create_timm(model_name, None, {}, load=False)
+        return len(model.blocks) if hasattr(model, "blocks") else len(model.stages)
+    _check_backend(backend)
+    return int(_load_hf_config(model_name, pretrained_path).num_hidden_layers)
+
+
 def _check_backend(backend: str) -> None:
     if backend not in ("hf", "timm"):
         raise ValueError(f"backend '{backend}' is not one of 'hf' (transformers), 'timm'")

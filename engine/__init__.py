@@ -1,0 +1,1 @@
+"""The training machinery train.py composes: checkpoints, DDP setup, AMP, optimizer, logging, RNG."""

@@ -1,0 +1,70 @@
+"""AdamW over the trainable parameters and the per-iteration warm-up + cosine schedule."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+def _no_decay(name: str, p: nn.Parameter) -> bool:
+    """Biases, norm scales and learned tokens/embeddings: decaying them toward 0 only hurts."""
+    return p.ndim <= 1 or name.endswith(("token", "tokens", "pos_embed", "embeddings.mask_token"))
+
+
+def param_groups(model: nn.Module, weight_decay: float, pretrained_lr_scale: float,
+                 pretrained: Iterable[nn.Parameter] = ()) -> list[dict]:
+    """Trainable parameters split by (pretrained or new) x (decayed or not); empty groups dropped.
+
+    ``pretrained``: the parameters that came with loaded weights (fine-tuned DINOv3 blocks); they get
+    ``lr * pretrained_lr_scale`` so fine-tuning does not wash out what pre-training learned, while new
+    layers (pyramid, CAEM, decoder) train at the full rate. Each group carries ``name`` and ``lr_scale``.
+    """
+    pretrained_ids = {id(p) for p in pretrained}
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "pretrained" if id(p) in pretrained_ids else "new"
+        decay = "no_decay" if _no_decay(name, p) else "decay"
+        key = f"{part}/{decay}"
+        if key not in groups:
+            groups[key] = {
+                "name": key, "params": [],
+                "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
+                "lr_scale": pretrained_lr_scale if part == "pretrained" else 1.0,
+            }
+        groups[key]["params"].append(p)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (is everything frozen?)")
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.999),
+                    pretrained_lr_scale: float = 0.1, pretrained: Iterable[nn.Parameter] = (),
+                    fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over trainable parameters only (see :func:`param_groups`); ``fused``: one kernel per step."""
+    groups = param_groups(model, weight_decay, pretrained_lr_scale, pretrained)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear from ~0 to 1 over ``warmup_steps``, then cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                    min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per optimizer step (not per epoch), so warm-up is smooth at any epoch length."""
+
+    def factor(step: int) -> float:
+        return warmup_cosine(step, total_steps, warmup_steps, min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

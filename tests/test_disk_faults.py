@@ -1,0 +1,138 @@
+"""A full disk or a read-only run folder: a clear error at the first failed write, the previous checkpoint
+untouched. Real file systems where the kernel allows a private mount namespace, simulations otherwise."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import CheckpointError, load_checkpoint
+from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps, run_args  # noqa: F401 (fixture)
+
+
+def _train(args: list[str]) -> int:
+    """train.main in this process, restoring the process-wide torch flags a run sets."""
+    import train
+
+    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    try:
+        return train.main(args)
+    finally:
+        torch.use_deterministic_algorithms(det)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, run_args) -> Path:
+    """A run folder after 1 of 2 epochs."""
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
+    assert _train([*run_args, f"train.run_dir={run}", f"train.max_steps={STEPS_PER_EPOCH}"]) == 0
+    assert _checked_state(run) == (1, STEPS_PER_EPOCH)
+    return run
+
+
+class _FillingDisk:
+    """``open`` for engine.checkpoint whose files take ``room`` bytes in all, then fail as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        write, disk = f.write, self
+
+        def limited(data):
+            if len(data) > disk.room:
+                raise OSError(28, "No space left on device")
+            disk.room -= len(data)
+            return write(data)
+
+        f.write = limited
+        return f
+
+
+def test_disk_filling_up_mid_run_stops_at_the_failed_save(tmp_path, monkeypatch, run_args, one_epoch_run, caplog):
+    """Simulated in-process (the room left is counted in engine.checkpoint's writes): the resumed run
+    trains epoch 2, its save fails, the run stops with one line and epoch 1's checkpoint is intact."""
+    import engine.checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    before = (run / "last.pth").read_bytes()
+    monkeypatch.setattr(engine.checkpoint, "open", _FillingDisk(len(before) // 2), raising=False)
+    assert _train([*run_args, f"train.run_dir={run}", "train.epochs=2"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "No space left on device" in errors[0], errors
+    assert "\n" not in errors[0] and f"'{run / 'last.pth'}'" in errors[0]
+    assert (run / "last.pth").read_bytes() == before and not _temps(run)
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True,
+                              timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+needs_mounts = pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` (a private mount namespace) "
+                                  "to mount a tiny tmpfs / a read-only bind mount")
+
+# Runs train.py in a private mount namespace (it vanishes with the process: nothing to clean up).
+IN_NAMESPACE = r"""
+import os, shutil, subprocess, sys
+kind, src, run, out, *argv = sys.argv[1:]
+if kind == "full":
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", run], check=True)
+    shutil.copytree(src, run, dirs_exist_ok=True)
+    st = os.statvfs(run)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    room = os.path.getsize(os.path.join(run, "last.pth")) // 2  # a new last.pth no longer fits beside the old
+    subprocess.run(["mount", "-o", f"remount,size={used + room}", "tmpfs", run], check=True)
+else:
+    shutil.copytree(src, run, dirs_exist_ok=True)
+    subprocess.run(["mount", "--bind", run, run], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", run], check=True)
+rc = subprocess.run([sys.executable, "train.py", *argv, f"train.run_dir={run}"]).returncode
+shutil.copytree(run, out)
+sys.exit(rc)
+"""
+
+
+@needs_mounts
+@pytest.mark.parametrize("kind", ["full", "read-only"])
+def test_full_or_read_only_file_system(tmp_path, run_args, one_epoch_run, kind):
+    """Real file systems: a tmpfs with room for half a checkpoint (ENOSPC), a read-only bind mount (EROFS)."""
+    run, out = tmp_path / "run", tmp_path / "after"
+    run.mkdir()
+    res = subprocess.run(["unshare", "-rm", sys.executable, "-c", IN_NAMESPACE, kind, str(one_epoch_run), str(run),
+                          str(out), *run_args, "train.epochs=2"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    expected = "No space left on device" if kind == "full" else "Read-only file system"
+    errors = [line for line in res.stderr.splitlines() if expected in line]
+    assert len(errors) == 1 and str(run) in errors[0], res.stderr[-3000:]
+    assert (out / "last.pth").read_bytes() == (one_epoch_run / "last.pth").read_bytes()
+    assert _checked_state(out) == (1, STEPS_PER_EPOCH) and not _temps(out)
+    if kind == "full":  # it trained epoch 2 and failed when saving it
+        assert "epoch 2 step 4" in res.stderr and "cannot write checkpoint" in errors[0]
+
+
+def test_kernel_enospc_through_save_checkpoint(tmp_path, monkeypatch):
+    """/dev/full: the kernel's own ENOSPC on every write, through the real save_checkpoint."""
+    import engine.checkpoint
+    from engine.checkpoint import save_checkpoint
+
+    target = tmp_path / "last.pth"
+    save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
+    monkeypatch.setattr(engine.checkpoint, "open", lambda path, mode="r", *a, **k: open("/dev/full", mode, *a, **k),
+                        raising=False)
+    with pytest.raises(CheckpointError) as err:
+        save_checkpoint(target, {"model": {"w": torch.zeros(100_000)}, "epoch": 2})
+    assert "No space left on device" in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert load_checkpoint(target)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pth"]

@@ -1,0 +1,273 @@
+"""Train E2Net-DINOv3.
+
+    python train.py --config e2net_dinov3.yaml [key=value ...]
+    torchrun --nproc_per_node=4 train.py --config e2net_dinov3.yaml [key=value ...]
+
+The run folder (train.run_dir, default checkpoint/<train.name>) receives config.yaml (the
+resolved config), last.pth (every epoch), best.pth (best validation train.best_metric),
+train.log and tb/ (TensorBoard). The same command continues a killed run (train.resume=auto).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torchvision.utils import make_grid
+
+import datasets
+import evaluation
+import models
+from config import ConfigError, check_depth, check_patch_size, load_config, save_config
+from dinov3_trunks import read_depth, read_patch_size
+from engine.amp import NonFiniteGuard, Precision, select_precision, step_optimizer
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.distributed import DistEnv, all_gather_objects, cleanup_distributed, setup_distributed
+from engine.logger import RunWriter, setup_logging
+from engine.optim import build_optimizer, build_scheduler
+from engine.predict import to_uint8
+from engine.resume import BEST_KEYS, RESUME_KEYS, find_resume, restore_training_state, training_state
+from engine.rng import rng_state, seed_everything
+
+log = logging.getLogger("train")
+
+
+def train_one_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, precision: Precision,
+                    guard: NonFiniteGuard, writer: RunWriter, cfg, env: DistEnv, epoch: int, step: int) -> int:
+    """One pass over ``loader``; returns the optimizer step count after it.
+
+    Gradients of ``accum_steps`` batches are summed before each optimizer step; a step whose
+    gradient is non-finite is skipped. The host waits for the device only every ``log_interval``
+    steps, where the scalars are read.
+    """
+    t = cfg.train
+    net.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    n, accum = len(loader), t.accum_steps
+    full_groups_end = n - n % accum  # batches after this form a shorter last group
+    sums: dict[str, torch.Tensor] = {}
+    group_loss = torch.zeros((), device=env.device)
+    micro, images, steps_in_log, tic = 0, 0, 0, time.perf_counter()
+    bar = writer.bar(loader, total=n, desc=f"epoch {epoch + 1}/{t.epochs}")
+    for i, batch in enumerate(bar):
+        x = batch["image"].to(env.device, non_blocking=True)
+        y = batch["mask"].to(env.device, non_blocking=True)
+        group_size = accum if i < full_groups_end else n - full_groups_end
+        last_of_group = (i + 1) % accum == 0 or i + 1 == n
+        # DDP all-reduces gradients on every backward; only the last batch of a group needs it.
+        sync = contextlib.nullcontext() if last_of_group or not isinstance(net, DDP) else net.no_sync()
+        with sync:
+            with precision.autocast():
+                outputs = net(x)
+                loss, terms = loss_fn(outputs, y)
+            scaler.scale(loss / group_size).backward()
+        group_loss += loss.detach() / group_size
+        for k, v in {"loss": loss, **terms}.items():
+            sums[k] = sums.get(k, 0) + v.detach()
+        micro += 1
+        images += x.shape[0]
+        if not last_of_group:
+            continue
+
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+        # The gradient norm is the same on every rank after DDP's all-reduce, so all ranks skip together.
+        finite = torch.isfinite(group_loss) if scaler.is_enabled() else torch.isfinite(grad_norm)
+        step_optimizer(optimizer, scaler, finite)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        guard.update(finite)
+        sums["grad_norm"] = sums.get("grad_norm", 0) + torch.where(finite, grad_norm, 0.0)
+        group_loss.zero_()
+        step += 1
+        steps_in_log += 1
+        stop = t.max_steps and step >= t.max_steps
+        if step % t.log_interval == 0 or i + 1 == n or stop:
+            skipped = guard.check()  # one host sync for all the scalars below
+            values = dict(zip(sums, torch.stack([v.float() for v in sums.values()]).tolist()))
+            scalars = {k: v / (steps_in_log if k == "grad_norm" else micro) for k, v in values.items()}
+            scalars["images_per_s"] = images * env.world_size / (time.perf_counter() - tic)
+            for g in optimizer.param_groups:
+                scalars["lr" if g["name"].startswith("new") else "lr_pretrained"] = g["lr"]
+            scalars["skipped_steps"] = skipped
+            writer.scalars("train", scalars, step)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_s']:.1f}")
+            log.info("epoch %d step %d  %s", epoch + 1, step,
+                     "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+            sums, micro, images, steps_in_log, tic = {}, 0, 0, 0, time.perf_counter()
+        if stop:
+            break
+    bar.close()
+    return step
+
+
+@torch.no_grad()
+def evaluate(model, loader, precision: Precision, writer: RunWriter, device: torch.device,
+             grid_images: int = 4) -> tuple[list, Optional[torch.Tensor]]:
+    """Per-image COD scores of this process's share of ``loader``, maps scored at the mask's original size.
+
+    Returns a list of ``evaluation.ImageScores`` (merge them with :func:`merge_scores`) and an image
+    grid [3, H', W'] of the first batch: one row per image, columns image | mask | prediction | coarse map.
+    """
+    model.eval()
+    scores, grid = [], None
+    for batch in writer.bar(loader, desc="validate"):
+        x = batch["image"].to(device, non_blocking=True)
+        with precision.autocast():
+            outputs = model(x)
+        prob = torch.sigmoid(outputs[-1].float())
+        if grid is None:
+            k = min(grid_images, x.shape[0])
+            gray = [batch["mask"][:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
+            tiles = torch.stack([x[:k].float(), *(g.expand(-1, 3, -1, -1) for g in gray)], dim=1)
+            grid = make_grid(tiles.flatten(0, 1), nrow=4, padding=2, pad_value=1.0).cpu()
+        for j in range(x.shape[0]):
+            gt = evaluation.read_mask(Path(batch["mask_path"][j]))
+            scores.append(evaluation.image_scores(to_uint8(prob[j:j + 1], gt.shape), gt))
+    return scores, grid
+
+
+def merge_scores(shards: list[list]) -> dict:
+    """Rank r scored images r, r + W, r + 2W, ...: interleave back to the dataset order, then reduce."""
+    metrics = evaluation.CODMetrics()
+    for i in range(max(map(len, shards))):
+        for shard in shards:
+            if i < len(shard):
+                metrics.add(shard[i])
+    return metrics.results()
+
+
+def is_better(value: float, best: Optional[float], metric: str) -> bool:
+    return best is None or (value < best if metric == "MAE" else value > best)
+
+
+def run(cfg, env: DistEnv) -> None:
+    t = cfg.train
+    run_dir = Path(t.run_dir)
+    seed_everything(t.seed + env.rank, t.deterministic)
+    ckpt_path = find_resume(t.resume, run_dir)  # read first: a bad checkpoint fails before anything is built
+    ckpt = load_checkpoint(ckpt_path, required=RESUME_KEYS) if ckpt_path else None
+
+    # ---- data and model
+    train_ds, val_ds = datasets.build_train_val(cfg)
+    train_loader = datasets.build_loader(train_ds, cfg, train=True, distributed=env.distributed)
+    has_val = val_ds is not None and len(val_ds) > 0
+    val_loader = datasets.build_loader(val_ds, cfg, train=False, distributed=env.distributed) if has_val else None
+    if not has_val:
+        log.warning("no validation split (data.val_fraction=0 and no data.val_set): best.pth is not written")
+    model = models.build_model(cfg).to(env.device)
+    loss_fn = models.build_loss(cfg)
+
+    # ---- optimisation: per-iteration schedule over all epochs (train.max_steps only stops early)
+    steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
+    total_steps = t.epochs * steps_per_epoch
+    # Fine-tuned DINOv3 blocks (the encoder's trunk) learn slower than the new layers.
+    pretrained = getattr(model.encoder, "trunk", model.encoder).parameters()
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.encoder_lr_scale, pretrained,
+                                fused=t.fused_adamw and env.device.type == "cuda")
+    scheduler = build_scheduler(optimizer, total_steps, min(total_steps, round(t.warmup_epochs * steps_per_epoch)),
+                                t.min_lr_ratio)
+    precision = select_precision(t.amp, env.device)
+    scaler = precision.grad_scaler()
+    guard = NonFiniteGuard(t.max_nonfinite, env.device)
+    n_train = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    log.info("%d training images (%d steps/epoch), %s validation images, %.2fM trainable parameters, "
+             "amp=%s, %d process(es) on %s", len(train_ds), steps_per_epoch, len(val_ds) if has_val else 0,
+             n_train / 1e6, precision.dtype, env.world_size, env.device)
+
+    # ---- resume
+    start_epoch, step, best = 0, 0, None
+    if ckpt is not None:
+        restore_training_state(ckpt, ckpt_path, cfg, model, optimizer, scheduler, scaler, env.rank, env.world_size)
+        start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt.get("best")
+        log.info("resumed from %s: %d epochs / %d steps done, best %s %s", ckpt_path, start_epoch, step,
+                 t.best_metric, best)
+    elif (run_dir / "last.pth").is_file():
+        log.warning("train.resume is empty: starting fresh, %s will be overwritten", run_dir / "last.pth")
+
+    net = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+              gradient_as_bucket_view=True) if env.distributed else model
+    writer = RunWriter(run_dir, env.is_main, purge_step=step + 1 if ckpt else None)
+
+    # ---- loop
+    for epoch in range(start_epoch, t.epochs):
+        if t.max_steps and step >= t.max_steps:
+            break
+        datasets.set_epoch(train_loader, epoch)
+        step = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, scaler, precision, guard,
+                               writer, cfg, env, epoch, step)
+        finished = epoch + 1 == t.epochs or bool(t.max_steps and step >= t.max_steps)
+        metrics = None
+        if has_val and ((epoch + 1) % t.val_interval == 0 or finished):
+            shard, grid = evaluate(model, val_loader, precision, writer, env.device)
+            metrics = merge_scores(all_gather_objects(shard))
+            writer.scalars("val", {k: v for k, v in metrics.items() if k != "n_images"}, step)
+            if grid is not None:
+                writer.image("val/image_mask_pred_coarse", grid, step)
+            log.info("epoch %d validation: %s", epoch + 1,
+                     "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_images"))
+        improved = metrics is not None and is_better(metrics[t.best_metric], best, t.best_metric)
+        if improved:
+            best = metrics[t.best_metric]
+        rng = all_gather_objects(rng_state())  # every rank's generators, for an exact resume
+        if env.is_main:
+            state = training_state(model, optimizer, scheduler, scaler, cfg, epoch + 1, step, best, metrics, rng)
+            if improved:  # before last.pth: a kill in between re-runs this epoch rather than lose best.pth
+                save_checkpoint(run_dir / "best.pth", {k: state[k] for k in BEST_KEYS})
+                log.info("new best %s %.4f -> %s", t.best_metric, best, run_dir / "best.pth")
+            save_checkpoint(run_dir / "last.pth", state)
+        if finished:
+            break
+    writer.close()
+    log.info("done: %d steps; best validation %s = %s; checkpoints in %s", step, t.best_metric, best, run_dir)
+
+
+def open_run_dir(cfg, run_dir: Path, env: DistEnv) -> None:
+    """Create the run folder, save the resolved config there, start train.log (rank 0)."""
+    try:
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        setup_logging(run_dir, env.is_main)
+    except OSError as err:
+        raise ConfigError(f"config key 'train.run_dir': cannot write to '{run_dir}' ({err})") from None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="e2net_dinov3.yaml", help="YAML recipe (default: e2net_dinov3.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=2e-4")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        enc = cfg.model.encoder
+        # Before anything is built: image sizes must tile into whole patches, tapped blocks must exist.
+        check_patch_size(cfg, read_patch_size(enc.name, enc.pretrained_path, enc.backend))
+        check_depth(cfg, read_depth(enc.name, enc.pretrained_path, enc.backend))
+    except (ConfigError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg.train.run_dir = cfg.train.run_dir or f"checkpoint/{cfg.train.name}"
+    run_dir = Path(cfg.train.run_dir)
+    env = setup_distributed()
+    try:
+        open_run_dir(cfg, run_dir, env)
+        run(cfg, env)
+    except (ConfigError, CheckpointError, datasets.DatasetError, FloatingPointError) as err:
+        log.error("%s", err)
+        return 1
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
