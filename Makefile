@@ -27,7 +27,7 @@ DEMO_DATA    := data/synthetic-cod
 DEMO_RUN     := checkpoint/demo
 
 demo: install
-	$(PY) scripts/make_tiny_dinov3.py $(DEMO_ENCODER)
+	$(PY) scripts/make_tiny_dinov3.py $(DEMO_ENCODER) --patch 8
 	$(PY) scripts/make_synthetic_cod.py --out $(DEMO_DATA) --train 600 --test 100 --size 256 --seed 0
 	$(PY) train.py --config configs/demo.yaml train.run_dir=$(DEMO_RUN) train.resume=
 	$(PY) test.py --ckpt $(DEMO_RUN)/best.pth --out $(DEMO_RUN)/test

@@ -19,7 +19,9 @@ TERMS = ("bce", "iou", "dice", "edge")
 def boundary_weight(mask: Tensor, kernel: int = 31, strength: float = 5.0) -> Tensor:
     """SINet-V2's per-pixel weight ``1 + strength * |avgpool_k(mask) - mask|`` [B, 1, H, W]:
     up to 1 + strength near the object boundary, 1 far from it (zero padding, as in SINet-V2)."""
-    local_mean = F.avg_pool2d(mask, kernel, stride=1, padding=kernel // 2)
+    # A k x k box mean with zero padding is a 1 x k mean of a k x 1 mean: 2k adds a pixel, not k^2.
+    half = kernel // 2
+    local_mean = F.avg_pool2d(F.avg_pool2d(mask, (1, kernel), 1, (0, half)), (kernel, 1), 1, (half, 0))
     return 1 + strength * (local_mean - mask).abs()
 
 
