@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from config import ConfigError, check_patch_size, load_config
+from config import ConfigError, check_depth, check_patch_size, load_config
 from evaluation import (CODMetrics, EvaluationError, Scorer, find_pred_dirs, format_table, match_benchmarks,
                         pair_folder, plot_curves, score_benchmark, write_results_json, write_tables)
 from evaluation.maps import MapIssues
@@ -146,6 +146,7 @@ def load_model(args: argparse.Namespace):
 
     import models
     from dinov3_encoder import read_patch_size
+    from dinov3_trunks import read_depth
     from engine.amp import select_precision
     from engine.checkpoint import CheckpointError, load_checkpoint
 
@@ -155,6 +156,7 @@ def load_model(args: argparse.Namespace):
     enc = cfg.model.encoder
     try:
         check_patch_size(cfg, read_patch_size(enc.name, enc.pretrained_path, enc.backend))
+        check_depth(cfg, read_depth(enc.name, enc.pretrained_path, enc.backend))
         model = models.build_model(cfg)
     except (ValueError, ImportError) as err:  # how the encoder builder reports impossible settings
         raise ConfigError(f"cannot build the model of this config: {err}") from None

@@ -131,6 +131,9 @@ def evaluate(model, loader, precision: Precision, writer: RunWriter, device: tor
             grid = make_grid(tiles.flatten(0, 1), nrow=4, padding=2, pad_value=1.0).cpu()
         for j in range(x.shape[0]):
             gt = evaluation.read_mask(Path(batch["mask_path"][j]))
+            if gt is None:  # vanished or damaged since the dataset was built
+                log.warning("validation mask %s is unreadable: image skipped", batch["mask_path"][j])
+                continue
             scores.append(evaluation.image_scores(to_uint8(prob[j:j + 1], gt.shape), gt))
     return scores, grid
 

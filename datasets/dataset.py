@@ -61,6 +61,9 @@ class CODDataset(Dataset):
     def __getitem__(self, key: Key) -> dict:
         index, size, epoch = (key, self.default_size, 0) if isinstance(key, (int, np.integer)) else key
         index = int(index)
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        index %= len(self.samples)
         for attempt in range(min(len(self.samples), 10)):
             i = (index + attempt) % len(self.samples)
             try:

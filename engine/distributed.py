@@ -6,15 +6,12 @@ so train.py has a single code path.
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
     dist.all_gather_object(out, obj)
     return out
 
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
