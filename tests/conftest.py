@@ -43,3 +43,19 @@ def tiny_dinov3_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
 def tiny_dinov3(tiny_dinov3_factory: Callable[..., Path]) -> Path:
     """Folder of a tiny random DINOv3 ViT: hidden 64, 12 blocks, 2 heads, 4 registers, patch 16."""
     return tiny_dinov3_factory()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Entry points called in-process (train.main, test.main) install log handlers on the root
+    logger; remove them after each test so one test's console output never leaks into another's."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
