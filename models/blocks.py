@@ -7,7 +7,6 @@ memory-efficient) run on GPU.
 from __future__ import annotations
 
 from functools import partial
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation

@@ -12,25 +12,14 @@ import torch
 
 from engine.checkpoint import CheckpointError, load_checkpoint
 from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps, run_args  # noqa: F401 (fixture)
-
-
-def _train(args: list[str]) -> int:
-    """train.main in this process, restoring the process-wide torch flags a run sets."""
-    import train
-
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    try:
-        return train.main(args)
-    finally:
-        torch.use_deterministic_algorithms(det)
-        torch.set_num_threads(threads)
+from helpers import run_train
 
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory, run_args) -> Path:
     """A run folder after 1 of 2 epochs."""
     run = tmp_path_factory.mktemp("one_epoch") / "run"
-    assert _train([*run_args, f"train.run_dir={run}", f"train.max_steps={STEPS_PER_EPOCH}"]) == 0
+    assert run_train([*run_args, f"train.run_dir={run}", f"train.max_steps={STEPS_PER_EPOCH}"]) == 0
     assert _checked_state(run) == (1, STEPS_PER_EPOCH)
     return run
 
@@ -64,7 +53,7 @@ def test_disk_filling_up_mid_run_stops_at_the_failed_save(tmp_path, monkeypatch,
     shutil.copytree(one_epoch_run, run)
     before = (run / "last.pth").read_bytes()
     monkeypatch.setattr(engine.checkpoint, "open", _FillingDisk(len(before) // 2), raising=False)
-    assert _train([*run_args, f"train.run_dir={run}", "train.epochs=2"]) == 1
+    assert run_train([*run_args, f"train.run_dir={run}", "train.epochs=2"]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "No space left on device" in errors[0], errors
     assert "\n" not in errors[0] and f"'{run / 'last.pth'}'" in errors[0]

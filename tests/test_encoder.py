@@ -107,7 +107,7 @@ def test_gated_mlp_variant_loads(tiny_dinov3_factory) -> None:
 def test_frozen_encoder_gets_no_gradient_and_stays_deterministic(tiny_dinov3: Path) -> None:
     enc = build_dinov3_encoder(pretrained_path=str(tiny_dinov3))
     head = nn.Conv2d(enc.out_channels[0], 1, 1)
-    net = nn.ModuleDict({"enc": enc, "head": head}).train()
+    nn.ModuleDict({"enc": enc, "head": head}).train()
     assert not enc.trunk.training and enc.pyramid.training
     x = torch.rand(2, 3, 48, 64)
     grad_mode = []

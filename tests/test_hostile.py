@@ -3,7 +3,6 @@ to run code (test.py --ckpt, train.resume), bad images, impossible configs, CLI 
 be one line that names what is wrong, never a traceback, and nothing may execute or be built first."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -16,17 +15,14 @@ import pytest
 import torch
 
 from engine.checkpoint import save_checkpoint
+from helpers import load_test_cli, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cli():
-    """test.py as a module (its file name would otherwise clash with the standard library's `test`)."""
-    spec = importlib.util.spec_from_file_location("e2net_test_cli_hostile", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_cli("e2net_test_cli_hostile")
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +46,6 @@ def nothing_built(monkeypatch):
         monkeypatch.setattr(module, name, built)
 
 
-def _train(args: list[str]) -> int:
-    import train
-
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    try:
-        return train.main(args)
-    finally:
-        torch.use_deterministic_algorithms(det)
-        torch.set_num_threads(threads)
 
 
 def _one_error_line(text: str, *must_contain: str) -> str:
@@ -103,7 +90,7 @@ def test_broken_checkpoint_is_one_line_naming_the_file(tmp_path, cli, train_args
     assert cli.main(["--ckpt", str(bad), "--workers", "1"]) == 1
     _one_error_line(capsys.readouterr().err, "test.py: error:", f"'{bad}'")
 
-    assert _train([*train_args, f"train.resume={bad}", f"train.run_dir={tmp_path / 'run'}"]) == 1
+    assert run_train([*train_args, f"train.resume={bad}", f"train.run_dir={tmp_path / 'run'}"]) == 1
     _one_error_line(capsys.readouterr().err, "ERROR", f"'{bad}'")
 
 
@@ -152,14 +139,14 @@ def test_checkpoint_built_to_run_code_is_refused(tmp_path, cli, train_args, noth
     _one_error_line(capsys.readouterr().err, "refusing to load", f"'{evil}'")
     assert not marker.exists()
 
-    assert _train([*train_args, f"train.resume={evil}", f"train.run_dir={tmp_path / 'run'}"]) == 1
+    assert run_train([*train_args, f"train.resume={evil}", f"train.run_dir={tmp_path / 'run'}"]) == 1
     _one_error_line(capsys.readouterr().err, "refusing to load", f"'{evil}'")
     assert not marker.exists()
 
     run = tmp_path / "auto"  # the same file found as <run_dir>/last.pth by train.resume=auto
     run.mkdir()
     (run / "last.pth").write_bytes(evil.read_bytes())
-    assert _train([*train_args, f"train.run_dir={run}"]) == 1
+    assert run_train([*train_args, f"train.run_dir={run}"]) == 1
     _one_error_line(capsys.readouterr().err, "refusing to load", "last.pth'")
     assert not marker.exists()
 
@@ -178,7 +165,7 @@ def test_checkpoint_built_to_run_code_is_refused(tmp_path, cli, train_args, noth
 ])
 def test_impossible_config_is_refused_before_anything_is_built(tmp_path, train_args, nothing_built, capsys,
                                                                override, key):
-    assert _train([*train_args, override, f"train.run_dir={tmp_path / 'run'}"]) == 2
+    assert run_train([*train_args, override, f"train.run_dir={tmp_path / 'run'}"]) == 2
     _one_error_line(capsys.readouterr().err, "error:", f"'{key}'")
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 

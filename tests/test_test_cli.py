@@ -1,7 +1,6 @@
 """test.py end to end: scoring saved maps, evaluating a checkpoint, predicting own images, user errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from config import METRIC_KEYS
+from helpers import load_test_cli
 from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,11 +22,7 @@ METHODS = ("DCL", "DISC", "MDF", "dhsnet", "mc", "rfcn")
 
 @pytest.fixture(scope="module")
 def cli():
-    """test.py as a module (its file name would otherwise clash with the standard library's `test`)."""
-    spec = importlib.util.spec_from_file_location("e2net_test_cli", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_cli("e2net_test_cli")
 
 
 def direct_scores(pairs: list[tuple[Path, Path]]) -> dict:

@@ -10,6 +10,7 @@ from torch import nn
 
 from engine.amp import NonFiniteGuard, select_precision, step_optimizer
 from engine.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
+from helpers import run_train
 
 
 class _Toy(nn.Module):
@@ -190,23 +191,13 @@ def tiny_run_args(tmp_path_factory, tiny_dinov3_factory):
             "train.epochs=2"]
 
 
-def _train(args: list[str]) -> int:
-    """train.main, restoring the process-wide torch flags a run sets."""
-    import train
-
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    try:
-        return train.main(args)
-    finally:
-        torch.use_deterministic_algorithms(det)
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, tiny_run_args):
     """A finished 2-epoch run (2 optimizer steps per epoch)."""
     run = tmp_path_factory.mktemp("straight")
-    assert _train([*tiny_run_args, f"train.run_dir={run}"]) == 0
+    assert run_train([*tiny_run_args, f"train.run_dir={run}"]) == 0
     return run
 
 
@@ -248,10 +239,10 @@ def test_run_folder_and_tensorboard(straight_run):
 def test_resume_is_bit_identical(tmp_path, tiny_run_args, straight_run):
     """2 epochs straight == 1 epoch, stop, resume for the 2nd (CPU, deterministic)."""
     resumed = tmp_path / "resumed"
-    assert _train([*tiny_run_args, f"train.run_dir={resumed}", "train.max_steps=2"]) == 0
+    assert run_train([*tiny_run_args, f"train.run_dir={resumed}", "train.max_steps=2"]) == 0
     first = _load(resumed / "last.pth")
     assert (first["epoch"], first["step"]) == (1, 2)
-    assert _train([*tiny_run_args, f"train.run_dir={resumed}", "train.resume=auto"]) == 0
+    assert run_train([*tiny_run_args, f"train.run_dir={resumed}", "train.resume=auto"]) == 0
     assert "resumed from" in (resumed / "train.log").read_text()
 
     a, b = _load(straight_run / "last.pth"), _load(resumed / "last.pth")
@@ -267,20 +258,20 @@ def test_resume_is_bit_identical(tmp_path, tiny_run_args, straight_run):
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_run_args, capsys):
-    assert _train([*tiny_run_args, "data.image_size=40"]) == 2
+    assert run_train([*tiny_run_args, "data.image_size=40"]) == 2
     assert "not a multiple of the encoder's patch size 16" in capsys.readouterr().err
-    assert _train([*tiny_run_args, "train.lr=-1"]) == 2
+    assert run_train([*tiny_run_args, "train.lr=-1"]) == 2
     assert "train.lr" in capsys.readouterr().err
-    assert _train([*tiny_run_args, "model.encoder.layers=[1,2,3,5]"]) == 2  # the tiny encoder has 4 blocks
+    assert run_train([*tiny_run_args, "model.encoder.layers=[1,2,3,5]"]) == 2  # the tiny encoder has 4 blocks
     assert "model.encoder.layers" in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pth").write_bytes(b"\x80\x02truncated")
-    assert _train([*tiny_run_args, f"train.run_dir={run}"]) == 1
+    assert run_train([*tiny_run_args, f"train.run_dir={run}"]) == 1
     assert "last.pth' is truncated or corrupt" in (run / "train.log").read_text()
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert _train([*tiny_run_args, f"train.run_dir={blocker / 'run'}"]) == 1
+    assert run_train([*tiny_run_args, f"train.run_dir={blocker / 'run'}"]) == 1
     assert "train.run_dir" in capsys.readouterr().err
 
 
@@ -290,6 +281,6 @@ def test_resume_with_a_different_model_is_refused(tmp_path, tiny_run_args, strai
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(straight_run / "last.pth", run / "last.pth")
-    assert _train([*tiny_run_args, f"train.run_dir={run}", "model.channels=24"]) == 1
+    assert run_train([*tiny_run_args, f"train.run_dir={run}", "model.channels=24"]) == 1
     text = (run / "train.log").read_text()
     assert "does not fit this model/config" in text and "model.channels: 16 -> 24" in text

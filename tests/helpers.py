@@ -1,0 +1,30 @@
+"""Helpers shared by test modules (tests/ is on sys.path under pytest)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(args: list[str]) -> int:
+    """train.main in this process, restoring the process-wide torch flags a run sets."""
+    import train
+
+    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    try:
+        return train.main(args)
+    finally:
+        torch.use_deterministic_algorithms(det)
+        torch.set_num_threads(threads)
+
+
+def load_test_cli(module_name: str) -> ModuleType:
+    """test.py as a module (its file name would otherwise clash with the standard library's `test`)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
