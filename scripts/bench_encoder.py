@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dinov3_encoder import IMAGENET_MEAN, IMAGENET_STD, DINOv3Encoder, _HFViT  # noqa: E402
+from dinov3_encoder import DINOv3Encoder  # noqa: E402
+from dinov3_trunks import IMAGENET_MEAN, IMAGENET_STD, _HFViT  # noqa: E402
 
 
 def build(hidden: int, layers: int, heads: int, registers: int, weights_dtype: str, device: str) -> DINOv3Encoder:
