@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,23 @@ from omegaconf.errors import OmegaConfBaseException
 
 class ConfigError(ValueError):
     """A config key is unknown, mistyped or holds an impossible value."""
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader whose booleans are YAML 1.2's ``true``/``false`` only: YAML 1.1 also reads
+    ``on``/``off``/``yes``/``no`` as booleans, which would turn ``train.amp=off`` into False."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 # --------------------------------------------------------------------------- schema
@@ -171,7 +189,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': cannot parse the value ({err})") from None
         _set_dotted(tree, key.strip(), value)
@@ -190,7 +208,7 @@ def load_config(path: str | Path | dict | None = None, overrides: list[str] | No
             if not p.is_file():
                 raise ConfigError(f"config file '{p}' not found (try --config e2net_dinov3.yaml)")
             try:
-                tree = yaml.safe_load(p.read_text()) or {}
+                tree = _load_yaml(p.read_text()) or {}
             except yaml.YAMLError as err:
                 raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from None
         layers.append(tree)
@@ -256,8 +274,6 @@ def validate(cfg: DictConfig) -> None:
     _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "two values in [0, 1)")
     _require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _require(t.accum_steps >= 1, "train.accum_steps", "must be >= 1")
-    if t.amp == "False":  # YAML 1.1 reads an unquoted `off` (train.amp=off, amp: off) as false
-        t.amp = "off"
     _require(t.amp in ("bf16", "fp16", "off"), "train.amp", f"'{t.amp}' is not one of bf16, fp16, off")
     _require(t.val_interval >= 1, "train.val_interval", "must be >= 1")
     _require(t.best_metric in METRIC_KEYS, "train.best_metric",

@@ -108,3 +108,12 @@ def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
         return
     config.validate(cfg)  # a config that loads is a valid one
     assert cfg.train.lr > 0 and cfg.train.batch_size >= 1
+
+
+def test_off_stays_a_string(tmp_path):
+    """YAML 1.1 reads `off` as False; the loader keeps YAML 1.2 booleans (true/false) only."""
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n  deterministic: true\n")
+    cfg = load_config(path)
+    assert cfg.train.amp == "off" and cfg.train.deterministic is True
