@@ -67,6 +67,7 @@ def test_stride16_maps_are_hidden_states_without_prefix_tokens(tiny_dinov3_facto
     x = torch.rand(2, 3, 48, 80)  # non-square: a 3 x 5 patch grid
     maps = enc(x)
     ref = _reference_maps(folder, x, layers, enc.pixel_mean, enc.pixel_std)
+    assert len(maps) == len(ref) == 4
     for got, want in zip(maps, ref):
         assert got.shape == (2, 64, 3, 5)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

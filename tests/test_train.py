@@ -82,10 +82,12 @@ def test_non_finite_step_is_skipped(fused):
     opt = build_optimizer(model, lr=0.1, weight_decay=0.05, fused=fused)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     model(torch.randn(4, 3)).sum().backward()
+    step_optimizer(opt, scaler, torch.tensor(True))  # one real step, so AdamW has state to protect
+    assert opt.state and all(float(s["step"]) == 1 for s in opt.state.values())
     before = [p.detach().clone() for p in model.parameters()]
     step_optimizer(opt, scaler, torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert all(float(s["step"]) == 0 for s in opt.state.values())  # Adam's step count not advanced
+    assert all(float(s["step"]) == 1 for s in opt.state.values())  # Adam's step count not advanced
     step_optimizer(opt, scaler, torch.tensor(True))
     assert not torch.equal(before[0], model.weight)
 
@@ -250,8 +252,10 @@ def test_resume_is_bit_identical(tmp_path, tiny_run_args, straight_run):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(s[k], t[k]) for k in s)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa and sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys() and all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
     assert a["metrics"] == b["metrics"]
     # the resumed epoch really trained: its weights moved away from the epoch-1 checkpoint
     assert any(not torch.equal(first["model"][k], b["model"][k]) for k in b["model"])
