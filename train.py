@@ -32,9 +32,10 @@ from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.distributed import DistEnv, all_gather_objects, cleanup_distributed, setup_distributed
 from engine.logger import RunWriter, setup_logging
 from engine.optim import build_optimizer, build_scheduler
-from engine.predict import to_uint8
+from engine.predict import forward_probs, to_uint8
 from engine.resume import BEST_KEYS, RESUME_KEYS, find_resume, restore_training_state, training_state
 from engine.rng import rng_state, seed_everything
+from evaluation.tables import LOWER_IS_BETTER
 
 log = logging.getLogger("train")
 
@@ -68,7 +69,8 @@ def train_one_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, precisio
                 outputs = net(x)
                 loss, terms = loss_fn(outputs, y)
             scaler.scale(loss / group_size).backward()
-        group_loss += loss.detach() / group_size
+        if scaler.is_enabled():  # only the fp16 skip test reads it
+            group_loss += loss.detach() / group_size
         for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0) + v.detach()
         micro += 1
@@ -121,9 +123,7 @@ def evaluate(model, loader, precision: Precision, writer: RunWriter, device: tor
     scores, grid = [], None
     for batch in writer.bar(loader, desc="validate"):
         x = batch["image"].to(device, non_blocking=True)
-        with precision.autocast():
-            outputs = model(x)
-        prob = torch.sigmoid(outputs[-1].float())
+        outputs, prob = forward_probs(model, x, precision)
         if grid is None:
             k = min(grid_images, x.shape[0])
             gray = [batch["mask"][:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
@@ -149,7 +149,7 @@ def merge_scores(shards: list[list]) -> dict:
 
 
 def is_better(value: float, best: Optional[float], metric: str) -> bool:
-    return best is None or (value < best if metric == "MAE" else value > best)
+    return best is None or (value < best if metric in LOWER_IS_BETTER else value > best)
 
 
 def run(cfg, env: DistEnv) -> None:

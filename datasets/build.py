@@ -6,6 +6,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from evaluation.discovery import is_cod10k, select_benchmark_images
+
 from .dataset import CODDataset, Sample
 from .layout import find_benchmark_dirs, pair_files, resolve_train_dirs
 from .problems import BadFile, DatasetError, Problem, report
@@ -58,13 +60,12 @@ def scan(dirs: list[tuple[Path, Path]], max_pixels: int, verify: bool = False
 
 def cod10k_camouflaged(name: str, samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
     """COD10K's test benchmark is its camouflaged images ('-CAM-' in the name); drop the rest."""
-    if not name.upper().startswith("COD10K"):
+    cam, rest = select_benchmark_images(name, samples, key=lambda s: s.name)
+    if not is_cod10k(name):
         return samples, []
-    cam = [s for s in samples if "-CAM-" in s.name]
-    if not cam:
+    if samples and not any("-CAM-" in s.name for s in samples):
         return samples, [Problem(name, "no file name contains '-CAM-', so camouflaged and non-camouflaged "
                                        "images cannot be told apart; all are used")]
-    rest = [s for s in samples if "-CAM-" not in s.name]
     if not rest:
         return cam, []
     examples = ", ".join(s.name for s in rest[:3])

@@ -1,9 +1,10 @@
 """Reading image and mask files: a cheap validity probe for build time, decoders for load time.
 
 Images come back as RGB uint8 (OpenCV decodes to BGR; the encoder is normalised for RGB), masks
-as uint8 {0, 255} binarised at > 127. Grey, RGBA (alpha dropped), palette and 16-bit files are
+as uint8 {0, 255} binarised at > 127 (the data issue's rule; the evaluators binarise the original
+mask files at > 128, as PySODMetrics does). Grey, RGBA (alpha dropped), palette and 16-bit files are
 converted by OpenCV's IMREAD_COLOR / IMREAD_GRAYSCALE, the same decoders the COD evaluators use
-for ground truth, so training and scoring see the same masks. EXIF orientation is ignored:
+for ground truth, so training and scoring decode the same grey values. EXIF orientation is ignored:
 masks are annotated on the stored pixel grid (as PIL-based reference code reads them).
 """
 from __future__ import annotations

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 OWN_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
 
 
+
+def forward_probs(model: nn.Module, x: Tensor, precision: Precision) -> tuple[list[Tensor], Tensor]:
+    """Every output's logits (under autocast) and the final map's probabilities [B, 1, H, W] in
+    float32: the final prediction is the last output."""
+    with precision.autocast():
+        outputs = model(x)
+    return outputs, torch.sigmoid(outputs[-1].float())
+
 def to_uint8(prob: Tensor, size: tuple[int, int]) -> np.ndarray:
     """``prob``: [1, 1, h, w] float probabilities -> uint8 [H, W] at ``size`` = (H, W) (bilinear)."""
     prob = F.interpolate(prob.float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
@@ -54,8 +62,7 @@ def predict_loader(model: nn.Module, loader: Iterable[dict], precision: Precisio
     written = []
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         x = batch["image"].to(device, non_blocking=True)
-        with precision.autocast():
-            prob = torch.sigmoid(model(x)[-1].float())  # final prediction is last; sigmoid in float32
+        _, prob = forward_probs(model, x, precision)
         for j, name in enumerate(batch["name"]):
             path = out_dir / f"{name}.png"
             write_png(path, to_uint8(prob[j:j + 1], batch["size"][j]))
@@ -105,8 +112,7 @@ def predict_images(model: nn.Module, paths: list[Path], out_dir: Path, precision
     def flush() -> None:
         nonlocal count
         x = torch.stack([transform(img, np.zeros(img.shape[:2], np.uint8), size)[0] for _, img in batch])
-        with precision.autocast():
-            prob = torch.sigmoid(model(x.to(device))[-1].float())
+        _, prob = forward_probs(model, x.to(device), precision)
         for j, (path, img) in enumerate(batch):
             stem = path.stem if path.stem not in stems else f"{path.stem}_{path.suffix.lstrip('.')}"
             stems.add(stem)

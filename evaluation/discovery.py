@@ -31,18 +31,19 @@ def is_cod10k(benchmark: str) -> bool:
     return benchmark.upper().startswith("COD10K")
 
 
-def select_benchmark_images(benchmark: str, names: list[str]) -> tuple[list[str], list[str]]:
-    """Split file names into (scored, excluded) by the benchmark's definition.
+def select_benchmark_images(benchmark: str, names: list, key=str) -> tuple[list, list]:
+    """Split file names (or items whose ``key(item)`` is the name) into (scored, excluded) by the
+    benchmark's definition. The one place that defines COD10K's benchmark, for every mode.
 
     COD10K: only ``-CAM-`` files are the benchmark. A COD10K folder with no ``-CAM-`` file
     at all does not use COD10K's naming (e.g. a generated set), so everything is kept.
     """
     if not is_cod10k(benchmark):
         return list(names), []
-    cam = [n for n in names if "-CAM-" in n]
+    cam = [n for n in names if "-CAM-" in key(n)]
     if not cam:
         return list(names), []
-    return cam, [n for n in names if "-CAM-" not in n]
+    return cam, [n for n in names if "-CAM-" not in key(n)]
 
 
 def find_pred_dirs(preds: str | Path) -> dict[str, Path]:

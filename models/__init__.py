@@ -28,9 +28,9 @@ def build_model(cfg: DictConfig) -> E2Net:
         weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
     )
     if m.decoder == "linear":
-        caem, decoder = None, LinearDecoder(encoder.out_channels, len(encoder.out_channels), norm=m.norm)
+        caem, decoder = None, LinearDecoder(encoder.out_channels, norm=m.norm)
     elif m.decoder == "e2net":
-        caem = CAEM(encoder.out_channels, m.channels, norm=m.norm, num_levels=len(encoder.out_channels))
+        caem = CAEM(encoder.out_channels, m.channels, norm=m.norm)
         decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
     else:
         raise ValueError(f"model.decoder '{m.decoder}' is not one of e2net, linear")

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-TERMS = ("bce", "iou", "dice", "edge")
-
 
 def boundary_weight(mask: Tensor, kernel: int = 31, strength: float = 5.0) -> Tensor:
     """SINet-V2's per-pixel weight ``1 + strength * |avgpool_k(mask) - mask|`` [B, 1, H, W]:
