@@ -96,7 +96,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"{'  encoder pyramid / fine-tuned blocks':38s}{g(info['encoder_trainable'])}")
     print(f"{'  CAEM':38s}{g(info['caem'])}")
     print(f"{'  decoder':38s}{g(info['decoder'])}")
-    print(f"{'trainable / frozen encoder':38s}{ratio:10.2%}")
+    shown = f"{ratio:10.2%}" if info["frozen"] else f"{'n/a':>10s}  (nothing frozen: model.encoder.freeze=false)"
+    print(f"{'trainable / frozen encoder':38s}{shown}")
     print(f"{'outputs (final last)':38s}{', '.join('x'.join(map(str, s)) for s in info['shapes'])}")
 
 
