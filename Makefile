@@ -5,17 +5,21 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo clean
+.PHONY: install lint test demo clean
 
-.venv/.installed: requirements.txt
+.venv/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q -r requirements.txt
-	$(PY) -c "import torch, torchvision, transformers, timm, py_sod_metrics, omegaconf"
+	$(PIP) install -q -r requirements-dev.txt
+	$(PY) -c "import torch, torchvision, transformers, timm, peft, kornia, onnxruntime, py_sod_metrics, omegaconf"
 	touch $@
 
 install: .venv/.installed
 
-test: install
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 clean:

@@ -14,9 +14,10 @@ multiplies the cost of every later stage on them (16x for the stride-16 level) a
 low-resolution level for the coarse search. The decoder resizes a level only where it is fused
 into another one (``models.heads``).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,4 +60,3 @@ class CAEM(nn.Module):
             deeper = resize_to(fused[0], reduced[i])
             fused.insert(0, self.fuse[i](torch.cat((reduced[i], deeper), dim=1)))
         return [se(g) for se, g in zip(self.attend, fused)]
-

@@ -6,6 +6,7 @@ types and impossible values raise :class:`ConfigError` naming the key, before an
 is built. Model code never reads this object: ``build_*`` functions translate it into
 explicit constructor arguments.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -33,8 +34,9 @@ _Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                    list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _load_yaml(text: str) -> Any:
@@ -47,7 +49,7 @@ class EncoderConfig:
     backend: str = "hf"  # "hf" (transformers AutoModel) | "timm"
     name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # hub id / timm model name
     # Local folder (hf) or Meta-format .pth file (timm); tried before the hub id.
-    pretrained_path: Optional[str] = "checkpoint/dinov3-vitb16-pretrain-lvd1689m"
+    pretrained_path: str | None = "checkpoint/dinov3-vitb16-pretrain-lvd1689m"
     # Transformer blocks to tap, counted from 1; empty = evenly spaced quarters of the depth
     # ((3, 6, 9, 12) for the 12-block ViT-S/B, (6, 12, 18, 24) for ViT-L).
     layers: list[int] = field(default_factory=list)
@@ -157,8 +159,10 @@ def _check_keys(tree: Any, schema: type, prefix: str = "") -> None:
     """Reject keys the schema does not have, listing the valid ones."""
     if not isinstance(tree, dict):
         where = prefix.rstrip(".") or "the config file"
-        raise ConfigError(f"config key '{where}' is a section, not a value (got {tree!r}); "
-                          f"set its keys instead, e.g. {_valid_keys(schema, prefix)[0]}=...")
+        raise ConfigError(
+            f"config key '{where}' is a section, not a value (got {tree!r}); "
+            f"set its keys instead, e.g. {_valid_keys(schema, prefix)[0]}=..."
+        )
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key, value in tree.items():
         if key not in fields:
@@ -236,19 +240,30 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Impossible values, caught before anything is built."""
     m, d, t, lo = cfg.model, cfg.data, cfg.train, cfg.loss
-    _require(m.encoder.backend in ("hf", "timm"), "model.encoder.backend", f"'{m.encoder.backend}' is not one of hf, timm")
+    _require(
+        m.encoder.backend in ("hf", "timm"), "model.encoder.backend", f"'{m.encoder.backend}' is not one of hf, timm"
+    )
     _require(all(i >= 1 for i in m.encoder.layers), "model.encoder.layers", "blocks are counted from 1")
     _require(len(m.encoder.layers) in (0, 4), "model.encoder.layers", "give four block indices (or [] for the default)")
     _require(m.encoder.trainable_blocks >= 0, "model.encoder.trainable_blocks", "must be >= 0")
-    _require(m.encoder.freeze or m.encoder.trainable_blocks == 0, "model.encoder.trainable_blocks",
-             "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block")
-    _require(m.encoder.weights_dtype in ("auto", "float32", "bfloat16"), "model.encoder.weights_dtype",
-             f"'{m.encoder.weights_dtype}' is not one of auto, float32, bfloat16")
+    _require(
+        m.encoder.freeze or m.encoder.trainable_blocks == 0,
+        "model.encoder.trainable_blocks",
+        "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block",
+    )
+    _require(
+        m.encoder.weights_dtype in ("auto", "float32", "bfloat16"),
+        "model.encoder.weights_dtype",
+        f"'{m.encoder.weights_dtype}' is not one of auto, float32, bfloat16",
+    )
     _require(m.decoder in ("e2net", "linear"), "model.decoder", f"'{m.decoder}' is not one of e2net, linear")
     _require(m.channels >= 8 and m.channels % 8 == 0, "model.channels", "must be a positive multiple of 8")
     _require(m.norm in ("gn", "bn"), "model.norm", f"'{m.norm}' is not one of gn, bn")
-    _require(m.context_heads >= 1 and m.channels % m.context_heads == 0, "model.context_heads",
-             "must be >= 1 and divide model.channels")
+    _require(
+        m.context_heads >= 1 and m.channels % m.context_heads == 0,
+        "model.context_heads",
+        "must be >= 1 and divide model.channels",
+    )
     for name in ("bce", "iou", "dice", "edge", "side"):
         v = lo[name]
         _require(math.isfinite(v) and v >= 0, f"loss.{name}", "must be a finite weight >= 0")
@@ -258,8 +273,11 @@ def validate(cfg: DictConfig) -> None:
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
     _require(0.0 <= d.hflip <= 1.0, "data.hflip", "is a probability in [0, 1]")
     _require(d.rotate >= 0, "data.rotate", "must be >= 0 degrees")
-    _require(len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale",
-             "must be [min, max] with 0 < min <= max <= 1")
+    _require(
+        len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1,
+        "data.scale",
+        "must be [min, max] with 0 < min <= max <= 1",
+    )
     _require(0 <= d.color_jitter < 1, "data.color_jitter", "must be in [0, 1) (factors 1 +- color_jitter)")
     _require(d.rotate <= 180, "data.rotate", "must be <= 180 degrees")
     _require(d.max_pixels > 0, "data.max_pixels", "must be > 0")
@@ -276,8 +294,9 @@ def validate(cfg: DictConfig) -> None:
     _require(t.accum_steps >= 1, "train.accum_steps", "must be >= 1")
     _require(t.amp in ("bf16", "fp16", "off"), "train.amp", f"'{t.amp}' is not one of bf16, fp16, off")
     _require(t.val_interval >= 1, "train.val_interval", "must be >= 1")
-    _require(t.best_metric in METRIC_KEYS, "train.best_metric",
-             f"'{t.best_metric}' is not one of {', '.join(METRIC_KEYS)}")
+    _require(
+        t.best_metric in METRIC_KEYS, "train.best_metric", f"'{t.best_metric}' is not one of {', '.join(METRIC_KEYS)}"
+    )
     _require(t.num_workers >= 0, "train.num_workers", "must be >= 0")
     _require(t.log_interval >= 1, "train.log_interval", "must be >= 1")
     _require(t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
@@ -294,18 +313,27 @@ def check_patch_size(cfg: DictConfig, patch_size: int) -> None:
     """Image sizes must tile into whole patches; called once the encoder is known."""
     for key, sizes in (("data.image_size", [cfg.data.image_size]), ("data.multi_scale", list(cfg.data.multi_scale))):
         for s in sizes:
-            _require(s % patch_size == 0, key,
-                     f"{s} is not a multiple of the encoder's patch size {patch_size} "
-                     f"(try {max(patch_size, round(s / patch_size) * patch_size)})")
+            _require(
+                s % patch_size == 0,
+                key,
+                f"{s} is not a multiple of the encoder's patch size {patch_size} "
+                f"(try {max(patch_size, round(s / patch_size) * patch_size)})",
+            )
 
 
 def check_depth(cfg: DictConfig, depth: int) -> None:
     """Tapped and fine-tuned blocks must exist in the encoder; called once its depth is known."""
     enc = cfg.model.encoder
-    _require(all(i <= depth for i in enc.layers), "model.encoder.layers",
-             f"{list(enc.layers)} goes beyond the encoder's {depth} blocks (counted from 1; [] taps the default)")
-    _require(enc.trainable_blocks <= depth, "model.encoder.trainable_blocks",
-             f"{enc.trainable_blocks} is more than the encoder's {depth} blocks")
+    _require(
+        all(i <= depth for i in enc.layers),
+        "model.encoder.layers",
+        f"{list(enc.layers)} goes beyond the encoder's {depth} blocks (counted from 1; [] taps the default)",
+    )
+    _require(
+        enc.trainable_blocks <= depth,
+        "model.encoder.trainable_blocks",
+        f"{enc.trainable_blocks} is more than the encoder's {depth} blocks",
+    )
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -13,17 +13,17 @@ The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordi
 mode (``pos_embed_rescale``), a pre-training augmentation that only adds noise here, and released
 configs have no dropout. Frozen blocks run under ``torch.no_grad()``.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from dinov3_trunks import ViTTrunk, load_trunk
 # Re-exported: helpers that read a checkpoint's config before anything is built.
-from dinov3_trunks import default_layers, read_patch_size, weights_missing_error  # noqa: F401
+from dinov3_trunks import ViTTrunk, default_layers, load_trunk, read_patch_size, weights_missing_error  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,12 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         from timm.layers import LayerNorm2d
 
-        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
-                                 nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2))
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            LayerNorm2d(dim // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+        )
         self.up2 = nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)
         self.down2 = nn.MaxPool2d(2, ceil_mode=True)  # ceil: an odd patch grid keeps its last row/column
         self.out_channels = [dim // 4, dim // 2, dim, dim]
@@ -59,9 +63,17 @@ class DINOv3Encoder(nn.Module):
     blocks, the final norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
     """
 
-    def __init__(self, trunk: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 layers: Optional[Sequence[int]] = None, simple: bool = False, freeze: bool = True,
-                 trainable_blocks: int = 0, weights_dtype: str = "auto"):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        layers: Sequence[int] | None = None,
+        simple: bool = False,
+        freeze: bool = True,
+        trainable_blocks: int = 0,
+        weights_dtype: str = "auto",
+    ):
         super().__init__()
         self.trunk = trunk
         self.is_vit = isinstance(trunk, ViTTrunk)
@@ -71,23 +83,28 @@ class DINOv3Encoder(nn.Module):
         if not 0 <= trainable_blocks <= depth:
             raise ValueError(f"trainable_blocks={trainable_blocks} must be between 0 and the trunk's {depth} blocks")
         if trainable_blocks and not freeze:
-            raise ValueError("trainable_blocks applies to a frozen encoder (freeze=True); "
-                             "freeze=False already trains every block")
+            raise ValueError(
+                "trainable_blocks applies to a frozen encoder (freeze=True); freeze=False already trains every block"
+            )
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = depth - trainable_blocks if freeze else 0
         self.weights_dtype = weights_dtype
-        self.pyramid: Optional[SimpleFeaturePyramid] = None
+        self.pyramid: SimpleFeaturePyramid | None = None
         if self.is_vit:
             self.layers = tuple(int(i) for i in layers) if layers else default_layers(depth)
             if len(self.layers) != 4 or not all(1 <= i <= depth for i in self.layers):
-                raise ValueError(f"layers {list(self.layers)}: give four block indices in 1..{depth} (blocks count "
-                                 f"from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)")
+                raise ValueError(
+                    f"layers {list(self.layers)}: give four block indices in 1..{depth} (blocks count "
+                    f"from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)"
+                )
             if self.frozen_blocks < depth and max(self.layers) < depth:
                 # Trained but unused blocks would get no gradient, which DistributedDataParallel rejects.
-                raise ValueError(f"blocks {max(self.layers) + 1}..{depth} would train but come after the last tapped "
-                                 f"layer {max(self.layers)}: tap block {depth} last, or keep the encoder frozen")
+                raise ValueError(
+                    f"blocks {max(self.layers) + 1}..{depth} would train but come after the last tapped "
+                    f"layer {max(self.layers)}: tap block {depth} last, or keep the encoder frozen"
+                )
             p = self.patch_size
             if simple:
                 self.out_channels, self.strides = [self.embed_dim] * 4, [p] * 4
@@ -96,12 +113,14 @@ class DINOv3Encoder(nn.Module):
                 self.out_channels, self.strides = self.pyramid.out_channels, [p // 4, p // 2, p, 2 * p]
         else:
             if layers or simple:
-                raise ValueError("layers and simple=True apply to ViT trunks; a ConvNeXt gives its four stages "
-                                 "as they are (leave layers empty, simple=false)")
+                raise ValueError(
+                    "layers and simple=True apply to ViT trunks; a ConvNeXt gives its four stages "
+                    "as they are (leave layers empty, simple=false)"
+                )
             self.layers, self.out_channels, self.strides = (1, 2, 3, 4), trunk.out_channels, trunk.strides
         trunk.requires_grad_(not freeze)
         if freeze and trainable_blocks:
-            trunk.blocks[depth - trainable_blocks:].requires_grad_(True)
+            trunk.blocks[depth - trainable_blocks :].requires_grad_(True)
             if self.is_vit:
                 trunk.norm.requires_grad_(True)  # it normalises every tapped layer
         for p in trunk.never_trained():
@@ -110,7 +129,7 @@ class DINOv3Encoder(nn.Module):
         self._sync_weight_dtype()
 
     # -- mode and dtype -------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "DINOv3Encoder":
+    def train(self, mode: bool = True) -> DINOv3Encoder:
         super().train(mode)
         self.trunk.eval()  # see the module docstring: train-mode RoPE jitter would only add noise
         return self
@@ -126,8 +145,11 @@ class DINOv3Encoder(nn.Module):
         if not frozen:
             return
         on_cuda = frozen[0].is_cuda
-        want = torch.bfloat16 if self.weights_dtype == "bfloat16" or (self.weights_dtype == "auto" and on_cuda) \
+        want = (
+            torch.bfloat16
+            if self.weights_dtype == "bfloat16" or (self.weights_dtype == "auto" and on_cuda)
             else torch.float32
+        )
         for p in frozen:
             if p.dtype in (torch.float32, torch.bfloat16) and p.dtype != want:
                 p.data = p.data.to(want)
@@ -140,14 +162,16 @@ class DINOv3Encoder(nn.Module):
         H, W = x.shape[-2:]
         if H % p or W % p:
             fix = lambda s: max(p, round(s / p) * p)  # noqa: E731
-            raise ValueError(f"input size {H}x{W} is not a multiple of the encoder's patch size {p}: "
-                             f"resize or pad it, e.g. to {fix(H)}x{fix(W)}")
+            raise ValueError(
+                f"input size {H}x{W} is not a multiple of the encoder's patch size {p}: "
+                f"resize or pad it, e.g. to {fix(H)}x{fix(W)}"
+            )
         return (x.float() - self.pixel_mean) / self.pixel_std
 
     def _to_map(self, tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """[B, 1 + R + h*w, D] -> [B, D, h, w], CLS and registers dropped."""
         B, _, D = tokens.shape
-        patches = tokens[:, 1 + self.num_registers:]
+        patches = tokens[:, 1 + self.num_registers :]
         return patches.reshape(B, H // self.patch_size, W // self.patch_size, D).permute(0, 3, 1, 2).contiguous()
 
     def _out_dtype(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -180,21 +204,24 @@ class DINOv3Encoder(nn.Module):
             out = {"cls": cls, "registers": cls.new_zeros(cls.shape[0], 0, cls.shape[1]), "patches": last}
         else:
             t = self.trunk(xn, (self.trunk.depth,), self.frozen_blocks)[0]
-            out = {"cls": t[:, 0], "registers": t[:, 1:1 + self.num_registers],
-                   "patches": self._to_map(t, *x.shape[-2:])}
+            out = {
+                "cls": t[:, 0],
+                "registers": t[:, 1 : 1 + self.num_registers],
+                "patches": self._to_map(t, *x.shape[-2:]),
+            }
         return {k: self._out_dtype(x, v) for k, v in out.items()}
 
 
 def build_dinov3_encoder(
     model_name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m",
-    pretrained_path: Optional[str] = None,
+    pretrained_path: str | None = None,
     freeze: bool = True,
     simple: bool = False,
-    layers: Optional[Sequence[int]] = None,
+    layers: Sequence[int] | None = None,
     backend: str = "hf",
     trainable_blocks: int = 0,
     weights_dtype: str = "auto",
-    timm_kwargs: Optional[dict] = None,
+    timm_kwargs: dict | None = None,
 ) -> DINOv3Encoder:
     """Load a DINOv3 trunk and wrap it; see :class:`DINOv3Encoder` for the forward contract.
 
@@ -206,9 +233,25 @@ def build_dinov3_encoder(
     ``timm.create_model`` (tests use them for tiny architectures).
     """
     trunk, mean, std = load_trunk(model_name, pretrained_path, backend, timm_kwargs)
-    enc = DINOv3Encoder(trunk, mean, std, layers=layers, simple=simple, freeze=freeze,
-                        trainable_blocks=trainable_blocks, weights_dtype=weights_dtype)
-    log.info("DINOv3 encoder %s (%s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s",
-             model_name, backend, trunk.depth, enc.embed_dim, enc.patch_size, enc.num_registers,
-             list(enc.layers), enc.strides)
+    enc = DINOv3Encoder(
+        trunk,
+        mean,
+        std,
+        layers=layers,
+        simple=simple,
+        freeze=freeze,
+        trainable_blocks=trainable_blocks,
+        weights_dtype=weights_dtype,
+    )
+    log.info(
+        "DINOv3 encoder %s (%s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s",
+        model_name,
+        backend,
+        trunk.depth,
+        enc.embed_dim,
+        enc.patch_size,
+        enc.num_registers,
+        list(enc.layers),
+        enc.strides,
+    )
     return enc

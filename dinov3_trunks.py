@@ -6,12 +6,13 @@ can run blocks one by one, stop at the last tapped layer and keep frozen blocks 
 size and normalisation from the checkpoint itself, and turns absent weights into one error that
 says where to put them.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ def default_layers(depth: int) -> tuple[int, int, int, int]:
     return tuple(max(1, depth * k // 4) for k in (1, 2, 3, 4))  # type: ignore[return-value]
 
 
-def read_patch_size(model_name: str, pretrained_path: Optional[str] = None, backend: str = "hf") -> int:
+def read_patch_size(model_name: str, pretrained_path: str | None = None, backend: str = "hf") -> int:
     """Input sizes must be multiples of this; reads config.json only (hf) or builds on the meta device (timm)."""
     if backend == "timm":
         with torch.device("meta"):
@@ -42,7 +43,7 @@ def read_patch_size(model_name: str, pretrained_path: Optional[str] = None, back
     return _square(config.patch_size, "patch_size")
 
 
-def read_depth(model_name: str, pretrained_path: Optional[str] = None, backend: str = "hf") -> int:
+def read_depth(model_name: str, pretrained_path: str | None = None, backend: str = "hf") -> int:
     """Transformer blocks of the ViT (stages of a ConvNeXt), read like :func:`read_patch_size`, nothing loaded."""
     if backend == "timm":
         with torch.device("meta"):
@@ -82,23 +83,25 @@ def _require_transformers() -> None:
         ) from None
 
 
-def weights_missing_error(model_name: str, pretrained_path: Optional[str], backend: str = "hf") -> FileNotFoundError:
+def weights_missing_error(model_name: str, pretrained_path: str | None, backend: str = "hf") -> FileNotFoundError:
     """The one error for absent weights: what was tried, the license, where to put the files."""
     tried = f"'{pretrained_path}' and " if pretrained_path else ""
     if backend == "timm":
         return FileNotFoundError(
             f"DINOv3 weights for timm model '{model_name}' not found: tried {tried}timm's hub copy (offline, or no "
             f"access). The weights are gated under the DINOv3 license: request them at {META_DOWNLOADS}, place "
-            f"the .pth Meta's link gives under checkpoint/ and set model.encoder.pretrained_path to that file")
+            f"the .pth Meta's link gives under checkpoint/ and set model.encoder.pretrained_path to that file"
+        )
     folder = f"checkpoint/{model_name.rstrip('/').split('/')[-1]}/"
     return FileNotFoundError(
         f"DINOv3 weights not found: tried {tried}the hub id '{model_name}' (offline, or no access). The weights "
         f"are gated under the DINOv3 license: accept it at https://huggingface.co/{model_name}, then log in "
         f"(`hf auth login`) or download the snapshot (config.json, model.safetensors, preprocessor_config.json) "
-        f"into {folder} and set model.encoder.pretrained_path={folder}")
+        f"into {folder} and set model.encoder.pretrained_path={folder}"
+    )
 
 
-def _local(pretrained_path: Optional[str]) -> Optional[Path]:
+def _local(pretrained_path: str | None) -> Path | None:
     """The local folder if it holds a model, else None (the hub id is tried next)."""
     if pretrained_path and (Path(pretrained_path) / "config.json").is_file():
         return Path(pretrained_path)
@@ -107,7 +110,7 @@ def _local(pretrained_path: Optional[str]) -> Optional[Path]:
     return None
 
 
-def _load_hf_config(model_name: str, pretrained_path: Optional[str]):
+def _load_hf_config(model_name: str, pretrained_path: str | None):
     _require_transformers()
     from transformers import AutoConfig
 
@@ -135,7 +138,7 @@ def _norm_stats(source: str | Path) -> tuple[Sequence[float], Sequence[float]]:
     return mean, std
 
 
-def _load_hf(model_name: str, pretrained_path: Optional[str]):
+def _load_hf(model_name: str, pretrained_path: str | None):
     _require_transformers()
     from transformers import AutoModel
 
@@ -145,12 +148,14 @@ def _load_hf(model_name: str, pretrained_path: Optional[str]):
     except OSError:
         raise weights_missing_error(model_name, pretrained_path) from None
     if model.config.model_type != "dinov3_vit":
-        raise ValueError(f"'{source}' holds a '{model.config.model_type}' model; the hf backend loads DINOv3 ViTs "
-                         "(use backend='timm' for the DINOv3 ConvNeXts)")
+        raise ValueError(
+            f"'{source}' holds a '{model.config.model_type}' model; the hf backend loads DINOv3 ViTs "
+            "(use backend='timm' for the DINOv3 ConvNeXts)"
+        )
     return model, *_norm_stats(source)
 
 
-def _create_timm(model_name: str, pretrained_path: Optional[str], kwargs: dict, load: bool = True) -> nn.Module:
+def _create_timm(model_name: str, pretrained_path: str | None, kwargs: dict, load: bool = True) -> nn.Module:
     import timm
 
     if not timm.list_models(model_name.split(".")[0]):
@@ -160,10 +165,9 @@ def _create_timm(model_name: str, pretrained_path: Optional[str], kwargs: dict, 
         raise weights_missing_error(model_name, pretrained_path, "timm")
     # A Meta-format .pth goes through timm's own checkpoint filter (key renames, qkv-bias split);
     # timm reads it with weights_only=True, so a file cannot run code.
-    overlay = dict(file=str(pretrained_path)) if pretrained_path else None
+    overlay = {"file": str(pretrained_path)} if pretrained_path else None
     try:
-        return timm.create_model(model_name, pretrained=load,
-                                 pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
+        return timm.create_model(model_name, pretrained=load, pretrained_cfg_overlay=overlay, num_classes=0, **kwargs)
     except OSError:
         raise weights_missing_error(model_name, pretrained_path, "timm") from None
     except RuntimeError as err:
@@ -308,12 +312,15 @@ def _timm_trunk(model: nn.Module, name: str) -> nn.Module:
         return _TimmViT(model)
     if isinstance(model, ConvNeXt):
         return _TimmConvNeXt(model)
-    raise ValueError(f"timm model '{name}' ({type(model).__name__}) is neither a DINOv3 ViT (timm's Eva with a CLS "
-                     "token, e.g. vit_base_patch16_dinov3) nor a ConvNeXt (e.g. convnext_tiny.dinov3_lvd1689m)")
+    raise ValueError(
+        f"timm model '{name}' ({type(model).__name__}) is neither a DINOv3 ViT (timm's Eva with a CLS "
+        "token, e.g. vit_base_patch16_dinov3) nor a ConvNeXt (e.g. convnext_tiny.dinov3_lvd1689m)"
+    )
 
 
-def load_trunk(model_name: str, pretrained_path: Optional[str], backend: str = "hf",
-               timm_kwargs: Optional[dict] = None) -> tuple[nn.Module, Sequence[float], Sequence[float]]:
+def load_trunk(
+    model_name: str, pretrained_path: str | None, backend: str = "hf", timm_kwargs: dict | None = None
+) -> tuple[nn.Module, Sequence[float], Sequence[float]]:
     """The trunk of ``backend`` with its normalisation mean and std."""
     _check_backend(backend)
     if backend == "hf":

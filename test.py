@@ -25,6 +25,7 @@ and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-
 per image, masks binarised at > 128); scoring runs in --workers processes (default: all cores)
 and gives identical numbers for any worker count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,21 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Optional
 
 from config import ConfigError, check_depth, check_patch_size, load_config
-from evaluation import (CODMetrics, EvaluationError, Scorer, find_pred_dirs, format_table, match_benchmarks,
-                        pair_folder, plot_curves, score_benchmark, write_results_json, write_tables)
+from evaluation import (
+    CODMetrics,
+    EvaluationError,
+    Scorer,
+    find_pred_dirs,
+    format_table,
+    match_benchmarks,
+    pair_folder,
+    plot_curves,
+    score_benchmark,
+    write_results_json,
+    write_tables,
+)
 from evaluation.maps import MapIssues
 
 # torch, models and datasets are imported inside the functions that need them: the scoring
@@ -45,13 +56,21 @@ from evaluation.maps import MapIssues
 log = logging.getLogger("test")
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", type=Path, help="checkpoint written by train.py (best.pth / last.pth)")
-    p.add_argument("--preds", type=Path, action="append", help="folder of saved maps, one sub-folder per benchmark "
-                   "(repeat to compare methods)")
-    p.add_argument("--data-root", type=Path, help="folder holding TestDataset/<Benchmark>/{Imgs,GT} (needed with "
-                   "--preds; with --ckpt the same as data.root=...)")
+    p.add_argument(
+        "--preds",
+        type=Path,
+        action="append",
+        help="folder of saved maps, one sub-folder per benchmark (repeat to compare methods)",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        help="folder holding TestDataset/<Benchmark>/{Imgs,GT} (needed with "
+        "--preds; with --ckpt the same as data.root=...)",
+    )
     p.add_argument("--images", type=Path, help="with --ckpt: predict these images instead of the benchmarks")
     p.add_argument("--config", type=Path, help="YAML config to use instead of the checkpoint's own")
     p.add_argument("--out", type=Path, help="output folder (defaults above)")
@@ -61,12 +80,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if bool(args.ckpt) == bool(args.preds):
         p.error("give either --ckpt PATH (evaluate a checkpoint) or --preds DIR --data-root ROOT (score saved maps)")
     if args.ckpt and not args.ckpt.is_file():
-        p.error(f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py, e.g. "
-                "checkpoint/e2net_dinov3/best.pth)")
+        p.error(
+            f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py, e.g. "
+            "checkpoint/e2net_dinov3/best.pth)"
+        )
     if args.images:
         if not args.images.is_dir():
             p.error(f"--images '{args.images}' is not a folder")
         from engine.predict import list_own_images
+
         if not list_own_images(args.images):
             p.error(f"--images '{args.images}' holds no images (.jpg, .png, .bmp, .tif, .webp, ...)")
     if args.preds:
@@ -107,12 +129,19 @@ def write_outputs(scored: dict[str, dict[str, CODMetrics]], out: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_results_json(results, run_dir / "results.json")
     md, csv_path = write_tables(runs, out)
-    figures = plot_curves({run: {b: m.curves() for b, m in per_run.items()} for run, per_run in scored.items()},
-                          out / "curves")
+    figures = plot_curves(
+        {run: {b: m.curves() for b, m in per_run.items()} for run, per_run in scored.items()}, out / "curves"
+    )
     print(format_table(runs))
-    log.info("wrote %s, %s and %s in %s; %d curve plot(s) in %s",
-             "results.json" if len(runs) == 1 else "<run>/results.json", md.name, csv_path.name, out, len(figures),
-             out / "curves")
+    log.info(
+        "wrote %s, %s and %s in %s; %d curve plot(s) in %s",
+        "results.json" if len(runs) == 1 else "<run>/results.json",
+        md.name,
+        csv_path.name,
+        out,
+        len(figures),
+        out / "curves",
+    )
 
 
 def score_saved_maps(args: argparse.Namespace) -> None:
@@ -125,8 +154,13 @@ def score_saved_maps(args: argparse.Namespace) -> None:
         for run, folder in run_names(args.preds).items():
             matched, unmatched, no_maps = match_benchmarks(find_pred_dirs(folder), gt_dirs)
             if unmatched:
-                log.warning("%s: no benchmark named %s under %s (it has %s): not scored", folder,
-                            ", ".join(unmatched), args.data_root, ", ".join(gt_dirs))
+                log.warning(
+                    "%s: no benchmark named %s under %s (it has %s): not scored",
+                    folder,
+                    ", ".join(unmatched),
+                    args.data_root,
+                    ", ".join(gt_dirs),
+                )
             if no_maps:
                 log.warning("%s: no maps for %s", folder, ", ".join(no_maps))
             for bench, (pred_dir, gt_dir) in matched.items():
@@ -135,8 +169,10 @@ def score_saved_maps(args: argparse.Namespace) -> None:
                 if metrics is not None:
                     scored.setdefault(run, {})[bench] = metrics
     if not scored:
-        raise EvaluationError(f"none of the --preds folders holds maps named like the masks under {args.data_root} "
-                              "(maps must be DIR/<Benchmark>/<mask file stem>.png)")
+        raise EvaluationError(
+            f"none of the --preds folders holds maps named like the masks under {args.data_root} "
+            "(maps must be DIR/<Benchmark>/<mask file stem>.png)"
+        )
     write_outputs(scored, args.out or Path("outputs/scores"))
 
 
@@ -164,8 +200,10 @@ def load_model(args: argparse.Namespace):
     try:
         model.load_trainable_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"checkpoint '{args.ckpt}' does not fit the model of this config "
-                              f"({str(err).strip().splitlines()[0]}); use the config it was trained with") from None
+        raise CheckpointError(
+            f"checkpoint '{args.ckpt}' does not fit the model of this config "
+            f"({str(err).strip().splitlines()[0]}); use the config it was trained with"
+        ) from None
     log.info("loaded %s (epoch %s, step %s) on %s", args.ckpt, state.get("epoch"), state.get("step"), device)
     return cfg, model.to(device).eval(), device, select_precision(cfg.train.amp, device)
 
@@ -209,23 +247,33 @@ def predict_own_images(args: argparse.Namespace) -> None:
     cfg, model, device, precision = load_model(args)
     out = args.out or args.ckpt.parent / "predict" / args.images.resolve().name
     paths = list_own_images(args.images)
-    n = predict_images(model, paths, out, precision, device, int(cfg.data.image_size), int(cfg.eval.batch_size),
-                       int(cfg.data.max_pixels))
+    n = predict_images(
+        model,
+        paths,
+        out,
+        precision,
+        device,
+        int(cfg.data.image_size),
+        int(cfg.eval.batch_size),
+        int(cfg.data.max_pixels),
+    )
     if n == 0:
         raise EvaluationError(f"none of the {len(paths)} files in '{args.images}' could be read as an image")
     log.info("%d of %d images: masks in %s, overlays in %s", n, len(paths), out / "masks", out / "overlays")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     from datasets import DatasetError
 
     # User-fixable problems end in one line (missing weights are a FileNotFoundError).
     user_errors: tuple = (ConfigError, DatasetError, EvaluationError, OSError)
     if args.ckpt:
         from engine.checkpoint import CheckpointError
+
         user_errors += (CheckpointError,)
     try:
         if args.preds:

@@ -7,6 +7,7 @@ The run folder (train.run_dir, default checkpoint/<train.name>) receives config.
 resolved config), last.pth (every epoch), best.pth (best validation train.best_metric),
 train.log and tb/ (TensorBoard). The same command continues a killed run (train.resume=auto).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -40,8 +40,21 @@ from evaluation.tables import LOWER_IS_BETTER
 log = logging.getLogger("train")
 
 
-def train_one_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, precision: Precision,
-                    guard: NonFiniteGuard, writer: RunWriter, cfg, env: DistEnv, epoch: int, step: int) -> int:
+def train_one_epoch(
+    net,
+    loader,
+    loss_fn,
+    optimizer,
+    scheduler,
+    scaler,
+    precision: Precision,
+    guard: NonFiniteGuard,
+    writer: RunWriter,
+    cfg,
+    env: DistEnv,
+    epoch: int,
+    step: int,
+) -> int:
     """One pass over ``loader``; returns the optimizer step count after it.
 
     Gradients of ``accum_steps`` batches are summed before each optimizer step; a step whose
@@ -102,8 +115,7 @@ def train_one_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, precisio
             scalars["skipped_steps"] = skipped
             writer.scalars("train", scalars, step)
             bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_s']:.1f}")
-            log.info("epoch %d step %d  %s", epoch + 1, step,
-                     "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+            log.info("epoch %d step %d  %s", epoch + 1, step, "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
             sums, micro, images, steps_in_log, tic = {}, 0, 0, 0, time.perf_counter()
         if stop:
             break
@@ -112,8 +124,9 @@ def train_one_epoch(net, loader, loss_fn, optimizer, scheduler, scaler, precisio
 
 
 @torch.no_grad()
-def evaluate(model, loader, precision: Precision, writer: RunWriter, device: torch.device,
-             grid_images: int = 4) -> tuple[list, Optional[torch.Tensor]]:
+def evaluate(
+    model, loader, precision: Precision, writer: RunWriter, device: torch.device, grid_images: int = 4
+) -> tuple[list, torch.Tensor | None]:
     """Per-image COD scores of this process's share of ``loader``, maps scored at the mask's original size.
 
     Returns a list of ``evaluation.ImageScores`` (merge them with :func:`merge_scores`) and an image
@@ -134,7 +147,7 @@ def evaluate(model, loader, precision: Precision, writer: RunWriter, device: tor
             if gt is None:  # vanished or damaged since the dataset was built
                 log.warning("validation mask %s is unreadable: image skipped", batch["mask_path"][j])
                 continue
-            scores.append(evaluation.image_scores(to_uint8(prob[j:j + 1], gt.shape), gt))
+            scores.append(evaluation.image_scores(to_uint8(prob[j : j + 1], gt.shape), gt))
     return scores, grid
 
 
@@ -148,7 +161,7 @@ def merge_scores(shards: list[list]) -> dict:
     return metrics.results()
 
 
-def is_better(value: float, best: Optional[float], metric: str) -> bool:
+def is_better(value: float, best: float | None, metric: str) -> bool:
     return best is None or (value < best if metric in LOWER_IS_BETTER else value > best)
 
 
@@ -174,30 +187,50 @@ def run(cfg, env: DistEnv) -> None:
     total_steps = t.epochs * steps_per_epoch
     # Fine-tuned DINOv3 blocks (the encoder's trunk) learn slower than the new layers.
     pretrained = getattr(model.encoder, "trunk", model.encoder).parameters()
-    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.encoder_lr_scale, pretrained,
-                                fused=t.fused_adamw and env.device.type == "cuda")
-    scheduler = build_scheduler(optimizer, total_steps, min(total_steps, round(t.warmup_epochs * steps_per_epoch)),
-                                t.min_lr_ratio)
+    optimizer = build_optimizer(
+        model,
+        t.lr,
+        t.weight_decay,
+        t.betas,
+        t.encoder_lr_scale,
+        pretrained,
+        fused=t.fused_adamw and env.device.type == "cuda",
+    )
+    scheduler = build_scheduler(
+        optimizer, total_steps, min(total_steps, round(t.warmup_epochs * steps_per_epoch)), t.min_lr_ratio
+    )
     precision = select_precision(t.amp, env.device)
     scaler = precision.grad_scaler()
     guard = NonFiniteGuard(t.max_nonfinite, env.device)
     n_train = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-    log.info("%d training images (%d steps/epoch), %s validation images, %.2fM trainable parameters, "
-             "amp=%s, %d process(es) on %s", len(train_ds), steps_per_epoch, len(val_ds) if has_val else 0,
-             n_train / 1e6, precision.dtype, env.world_size, env.device)
+    log.info(
+        "%d training images (%d steps/epoch), %s validation images, %.2fM trainable parameters, "
+        "amp=%s, %d process(es) on %s",
+        len(train_ds),
+        steps_per_epoch,
+        len(val_ds) if has_val else 0,
+        n_train / 1e6,
+        precision.dtype,
+        env.world_size,
+        env.device,
+    )
 
     # ---- resume
     start_epoch, step, best = 0, 0, None
     if ckpt is not None:
         restore_training_state(ckpt, ckpt_path, cfg, model, optimizer, scheduler, scaler, env.rank, env.world_size)
         start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt.get("best")
-        log.info("resumed from %s: %d epochs / %d steps done, best %s %s", ckpt_path, start_epoch, step,
-                 t.best_metric, best)
+        log.info(
+            "resumed from %s: %d epochs / %d steps done, best %s %s", ckpt_path, start_epoch, step, t.best_metric, best
+        )
     elif (run_dir / "last.pth").is_file():
         log.warning("train.resume is empty: starting fresh, %s will be overwritten", run_dir / "last.pth")
 
-    net = DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
-              gradient_as_bucket_view=True) if env.distributed else model
+    net = (
+        DDP(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None, gradient_as_bucket_view=True)
+        if env.distributed
+        else model
+    )
     writer = RunWriter(run_dir, env.is_main, purge_step=step + 1 if ckpt else None)
 
     # ---- loop
@@ -205,8 +238,9 @@ def run(cfg, env: DistEnv) -> None:
         if t.max_steps and step >= t.max_steps:
             break
         datasets.set_epoch(train_loader, epoch)
-        step = train_one_epoch(net, train_loader, loss_fn, optimizer, scheduler, scaler, precision, guard,
-                               writer, cfg, env, epoch, step)
+        step = train_one_epoch(
+            net, train_loader, loss_fn, optimizer, scheduler, scaler, precision, guard, writer, cfg, env, epoch, step
+        )
         finished = epoch + 1 == t.epochs or bool(t.max_steps and step >= t.max_steps)
         metrics = None
         if has_val and ((epoch + 1) % t.val_interval == 0 or finished):
@@ -215,8 +249,11 @@ def run(cfg, env: DistEnv) -> None:
             writer.scalars("val", {k: v for k, v in metrics.items() if k != "n_images"}, step)
             if grid is not None:
                 writer.image("val/image_mask_pred_coarse", grid, step)
-            log.info("epoch %d validation: %s", epoch + 1,
-                     "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_images"))
+            log.info(
+                "epoch %d validation: %s",
+                epoch + 1,
+                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_images"),
+            )
         improved = metrics is not None and is_better(metrics[t.best_metric], best, t.best_metric)
         if improved:
             best = metrics[t.best_metric]
@@ -244,7 +281,7 @@ def open_run_dir(cfg, run_dir: Path, env: DistEnv) -> None:
         raise ConfigError(f"config key 'train.run_dir': cannot write to '{run_dir}' ({err})") from None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="e2net_dinov3.yaml", help="YAML recipe (default: e2net_dinov3.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=2e-4")

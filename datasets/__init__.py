@@ -3,6 +3,7 @@
 Note: this package shadows Hugging Face's ``datasets`` when run from the repo root; nothing in
 this project uses that library.
 """
+
 from .build import build_test_sets, build_train_val, split_train_val
 from .dataset import CODDataset, Sample
 from .layout import KNOWN_BENCHMARKS, find_benchmark_dirs
@@ -11,7 +12,19 @@ from .problems import BadFile, DatasetError, Problem
 from .transforms import TestTransform, TrainTransform
 
 __all__ = [
-    "BadFile", "CODDataset", "DatasetError", "KNOWN_BENCHMARKS", "Problem", "Sample", "TestTransform",
-    "TrainTransform", "build_loader", "build_test_sets", "build_train_val", "collate", "find_benchmark_dirs",
-    "set_epoch", "split_train_val",
+    "BadFile",
+    "CODDataset",
+    "DatasetError",
+    "KNOWN_BENCHMARKS",
+    "Problem",
+    "Sample",
+    "TestTransform",
+    "TrainTransform",
+    "build_loader",
+    "build_test_sets",
+    "build_train_val",
+    "collate",
+    "find_benchmark_dirs",
+    "set_epoch",
+    "split_train_val",
 ]

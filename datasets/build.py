@@ -1,4 +1,5 @@
 """Config -> datasets: scan the folders, check every file, report problems once, split, wrap."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,9 @@ def _check_pair(img: Path, gt: Path, max_pixels: int, verify: bool) -> Sample | 
     return Sample(str(img), str(gt), img.stem, i.height, i.width, m.height, m.width)
 
 
-def scan(dirs: list[tuple[Path, Path]], max_pixels: int, verify: bool = False
-         ) -> tuple[list[Sample], list[Problem], list[Problem]]:
+def scan(
+    dirs: list[tuple[Path, Path]], max_pixels: int, verify: bool = False
+) -> tuple[list[Sample], list[Problem], list[Problem]]:
     """Pair and check the files of each (image dir, mask dir): (samples, problems, notes).
 
     Each file's header and end marker are checked (~0.1 ms per file; 4,040 pairs take about a
@@ -51,8 +53,13 @@ def scan(dirs: list[tuple[Path, Path]], max_pixels: int, verify: bool = False
         if isinstance(r, Sample):
             samples.append(r)
             if (r.mask_height, r.mask_width) != (r.height, r.width):
-                notes.append(Problem(r.mask_path, f"mask is {r.mask_height}x{r.mask_width} but its image is "
-                                                  f"{r.height}x{r.width}: resized (nearest) when loaded"))
+                notes.append(
+                    Problem(
+                        r.mask_path,
+                        f"mask is {r.mask_height}x{r.mask_width} but its image is "
+                        f"{r.height}x{r.width}: resized (nearest) when loaded",
+                    )
+                )
         else:
             problems += r
     return samples, problems, notes
@@ -64,17 +71,26 @@ def cod10k_camouflaged(name: str, samples: list[Sample]) -> tuple[list[Sample], 
     if not is_cod10k(name):
         return samples, []
     if samples and not any("-CAM-" in s.name for s in samples):
-        return samples, [Problem(name, "no file name contains '-CAM-', so camouflaged and non-camouflaged "
-                                       "images cannot be told apart; all are used")]
+        return samples, [
+            Problem(
+                name,
+                "no file name contains '-CAM-', so camouflaged and non-camouflaged "
+                "images cannot be told apart; all are used",
+            )
+        ]
     if not rest:
         return cam, []
     examples = ", ".join(s.name for s in rest[:3])
-    return cam, [Problem(name, f"{len(rest)} non-camouflaged image(s) without '-CAM-' in the name excluded "
-                               f"(e.g. {examples}); the benchmark is the camouflaged images only")]
+    return cam, [
+        Problem(
+            name,
+            f"{len(rest)} non-camouflaged image(s) without '-CAM-' in the name excluded "
+            f"(e.g. {examples}); the benchmark is the camouflaged images only",
+        )
+    ]
 
 
-def split_train_val(samples: list[Sample], fraction: float, seed: int, root: Path
-                    ) -> tuple[list[Sample], list[Sample]]:
+def split_train_val(samples: list[Sample], fraction: float, seed: int, root: Path) -> tuple[list[Sample], list[Sample]]:
     """Seeded hold-out: the ``fraction`` of samples with the smallest hash of (seed, path).
 
     Hashing each file's path (relative to ``root``) rather than shuffling the list keeps a file on
@@ -93,8 +109,7 @@ def split_train_val(samples: list[Sample], fraction: float, seed: int, root: Pat
 
     ranked = sorted(range(len(samples)), key=lambda i: key(samples[i]))
     val_ids = set(ranked[:n_val])
-    return ([s for i, s in enumerate(samples) if i not in val_ids],
-            [s for i, s in enumerate(samples) if i in val_ids])
+    return ([s for i, s in enumerate(samples) if i not in val_ids], [s for i, s in enumerate(samples) if i in val_ids])
 
 
 def _test_dataset(samples: list[Sample], cfg, name: str) -> CODDataset:
@@ -115,32 +130,43 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
     val_samples: list[Sample] = []
     if d.val_set:
         bench = find_benchmark_dirs(root, [d.val_set])
-        (name, bdirs), = bench.items()
+        ((name, bdirs),) = bench.items()
         val_samples, vp, vn = scan([bdirs], int(d.max_pixels), bool(d.verify))
         val_samples, cam_notes = cod10k_camouflaged(name, val_samples)
         problems, notes = problems + vp, notes + vn + cam_notes
     report(problems, notes, bool(d.strict), "training data")
     if not samples:
-        raise DatasetError(f"no usable training images in {', '.join(str(i) for i, _ in dirs)} "
-                           "(see the problems above; python scripts/check_dataset.py ROOT lists them)")
+        raise DatasetError(
+            f"no usable training images in {', '.join(str(i) for i, _ in dirs)} "
+            "(see the problems above; python scripts/check_dataset.py ROOT lists them)"
+        )
     seed = int(cfg.train.seed)
     if d.val_set and not val_samples:
         raise DatasetError(f"data.val_set={d.val_set}: no usable images in that benchmark (see the problems above)")
     if d.val_set:
         train = samples
-        log.warning("validating on test benchmark '%s' (data.val_set): choosing checkpoints on a test set "
-                    "is not a clean protocol; leave data.val_set empty to hold out data.val_fraction "
-                    "of the training images instead", d.val_set)
+        log.warning(
+            "validating on test benchmark '%s' (data.val_set): choosing checkpoints on a test set "
+            "is not a clean protocol; leave data.val_set empty to hold out data.val_fraction "
+            "of the training images instead",
+            d.val_set,
+        )
     else:
         train, val_samples = split_train_val(samples, float(d.val_fraction), seed, root)
-    log.info("training data: %d pairs -> %d train, %d validation (%s)", len(samples), len(train),
-             len(val_samples), f"benchmark {d.val_set}" if d.val_set else f"seeded {d.val_fraction:g} hold-out")
+    log.info(
+        "training data: %d pairs -> %d train, %d validation (%s)",
+        len(samples),
+        len(train),
+        len(val_samples),
+        f"benchmark {d.val_set}" if d.val_set else f"seeded {d.val_fraction:g} hold-out",
+    )
     if d.cache:
         from .cache import cache_samples  # only needed when asked for
 
         train = cache_samples(train, d)
-    transform = TrainTransform(hflip=float(d.hflip), rotate=float(d.rotate), scale=tuple(d.scale),
-                               color_jitter=float(d.color_jitter))
+    transform = TrainTransform(
+        hflip=float(d.hflip), rotate=float(d.rotate), scale=tuple(d.scale), color_jitter=float(d.color_jitter)
+    )
     train_ds = CODDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train")
     val_ds = _test_dataset(val_samples, cfg, "val") if val_samples else None
     return train_ds, val_ds

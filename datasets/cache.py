@@ -8,6 +8,7 @@ sizes and modification times, so edited files are re-cached; files are written t
 name then renamed, so concurrent ranks and interrupted runs never leave half-written entries.
 Validation and test data always use the original files (metrics at full resolution).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,8 +66,9 @@ def _cache_one(s: Sample, target: int, folder: Path) -> Sample:
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
         _write_atomic(mask_path, mask, [cv2.IMWRITE_PNG_BILEVEL, 1])
         _write_atomic(img_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return replace(s, image_path=str(img_path), mask_path=str(mask_path), height=h, width=w,
-                   mask_height=h, mask_width=w)
+    return replace(
+        s, image_path=str(img_path), mask_path=str(mask_path), height=h, width=w, mask_height=h, mask_width=w
+    )
 
 
 def cache_samples(samples: list[Sample], d) -> list[Sample]:
@@ -76,8 +78,10 @@ def cache_samples(samples: list[Sample], d) -> list[Sample]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DatasetError(f"data.cache: cannot create {folder} ({err.strerror}); "
-                           "set data.cache_dir to a writable folder or data.cache=false") from None
+        raise DatasetError(
+            f"data.cache: cannot create {folder} ({err.strerror}); "
+            "set data.cache_dir to a writable folder or data.cache=false"
+        ) from None
     t0 = time.perf_counter()
 
     def work(s: Sample) -> Sample | Problem:
@@ -86,16 +90,22 @@ def cache_samples(samples: list[Sample], d) -> list[Sample]:
         except (BadFile, cv2.error) as err:
             return Problem(s.image_path, f"{err} (skipped)")
         except OSError as err:
-            raise DatasetError(f"data.cache: cannot write in {folder} ({err}); "
-                               "set data.cache_dir to a writable folder or data.cache=false") from None
+            raise DatasetError(
+                f"data.cache: cannot write in {folder} ({err}); "
+                "set data.cache_dir to a writable folder or data.cache=false"
+            ) from None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV drops the GIL
         results = list(pool.map(work, samples))
     kept = [r for r in results if isinstance(r, Sample)]
     failed = [r for r in results if isinstance(r, Problem)]
     if failed:
-        log.warning("data.cache: %d image(s) failed to decode while caching:\n%s", len(failed),
-                    format_problems(failed))
-    log.info("data.cache: %d training images at short side <= %d in %s (%.1f s)", len(kept), target, folder,
-             time.perf_counter() - t0)
+        log.warning("data.cache: %d image(s) failed to decode while caching:\n%s", len(failed), format_problems(failed))
+    log.info(
+        "data.cache: %d training images at short side <= %d in %s (%.1f s)",
+        len(kept),
+        target,
+        folder,
+        time.perf_counter() - t0,
+    )
     return kept

@@ -7,11 +7,12 @@ The key may be an int (size ``default_size``, epoch 0) or ``(index, size, epoch)
 ``(seed, epoch, index)``, so they do not depend on which worker loads a sample (no two workers
 repeat each other, and a resumed run sees the same augmentations as an uninterrupted one).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ from .reading import decode_image, decode_mask, reduction
 
 log = logging.getLogger(__name__)
 
-Key = Union[int, tuple[int, int, int]]
+Key = int | tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,15 @@ class CODDataset(Dataset):
     ground truth stay aligned (evaluation). Both log a warning naming the file.
     """
 
-    def __init__(self, samples: list[Sample], transform: Callable, default_size: int, seed: int = 0,
-                 on_error: str = "next", name: str = "") -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: Callable,
+        default_size: int,
+        seed: int = 0,
+        on_error: str = "next",
+        name: str = "",
+    ) -> None:
         if on_error not in ("next", "blank"):
             raise ValueError(f"on_error must be 'next' or 'blank', got {on_error!r}")
         self.samples, self.transform, self.default_size = list(samples), transform, default_size
@@ -73,8 +81,10 @@ class CODDataset(Dataset):
                 log.warning("%s: skipping %s at load time (%s)", self.name or "dataset", s.image_path, err)
                 if self.on_error == "blank":
                     return self._blank(s, size)
-        raise BadFile(f"{self.name or 'dataset'}: 10 consecutive samples from index {index} failed to load; "
-                      "run python scripts/check_dataset.py on data.root")
+        raise BadFile(
+            f"{self.name or 'dataset'}: 10 consecutive samples from index {index} failed to load; "
+            "run python scripts/check_dataset.py on data.root"
+        )
 
     def load(self, i: int, size: int, rng: np.random.Generator) -> dict:
         s = self.samples[i]
@@ -87,9 +97,19 @@ class CODDataset(Dataset):
         if mask.shape != image.shape[:2]:
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         img, msk = self.transform(image, mask, size, rng)
-        return {"image": img, "mask": msk, "name": s.name, "size": (s.mask_height, s.mask_width),
-                "mask_path": s.mask_path}
+        return {
+            "image": img,
+            "mask": msk,
+            "name": s.name,
+            "size": (s.mask_height, s.mask_width),
+            "mask_path": s.mask_path,
+        }
 
     def _blank(self, s: Sample, size: int) -> dict:
-        return {"image": torch.zeros(3, size, size), "mask": torch.zeros(1, size, size), "name": s.name,
-                "size": (s.mask_height, s.mask_width), "mask_path": s.mask_path}
+        return {
+            "image": torch.zeros(3, size, size),
+            "mask": torch.zeros(1, size, size),
+            "name": s.name,
+            "size": (s.mask_height, s.mask_width),
+            "mask_path": s.mask_path,
+        }

@@ -5,6 +5,7 @@ Accepted (no renaming needed):
 - CamoFormer: ``TrainDataset/{Image,GT}``; also ``images/``/``masks/``, ``Mask/``.
 Folder names match case-insensitively; files pair by stem whatever their extension's case.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ def _subdir(folder: Path, names: tuple[str, ...]) -> Path | None:
     found = {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir()} if folder.is_dir() else {}
     hits = [found[n] for n in names if n in found]
     if len(hits) > 1:
-        log.warning("%s holds several candidate folders (%s); using %s", folder,
-                    ", ".join(h.name for h in hits), hits[0].name)
+        log.warning(
+            "%s holds several candidate folders (%s); using %s", folder, ", ".join(h.name for h in hits), hits[0].name
+        )
     return hits[0] if hits else None
 
 
@@ -40,8 +42,10 @@ def split_dirs(folder: Path) -> tuple[Path, Path] | None:
 
 def _layout_hint(folder: Path) -> str:
     subs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return (f"expected an image folder ({'/'.join(('Imgs', 'Image', 'images'))}) and a mask folder "
-            f"({'/'.join(('GT', 'Mask', 'masks'))}) in {folder}; it holds: {', '.join(subs) or 'no folders'}")
+    return (
+        f"expected an image folder ({'/'.join(('Imgs', 'Image', 'images'))}) and a mask folder "
+        f"({'/'.join(('GT', 'Mask', 'masks'))}) in {folder}; it holds: {', '.join(subs) or 'no folders'}"
+    )
 
 
 def _list_images(folder: Path) -> tuple[dict[str, list[Path]], list[Problem]]:
@@ -70,15 +74,17 @@ def pair_files(img_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path, Path]], li
     for stem in sorted(images):
         files = images[stem]
         if len(files) > 1:
-            problems += [Problem(str(f), f"another image has the same name ({files[0].name}); using that one")
-                         for f in files[1:]]
+            problems += [
+                Problem(str(f), f"another image has the same name ({files[0].name}); using that one") for f in files[1:]
+            ]
         if stem not in masks:
             problems.append(Problem(str(files[0]), f"image without a mask (no {stem}.* in {gt_dir})"))
             continue
         cands = sorted(masks[stem], key=lambda m: (_MASK_EXT_PREFERENCE.index(m.suffix.lower()), m.name))
         if len(cands) > 1:
-            problems += [Problem(str(m), f"another mask has the same name ({cands[0].name}); using that one")
-                         for m in cands[1:]]
+            problems += [
+                Problem(str(m), f"another mask has the same name ({cands[0].name}); using that one") for m in cands[1:]
+            ]
         pairs.append((files[0], cands[0]))
     for stem in sorted(set(masks) - set(images)):
         problems.append(Problem(str(masks[stem][0]), f"mask without an image (no {stem}.* in {img_dir})"))
@@ -104,9 +110,11 @@ def resolve_train_dirs(root: Path, entries: list[str]) -> list[tuple[Path, Path]
 
 def _missing(folder: Path, root: Path, what: str, key: str) -> str:
     if not root.is_dir():
-        return (f"data.root {root} does not exist: set data.root=PATH to the folder holding TrainDataset/ "
-                f"and TestDataset/, or generate a demo set with "
-                f"'python scripts/make_synthetic_cod.py --out {root}'")
+        return (
+            f"data.root {root} does not exist: set data.root=PATH to the folder holding TrainDataset/ "
+            f"and TestDataset/, or generate a demo set with "
+            f"'python scripts/make_synthetic_cod.py --out {root}'"
+        )
     subs = sorted(p.name for p in root.iterdir() if p.is_dir())
     return f"{what} {folder} not found; {root} holds: {', '.join(subs) or 'nothing'} (set {key} or data.root)"
 
@@ -133,8 +141,10 @@ def find_benchmark_dirs(root: str | Path, names: list[str] | None = None) -> dic
                 found[sub.name] = dirs
     if not names:
         if not found:
-            raise DatasetError(f"no test benchmarks under {base}: "
-                               f"expected {base}/<name>/{{Imgs,GT}} (e.g. CAMO, CHAMELEON, COD10K, NC4K)")
+            raise DatasetError(
+                f"no test benchmarks under {base}: "
+                f"expected {base}/<name>/{{Imgs,GT}} (e.g. CAMO, CHAMELEON, COD10K, NC4K)"
+            )
         return found
     picked: dict[str, tuple[Path, Path]] = {}
     by_lower = {k.lower(): k for k in found}
@@ -146,8 +156,10 @@ def find_benchmark_dirs(root: str | Path, names: list[str] | None = None) -> dic
         folder = Path(name) if Path(name).is_absolute() else root / name
         dirs = split_dirs(folder) if folder.is_dir() else None
         if dirs is None:
-            raise DatasetError(f"test benchmark '{name}' not found: {base} holds "
-                               f"{', '.join(found) or 'no benchmarks'}; name one of them or give a folder "
-                               f"with Imgs/ and GT/ (data.test_sets / data.val_set)")
+            raise DatasetError(
+                f"test benchmark '{name}' not found: {base} holds "
+                f"{', '.join(found) or 'no benchmarks'}; name one of them or give a folder "
+                f"with Imgs/ and GT/ (data.test_sets / data.val_set)"
+            )
         picked[folder.name] = dirs
     return picked

@@ -7,10 +7,11 @@ every rank), and a sample's augmentation only on ``(seed, epoch, index)`` (see d
 resumed run therefore replays exactly what an uninterrupted one would have seen.
 Call :func:`set_epoch` before each epoch.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -26,8 +27,7 @@ class SeededBatchSampler(Sampler):
     forgets to call it still gets new orders and augmentations (resuming must call it).
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, sizes: Sequence[int],
-                 seed: int) -> None:
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, sizes: Sequence[int], seed: int) -> None:
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
         self.sizes, self.seed, self.epoch = list(sizes), seed, 0
         self._fresh = True  # set_epoch called (or nothing iterated yet) since the last pass
@@ -114,9 +114,14 @@ def build_loader(ds: Dataset, cfg, train: bool, distributed: bool = False) -> Da
     rank, world = _rank_world(distributed)
     workers = int(cfg.train.num_workers)
     seed = int(cfg.train.seed)
-    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=workers > 0, worker_init_fn=seed_worker if workers > 0 else None,
-                  generator=torch.Generator().manual_seed(seed))
+    common = {
+        "num_workers": workers,
+        "collate_fn": collate,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": workers > 0,
+        "worker_init_fn": seed_worker if workers > 0 else None,
+        "generator": torch.Generator().manual_seed(seed),
+    }
     if train:
         # DistributedSampler with one replica is a plain seeded per-epoch shuffle
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)

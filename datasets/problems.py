@@ -1,4 +1,5 @@
 """Bad data is collected while a dataset is built and reported once, not found mid-epoch."""
+
 from __future__ import annotations
 
 import logging
@@ -51,4 +52,3 @@ def report(problems: list[Problem], notes: list[Problem], strict: bool, what: st
             "(python scripts/check_dataset.py ROOT lists them all)."
         )
     log.warning("%s: %d problem(s), skipped:\n%s", what, len(problems), format_problems(problems))
-

@@ -7,6 +7,7 @@ converted by OpenCV's IMREAD_COLOR / IMREAD_GRAYSCALE, the same decoders the COD
 for ground truth, so training and scoring decode the same grey values. EXIF orientation is ignored:
 masks are annotated on the stored pixel grid (as PIL-based reference code reads them).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,18 @@ from .problems import BadFile
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 _TAIL = 1024  # bytes read from the end of a file to find its end marker
-_REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
-_REDUCED_GREY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-                 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_REDUCED_COLOR = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_REDUCED_GREY = {
+    1: cv2.IMREAD_GRAYSCALE,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,10 @@ def probe(path: str | Path, max_pixels: int) -> ImageInfo:
     if width < 1 or height < 1:
         raise BadFile(f"declares an empty size {width}x{height}")
     if width * height > max_pixels:
-        raise BadFile(f"decompression bomb: declares {width}x{height} = {width * height:,} pixels "
-                      f"> data.max_pixels={max_pixels:,} (raise data.max_pixels only if you trust it)")
+        raise BadFile(
+            f"decompression bomb: declares {width}x{height} = {width * height:,} pixels "
+            f"> data.max_pixels={max_pixels:,} (raise data.max_pixels only if you trust it)"
+        )
     if fmt in ("JPEG", "MPO", "PNG"):
         # Entropy-coded JPEG data never holds 0xFFD9 (0xFF is always stuffed), so a missing EOI in
         # the tail means the file was cut short (OpenCV would silently decode the rest as grey);

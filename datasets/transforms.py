@@ -6,6 +6,7 @@ Masks are interpolated bilinearly like the image and thresholded at 50%, so thei
 the image's edge does (nearest neighbour is up to half a pixel off, and not mirror-symmetric).
 Test: resize only. Outputs are float tensors in [0, 1]; normalisation belongs to the model.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
     return torch.from_numpy(img), msk
 
 
-def affine_matrix(height: int, width: int, size: int, crop_area: float, crop_xy: tuple[float, float],
-                  angle_deg: float, flip: bool) -> np.ndarray:
+def affine_matrix(
+    height: int, width: int, size: int, crop_area: float, crop_xy: tuple[float, float], angle_deg: float, flip: bool
+) -> np.ndarray:
     """2x3 matrix mapping source pixels to a ``size`` x ``size`` output.
 
     The crop keeps the image's aspect ratio (area ``crop_area`` of the image, top-left corner at
@@ -58,20 +60,33 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
 class TrainTransform:
     """Random flip + scale-crop + rotation (one warp), colour jitter; see :func:`affine_matrix`."""
 
-    def __init__(self, hflip: float = 0.5, rotate: float = 10.0, scale: tuple[float, float] = (0.75, 1.0),
-                 color_jitter: float = 0.2) -> None:
+    def __init__(
+        self,
+        hflip: float = 0.5,
+        rotate: float = 10.0,
+        scale: tuple[float, float] = (0.75, 1.0),
+        color_jitter: float = 0.2,
+    ) -> None:
         self.hflip, self.rotate, self.scale, self.jitter = hflip, rotate, tuple(scale), color_jitter
 
     def needed_side(self, size: int) -> float:
         """Short side the decoded image must keep so that the smallest crop is not upsampled."""
         return size / math.sqrt(self.scale[0])
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, size: int,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 RGB [H, W, 3], uint8 [H, W] (same H, W) -> [3, size, size], [1, size, size]."""
         h, w = mask.shape
-        m = affine_matrix(h, w, size, crop_area=rng.uniform(*self.scale), crop_xy=tuple(rng.random(2)),
-                          angle_deg=rng.uniform(-self.rotate, self.rotate), flip=bool(rng.random() < self.hflip))
+        m = affine_matrix(
+            h,
+            w,
+            size,
+            crop_area=rng.uniform(*self.scale),
+            crop_xy=tuple(rng.random(2)),
+            angle_deg=rng.uniform(-self.rotate, self.rotate),
+            flip=bool(rng.random() < self.hflip),
+        )
         # replicated borders: no dark rim when upsampling small images, and rotated corners are
         # smeared edge pixels rather than black wedges (reflection costs 1.4x more here)
         image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -87,8 +102,9 @@ class TestTransform:
     def needed_side(self, size: int) -> float:
         return float(size)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, size: int,
-                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
         return to_tensors(image, mask)

@@ -1,10 +1,10 @@
 """Mixed precision in one place: the autocast dtype, the GradScaler, and the non-finite guard."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import ContextManager, Optional
 
 import torch
 import torch.distributed as dist
@@ -19,14 +19,14 @@ class Precision:
     """Autocast settings for one device: ``dtype`` None means full float32."""
 
     device_type: str
-    dtype: Optional[torch.dtype]
+    dtype: torch.dtype | None
 
     @property
     def needs_scaler(self) -> bool:
         """float16 gradients underflow without loss scaling; bfloat16 has float32's range."""
         return self.dtype == torch.float16
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """Wrap forward and loss only (never backward or the optimizer step)."""
         if self.dtype is None:
             return contextlib.nullcontext()

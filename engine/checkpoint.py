@@ -7,14 +7,16 @@ tensors and plain containers (dict, list, tuple, str, int, float, bool, None), s
 crafted to run code when unpickled is refused instead of executed, and the CRC-32 of every record
 of the archive is checked first, so damaged weights are an error rather than wrong numbers.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import torch
 
@@ -71,8 +73,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    required: Iterable[str] = ("model",)) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", required: Iterable[str] = ("model",)
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without ever executing code.
 
     Returns the state dict. Raises :class:`CheckpointError` (one line naming the file) when the
@@ -84,8 +87,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"checkpoint '{path}' not found (check the path, e.g. <run_dir>/best.pth)")
     damaged = _damaged_record(path)
     if damaged:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt ({damaged}); it cannot be used - "
-                              f"take another checkpoint (e.g. the run's best.pth) or train again")
+        raise CheckpointError(
+            f"checkpoint '{path}' is corrupt ({damaged}); it cannot be used - "
+            f"take another checkpoint (e.g. the run's best.pth) or train again"
+        )
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols of hostile files
             warnings.simplefilter("ignore")
@@ -100,8 +105,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                 f"unpickled - use a checkpoint written by train.py"
             ) from None
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, IndexError, KeyError,
-            TypeError, AttributeError, MemoryError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        zipfile.BadZipFile,
+        OSError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        MemoryError,
+    ) as err:
         raise CheckpointError(
             f"checkpoint '{path}' is truncated or corrupt ({_first_line(err)}); it cannot be used - "
             f"take another checkpoint (e.g. the run's best.pth) or train again"
@@ -118,7 +133,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     return state
 
 
-def _damaged_record(path: Path) -> Optional[str]:
+def _damaged_record(path: Path) -> str | None:
     """torch.save writes a zip archive with a CRC-32 per record, which torch.load never checks:
     verify them, so a flipped bit in the weights is an error instead of silently wrong numbers."""
     try:

@@ -3,6 +3,7 @@
 Without those variables everything runs in one process and the collectives below are no-ops,
 so train.py has a single code path.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -76,4 +77,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-

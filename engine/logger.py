@@ -2,12 +2,13 @@
 
 (Named ``logger`` rather than ``logging`` so it never shadows the standard library module.)
 """
+
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
 
 import torch
 from tqdm import tqdm
@@ -25,7 +26,7 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(run_dir: Optional[Path], is_main: bool) -> None:
+def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     """Console (and ``<run_dir>/train.log``, appended across resumes) on rank 0; warnings only elsewhere."""
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -46,7 +47,7 @@ def setup_logging(run_dir: Optional[Path], is_main: bool) -> None:
 class RunWriter:
     """TensorBoard scalars/images and progress bars that exist only on the main process."""
 
-    def __init__(self, run_dir: Path, enabled: bool, purge_step: Optional[int] = None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
         self.enabled = enabled
         self.tb = None
         if enabled:

@@ -1,8 +1,9 @@
 """AdamW over the trainable parameters and the per-iteration warm-up + cosine schedule."""
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -13,8 +14,9 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim <= 1 or name.endswith(("token", "tokens", "pos_embed", "embeddings.mask_token"))
 
 
-def param_groups(model: nn.Module, weight_decay: float, pretrained_lr_scale: float,
-                 pretrained: Iterable[nn.Parameter] = ()) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, pretrained_lr_scale: float, pretrained: Iterable[nn.Parameter] = ()
+) -> list[dict]:
     """Trainable parameters split by (pretrained or new) x (decayed or not); empty groups dropped.
 
     ``pretrained``: the parameters that came with loaded weights (fine-tuned DINOv3 blocks); they get
@@ -31,7 +33,8 @@ def param_groups(model: nn.Module, weight_decay: float, pretrained_lr_scale: flo
         key = f"{part}/{decay}"
         if key not in groups:
             groups[key] = {
-                "name": key, "params": [],
+                "name": key,
+                "params": [],
                 "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
                 "lr_scale": pretrained_lr_scale if part == "pretrained" else 1.0,
             }
@@ -41,9 +44,15 @@ def param_groups(model: nn.Module, weight_decay: float, pretrained_lr_scale: flo
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.999),
-                    pretrained_lr_scale: float = 0.1, pretrained: Iterable[nn.Parameter] = (),
-                    fused: bool = False) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: Sequence[float] = (0.9, 0.999),
+    pretrained_lr_scale: float = 0.1,
+    pretrained: Iterable[nn.Parameter] = (),
+    fused: bool = False,
+) -> torch.optim.AdamW:
     """AdamW over trainable parameters only (see :func:`param_groups`); ``fused``: one kernel per step."""
     groups = param_groups(model, weight_decay, pretrained_lr_scale, pretrained)
     for g in groups:
@@ -60,8 +69,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                    min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step (not per epoch), so warm-up is smooth at any epoch length."""
 
     def factor(step: int) -> float:

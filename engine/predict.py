@@ -6,11 +6,12 @@ evaluation reads. Preprocessing of one's own images is the test transform of the
 package (square resize to ``data.image_size``), so a photo is seen exactly as a
 benchmark image is.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -30,13 +31,13 @@ log = logging.getLogger(__name__)
 OWN_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
 
 
-
 def forward_probs(model: nn.Module, x: Tensor, precision: Precision) -> tuple[list[Tensor], Tensor]:
     """Every output's logits (under autocast) and the final map's probabilities [B, 1, H, W] in
     float32: the final prediction is the last output."""
     with precision.autocast():
         outputs = model(x)
     return outputs, torch.sigmoid(outputs[-1].float())
+
 
 def to_uint8(prob: Tensor, size: tuple[int, int]) -> np.ndarray:
     """``prob``: [1, 1, h, w] float probabilities -> uint8 [H, W] at ``size`` = (H, W) (bilinear)."""
@@ -50,8 +51,14 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: Iterable[dict], precision: Precision, device: torch.device,
-                   out_dir: Path, desc: str = "predict") -> list[tuple[str, str, str]]:
+def predict_loader(
+    model: nn.Module,
+    loader: Iterable[dict],
+    precision: Precision,
+    device: torch.device,
+    out_dir: Path,
+    desc: str = "predict",
+) -> list[tuple[str, str, str]]:
     """Write ``out_dir/<name>.png`` for every sample of ``loader`` (batches as built by
     ``datasets.build_loader``: ``image`` [B, 3, S, S], ``size`` [(H, W)], ``name``, ``mask_path``).
 
@@ -65,15 +72,16 @@ def predict_loader(model: nn.Module, loader: Iterable[dict], precision: Precisio
         _, prob = forward_probs(model, x, precision)
         for j, name in enumerate(batch["name"]):
             path = out_dir / f"{name}.png"
-            write_png(path, to_uint8(prob[j:j + 1], batch["size"][j]))
+            write_png(path, to_uint8(prob[j : j + 1], batch["size"][j]))
             written.append((name, str(path), batch["mask_path"][j]))
     return written
 
 
 def list_own_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OWN_IMAGE_EXTS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OWN_IMAGE_EXTS
+    )
 
 
 def _decoded(paths: list[Path], max_pixels: int) -> Iterator[tuple[Path, np.ndarray]]:
@@ -99,8 +107,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = 
 
 
 @torch.no_grad()
-def predict_images(model: nn.Module, paths: list[Path], out_dir: Path, precision: Precision, device: torch.device,
-                   size: int, batch_size: int, max_pixels: int) -> int:
+def predict_images(
+    model: nn.Module,
+    paths: list[Path],
+    out_dir: Path,
+    precision: Precision,
+    device: torch.device,
+    size: int,
+    batch_size: int,
+    max_pixels: int,
+) -> int:
     """Masks (``out_dir/masks/<stem>.png``) and overlays (``out_dir/overlays/<stem>.jpg``) for
     images of any size. Returns the number of images written."""
     model.eval()
@@ -116,7 +132,7 @@ def predict_images(model: nn.Module, paths: list[Path], out_dir: Path, precision
         for j, (path, img) in enumerate(batch):
             stem = path.stem if path.stem not in stems else f"{path.stem}_{path.suffix.lstrip('.')}"
             stems.add(stem)
-            mask = to_uint8(prob[j:j + 1], img.shape[:2])
+            mask = to_uint8(prob[j : j + 1], img.shape[:2])
             write_png(out_dir / "masks" / f"{stem}.png", mask)
             side = cv2.cvtColor(overlay(img, mask), cv2.COLOR_RGB2BGR)
             if not cv2.imwrite(str(out_dir / "overlays" / f"{stem}.jpg"), side, [cv2.IMWRITE_JPEG_QUALITY, 90]):

@@ -6,18 +6,47 @@
 - :class:`Scorer`: the pool itself, for scoring many benchmarks and runs with one pool.
 - :mod:`evaluation.tables`, :mod:`evaluation.curves`: results.json / .md / .csv, PNG curves.
 """
+
 from .curves import plot_benchmark, plot_curves
-from .discovery import (EvaluationError, find_pred_dirs, is_cod10k, match_benchmarks,
-                        select_benchmark_images, sort_benchmarks)
+from .discovery import (
+    EvaluationError,
+    find_pred_dirs,
+    is_cod10k,
+    match_benchmarks,
+    select_benchmark_images,
+    sort_benchmarks,
+)
 from .maps import IMAGE_EXTS, MapIssues, list_images, read_map, read_mask
 from .metrics import CODMetrics, Curves, ImageScores, image_scores
 from .scoring import Scorer, available_cores, log_issues, pair_folder, score_benchmark, score_folder
 from .tables import format_markdown, format_table, write_results_json, write_tables
 
 __all__ = [
-    "CODMetrics", "Curves", "ImageScores", "image_scores", "Scorer", "score_benchmark", "score_folder", "pair_folder",
-    "available_cores", "log_issues", "EvaluationError", "find_pred_dirs", "is_cod10k",
-    "match_benchmarks", "select_benchmark_images", "sort_benchmarks", "IMAGE_EXTS", "MapIssues",
-    "list_images", "read_map", "read_mask", "format_markdown", "format_table", "write_results_json",
-    "write_tables", "plot_benchmark", "plot_curves",
+    "CODMetrics",
+    "Curves",
+    "ImageScores",
+    "image_scores",
+    "Scorer",
+    "score_benchmark",
+    "score_folder",
+    "pair_folder",
+    "available_cores",
+    "log_issues",
+    "EvaluationError",
+    "find_pred_dirs",
+    "is_cod10k",
+    "match_benchmarks",
+    "select_benchmark_images",
+    "sort_benchmarks",
+    "IMAGE_EXTS",
+    "MapIssues",
+    "list_images",
+    "read_map",
+    "read_mask",
+    "format_markdown",
+    "format_table",
+    "write_results_json",
+    "write_tables",
+    "plot_benchmark",
+    "plot_curves",
 ]

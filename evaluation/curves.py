@@ -4,6 +4,7 @@ Several runs or methods share each plot. Figures are drawn with matplotlib's obj
 on the Agg canvas (no pyplot, no display, no global state), so this works on servers
 and in worker processes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,13 +27,28 @@ def plot_benchmark(curves: dict[str, Curves], benchmark: str, path: str | Path) 
         best = int(np.argmax(c.fmeasure))
         ax_pr.plot(c.recall, c.precision, color=colour, lw=1.6, label=run)
         ax_pr.plot(c.recall[best], c.precision[best], "o", color=colour, ms=4)
-        ax_fm.plot(thresholds, c.fmeasure, color=colour, lw=1.6,
-                   label=f"{run} (max {c.fmeasure[best]:.3f} at {best}, mean {c.fmeasure.mean():.3f})")
+        ax_fm.plot(
+            thresholds,
+            c.fmeasure,
+            color=colour,
+            lw=1.6,
+            label=f"{run} (max {c.fmeasure[best]:.3f} at {best}, mean {c.fmeasure.mean():.3f})",
+        )
         ax_fm.plot(best, c.fmeasure[best], "o", color=colour, ms=4)
-    ax_pr.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
-              title=f"{benchmark}: precision-recall (thresholds 0..255)")
-    ax_fm.set(xlabel="Threshold t (min-max scaled map >= t is foreground)", ylabel="F-measure (beta^2 = 0.3)",
-              xlim=(0, thresholds[-1]), ylim=(0, 1.02), title=f"{benchmark}: F-measure vs threshold")
+    ax_pr.set(
+        xlabel="Recall",
+        ylabel="Precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"{benchmark}: precision-recall (thresholds 0..255)",
+    )
+    ax_fm.set(
+        xlabel="Threshold t (min-max scaled map >= t is foreground)",
+        ylabel="F-measure (beta^2 = 0.3)",
+        xlim=(0, thresholds[-1]),
+        ylim=(0, 1.02),
+        title=f"{benchmark}: F-measure vs threshold",
+    )
     for ax in (ax_pr, ax_fm):
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
@@ -47,6 +63,8 @@ def plot_curves(runs: dict[str, dict[str, Curves]], out_dir: str | Path) -> list
     """``{run: {benchmark: Curves}}`` -> ``out_dir/<benchmark>.png`` for every benchmark."""
     benches = sort_benchmarks({b for per_run in runs.values() for b in per_run})
     return [
-        plot_benchmark({run: per_run[b] for run, per_run in runs.items() if b in per_run}, b, Path(out_dir) / f"{b}.png")
+        plot_benchmark(
+            {run: per_run[b] for run, per_run in runs.items() if b in per_run}, b, Path(out_dir) / f"{b}.png"
+        )
         for b in benches
     ]

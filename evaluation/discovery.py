@@ -8,6 +8,7 @@ COD10K's benchmark is its 2,026 camouflaged test images, the files with ``-CAM-`
 their names; scoring the whole COD10K-v3 test folder (which also holds non-camouflaged
 images) gives numbers nobody can compare with.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,20 +51,27 @@ def find_pred_dirs(preds: str | Path) -> dict[str, Path]:
     """``{benchmark: folder of maps}``: the sub-folders of ``preds`` that hold images."""
     preds = Path(preds)
     if not preds.is_dir():
-        raise EvaluationError(f"--preds folder '{preds}' does not exist (give a folder with one "
-                              "sub-folder of maps per benchmark, e.g. maps/CAMO/*.png)")
+        raise EvaluationError(
+            f"--preds folder '{preds}' does not exist (give a folder with one "
+            "sub-folder of maps per benchmark, e.g. maps/CAMO/*.png)"
+        )
     found = {sub.name: sub for sub in sorted(preds.iterdir()) if sub.is_dir() and list_images(sub)}
     if found:
         return {b: found[b] for b in sort_benchmarks(found)}
     if list_images(preds):
-        raise EvaluationError(f"--preds folder '{preds}' holds maps directly; put them in one sub-folder "
-                              f"per benchmark named like the data's (e.g. '{preds}/CAMO/*.png')")
-    raise EvaluationError(f"--preds folder '{preds}' has no prediction maps (expected "
-                          f"'{preds}/<Benchmark>/*.png', e.g. '{preds}/CAMO/camourflage_00012.png')")
+        raise EvaluationError(
+            f"--preds folder '{preds}' holds maps directly; put them in one sub-folder "
+            f"per benchmark named like the data's (e.g. '{preds}/CAMO/*.png')"
+        )
+    raise EvaluationError(
+        f"--preds folder '{preds}' has no prediction maps (expected "
+        f"'{preds}/<Benchmark>/*.png', e.g. '{preds}/CAMO/camourflage_00012.png')"
+    )
 
 
-def match_benchmarks(pred_dirs: dict[str, Path], gt_dirs: dict[str, Path]
-                     ) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
+def match_benchmarks(
+    pred_dirs: dict[str, Path], gt_dirs: dict[str, Path]
+) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
     """Pair map folders with mask folders by benchmark name (exact, else case-insensitive).
 
     Returns ``({benchmark: (pred_dir, gt_dir)}, map folders with no masks, benchmarks with no maps)``.

@@ -6,6 +6,7 @@ conversion, or that do not have the mask's size (then resized bilinearly, as a m
 probability map would be), are reported by file name so that a user scoring someone
 else's maps learns what the files actually held.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class MapIssues:
     resized: list[str] = field(default_factory=list)  # "name (HxW -> HxW)"
     excluded: list[str] = field(default_factory=list)  # COD10K non-camouflaged masks (not the benchmark)
 
-    def merge(self, other: "MapIssues") -> None:
+    def merge(self, other: MapIssues) -> None:
         for name in self.__dataclass_fields__:
             getattr(self, name).extend(getattr(other, name))
 
@@ -44,7 +45,7 @@ class MapIssues:
             "high_depth": "maps are 16-bit (reduced to 8 bits like cv2.IMREAD_GRAYSCALE: high byte)",
             "resized": "maps differ in size from their masks (resized bilinearly to the mask size)",
             "excluded": "COD10K files are not camouflaged images (no '-CAM-' in the name): they are not part "
-                        "of the COD10K benchmark and are not scored",
+            "of the COD10K benchmark and are not scored",
         }
         lines = []
         for key, text in what.items():
@@ -61,8 +62,11 @@ class MapIssues:
 def list_images(folder: Path) -> dict[str, Path]:
     """``{file stem: path}`` of the image files directly in ``folder``, sorted by file name
     (hidden files such as macOS's ``._x.png`` skipped)."""
-    files = sorted(p for p in Path(folder).iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+    files = sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+    )
     out: dict[str, Path] = {}
     for p in files:
         out.setdefault(p.stem, p)  # "a.png" and "a.jpg": the first by name wins

@@ -12,6 +12,7 @@ Conventions (the library's): maps and masks are uint8 greyscale; masks are binar
 ``> 128``; each map is min-max scaled to [0, 1] unless it is constant; F-measure uses
 beta^2 = 0.3, weighted F-measure beta = 1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,11 +58,13 @@ class Curves:
 def _fmeasure_v2() -> sod.FmeasureV2:
     # FmeasureV2 computes one histogram per image for all three; the older Fmeasure class
     # gives the same numbers but is deprecated by the library.
-    return sod.FmeasureV2(metric_handlers={
-        "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
-        "pre": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
-        "rec": sod.RecallHandler(with_dynamic=True, with_adaptive=False),
-    })
+    return sod.FmeasureV2(
+        metric_handlers={
+            "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
+            "pre": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
+            "rec": sod.RecallHandler(with_dynamic=True, with_adaptive=False),
+        }
+    )
 
 
 def check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
@@ -71,8 +74,10 @@ def check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
             desc = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
             raise ValueError(f"{what} must be a 2-D uint8 array (H x W, values 0..255), got a {desc}")
     if pred.shape != gt.shape:
-        raise ValueError(f"prediction {pred.shape} and mask {gt.shape} differ in size; resize the "
-                         "prediction to the mask's size first (bilinear)")
+        raise ValueError(
+            f"prediction {pred.shape} and mask {gt.shape} differ in size; resize the "
+            "prediction to the mask's size first (bilinear)"
+        )
 
 
 def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:

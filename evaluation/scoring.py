@@ -11,6 +11,7 @@ once); each worker then starts in milliseconds. As with any
 multiprocessing code, a script that calls this must guard its entry point with
 ``if __name__ == "__main__":``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -90,7 +91,7 @@ class Scorer:
         self.min_parallel = max(2, min_parallel)
         self._pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "Scorer":
+    def __enter__(self) -> Scorer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,8 +108,7 @@ class Scorer:
             results = map(_score_pair, pairs)
         else:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=_start_method(),
-                                                 initializer=_init_worker)
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=_start_method(), initializer=_init_worker)
             # Chunks amortise the inter-process round trips; ~8 chunks per worker keep the load balanced.
             chunk = max(1, min(16, len(pairs) // (8 * self.workers)))
             results = self._pool.map(_score_pair, pairs, chunksize=chunk)
@@ -148,6 +148,8 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, workers: int = 0, ben
     with Scorer(workers) as scorer:
         metrics = score_benchmark(scorer, pairs, issues, benchmark)
     if metrics is None:
-        raise EvaluationError(f"{benchmark}: no map in '{pred_dir}' could be paired with a mask in '{gt_dir}' "
-                              "and read (maps must be named like the masks, e.g. GT/x.png <-> maps/x.png)")
+        raise EvaluationError(
+            f"{benchmark}: no map in '{pred_dir}' could be paired with a mask in '{gt_dir}' "
+            "and read (maps must be named like the masks, e.g. GT/x.png <-> maps/x.png)"
+        )
     return metrics.results()

@@ -6,6 +6,7 @@ E-measure at the adaptive threshold (2 x mean of the map) / averaged over the 25
 thresholds / at the best threshold; likewise ``Fm_*`` (beta^2 = 0.3); ``wFm`` is the weighted
 F-measure (beta = 1); MAE is lower-is-better, every other metric higher-is-better.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,10 +18,12 @@ from config import METRIC_KEYS
 from .discovery import sort_benchmarks
 
 LOWER_IS_BETTER = {"MAE"}
-LEGEND = ("Sm: S-measure (alpha 0.5). wFm: weighted F-measure (beta 1). MAE: mean absolute error (lower is "
-          "better). Em/Fm: E-measure / F-measure (beta^2 0.3) at the adaptive threshold (adp, 2 x mean of the "
-          "map), averaged over thresholds 0..255 (mean), at the best threshold (max). All computed with "
-          "PySODMetrics conventions: maps min-max scaled per image, masks binarised at > 128.")
+LEGEND = (
+    "Sm: S-measure (alpha 0.5). wFm: weighted F-measure (beta 1). MAE: mean absolute error (lower is "
+    "better). Em/Fm: E-measure / F-measure (beta^2 0.3) at the adaptive threshold (adp, 2 x mean of the "
+    "map), averaged over thresholds 0..255 (mean), at the best threshold (max). All computed with "
+    "PySODMetrics conventions: maps min-max scaled per image, masks binarised at > 128."
+)
 
 
 def write_results_json(results: dict[str, dict], path: str | Path) -> None:

@@ -3,6 +3,7 @@
 ``build_model(cfg)`` and ``build_loss(cfg)`` are the only places that read the config; every
 module takes explicit arguments and can be built and tested alone.
 """
+
 from __future__ import annotations
 
 from omegaconf import DictConfig
@@ -23,8 +24,13 @@ def build_model(cfg: DictConfig) -> E2Net:
 
     m, e = cfg.model, cfg.model.encoder
     encoder = build_dinov3_encoder(
-        model_name=e.name, pretrained_path=e.pretrained_path, freeze=e.freeze, simple=e.simple,
-        layers=tuple(e.layers) or None, backend=e.backend, trainable_blocks=e.trainable_blocks,
+        model_name=e.name,
+        pretrained_path=e.pretrained_path,
+        freeze=e.freeze,
+        simple=e.simple,
+        layers=tuple(e.layers) or None,
+        backend=e.backend,
+        trainable_blocks=e.trainable_blocks,
         weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
     )
     if m.decoder == "linear":

@@ -4,9 +4,11 @@ Convolutions, norms and squeeze-excitation come from torch/torchvision; the atte
 are thin wrappers around ``F.scaled_dot_product_attention`` so that the fused kernels (flash /
 memory-efficient) run on GPU.
 """
+
 from __future__ import annotations
 
 from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
@@ -35,7 +37,10 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 def conv_norm_act(cin: int, cout: int, kernel_size: int = 3, norm: str = "gn", act: bool = True) -> nn.Module:
     """Conv (no bias: the norm has one) -> norm -> ReLU; [B, cin, H, W] -> [B, cout, H, W]."""
     return Conv2dNormActivation(
-        cin, cout, kernel_size, norm_layer=partial(norm_layer, norm),
+        cin,
+        cout,
+        kernel_size,
+        norm_layer=partial(norm_layer, norm),
         activation_layer=nn.ReLU if act else None,
     )
 
@@ -100,4 +105,3 @@ class TransformerBlock(nn.Module):
         y = self.norm1(x)
         x = x + self.attn(y, y)
         return x + self.mlp(self.norm2(x))
-

@@ -1,7 +1,8 @@
 """E2Net: DINOv3 encoder -> CAEM -> decoder, and its trainable-only state dict."""
+
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +25,12 @@ class E2Net(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, caem: Optional[nn.Module], decoder: nn.Module,
-        channels_last: bool = False, compile: bool = False,
+        self,
+        encoder: nn.Module,
+        caem: nn.Module | None,
+        decoder: nn.Module,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder

@@ -8,9 +8,10 @@ which costs more than the whole ViT-B encoder.
 Levels are indexed finest first: 0 (stride 4), 1 (stride 8), 2 (stride 16), 3 (stride 32); with a
 ``simple`` encoder all four are at stride 16 and the same code runs without any resizing.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

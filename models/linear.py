@@ -4,9 +4,10 @@ Concatenated encoder maps -> normalisation -> one 1x1 convolution -> bilinear up
 no spatial context of its own, so it measures what the (frozen) features alone can separate;
 every COD paper built on a foundation model reports this ablation.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

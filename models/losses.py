@@ -5,9 +5,10 @@ Every function returns the mean over the batch of a per-image value (so the loss
 on the batch size) and expects float32 inputs; ``CODLoss`` casts and disables autocast, because
 sums over 147k pixels and log-sigmoids lose too much in bfloat16.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,12 @@ class CODLoss(nn.Module):
     """
 
     def __init__(
-        self, bce: float = 1.0, iou: float = 1.0, dice: float = 0.0, edge: float = 0.0, side: float = 0.5,
+        self,
+        bce: float = 1.0,
+        iou: float = 1.0,
+        dice: float = 0.0,
+        edge: float = 0.0,
+        side: float = 0.5,
         edge_width: int = 2,
     ) -> None:
         super().__init__()

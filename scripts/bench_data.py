@@ -8,6 +8,7 @@ make_synthetic_cod.py) in a temporary folder, builds the training dataset throug
 rotation warp + colour jitter + tensor conversion) in this process with one thread: that is
 one worker core. ``--workers K`` also times a K-worker DataLoader (total / K). Goal: >= 150/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,15 @@ def write_jpegs(root: Path, n: int, height: int = 600, width: int = 800, quality
         (root / "TrainDataset" / sub).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         image, mask = make_image(7, 0, i, max(height, width), 0.5, shape=(height, width))
-        cv2.imwrite(str(root / "TrainDataset" / "Imgs" / f"bench_{i:04d}.jpg"),
-                    cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        cv2.imwrite(
+            str(root / "TrainDataset" / "Imgs" / f"bench_{i:04d}.jpg"),
+            cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, quality],
+        )
         cv2.imwrite(str(root / "TrainDataset" / "GT" / f"bench_{i:04d}.png"), mask, [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
-def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: int = 0,
-          cache: bool = False) -> dict:
+def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: int = 0, cache: bool = False) -> dict:
     """``{"images_per_s_per_worker": float, "images_per_cpu_s": float,
     "loader_images_per_s_per_worker": float | None, ...}``.
 
@@ -54,9 +57,17 @@ def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: in
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_jpegs(root, n_images)
-        cfg = load_config(None, [f"data.root={root}", f"data.image_size={size}", "data.val_fraction=0",
-                                 f"data.cache={str(cache).lower()}", f"train.num_workers={workers}",
-                                 "train.batch_size=8"])
+        cfg = load_config(
+            None,
+            [
+                f"data.root={root}",
+                f"data.image_size={size}",
+                "data.val_fraction=0",
+                f"data.cache={str(cache).lower()}",
+                f"train.num_workers={workers}",
+                "train.batch_size=8",
+            ],
+        )
         t0 = time.perf_counter()
         train, _ = datasets.build_train_val(cfg)
         build_s = time.perf_counter() - t0
@@ -81,10 +92,16 @@ def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: in
                 done += sum(len(b["name"]) for b in loader)
                 epoch += 1
             loader_rate = done / (time.perf_counter() - t0) / workers
-    return {"images_per_s_per_worker": per_worker, "images_per_cpu_s": per_cpu_s,
-            "loader_images_per_s_per_worker": loader_rate,
-            "build_s": build_s, "size": size, "source": "800x600 JPEG q95", "cache": cache,
-            "cpu_count": os.cpu_count()}
+    return {
+        "images_per_s_per_worker": per_worker,
+        "images_per_cpu_s": per_cpu_s,
+        "loader_images_per_s_per_worker": loader_rate,
+        "build_s": build_s,
+        "size": size,
+        "source": "800x600 JPEG q95",
+        "cache": cache,
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", action="store_true", help="with data.cache=true (pre-resized copies)")
     args = ap.parse_args(argv)
     r = bench(args.size, args.images, args.seconds, args.workers, args.cache)
-    print(f"training transforms at {r['size']} on {r['source']}{' (cached)' if r['cache'] else ''}: "
-          f"{r['images_per_s_per_worker']:.0f} images/s per worker core, wall clock "
-          f"({r['images_per_cpu_s']:.0f} per CPU-second; goal >= 150); dataset build {r['build_s']:.2f} s")
+    print(
+        f"training transforms at {r['size']} on {r['source']}{' (cached)' if r['cache'] else ''}: "
+        f"{r['images_per_s_per_worker']:.0f} images/s per worker core, wall clock "
+        f"({r['images_per_cpu_s']:.0f} per CPU-second; goal >= 150); dataset build {r['build_s']:.2f} s"
+    )
     if r["loader_images_per_s_per_worker"] is not None:
         print(f"DataLoader with {args.workers} workers: {r['loader_images_per_s_per_worker']:.0f} images/s per worker")
     return 0

@@ -6,6 +6,7 @@ Prints the median wall time of ``encoder(x)`` (trunk + pyramid, frozen, no_grad)
 bf16 autocast, and in bf16 autocast with bf16-stored trunk weights (``weights_dtype="bfloat16"``),
 and the median CPU time of this process per run (less sensitive to other processes sharing the CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dinov3_encoder import DINOv3Encoder  # noqa: E402
-from dinov3_trunks import IMAGENET_MEAN, IMAGENET_STD, _HFViT  # noqa: E402
+from dinov3_encoder import DINOv3Encoder
+from dinov3_trunks import IMAGENET_MEAN, IMAGENET_STD, _HFViT
 
 
 def build(hidden: int, layers: int, heads: int, registers: int, weights_dtype: str, device: str) -> DINOv3Encoder:
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    cfg = DINOv3ViTConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=heads, num_register_tokens=registers, patch_size=16)
+    cfg = DINOv3ViTConfig(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_register_tokens=registers,
+        patch_size=16,
+    )
     torch.manual_seed(0)
     trunk = _HFViT(DINOv3ViTModel(cfg))
     return DINOv3Encoder(trunk, IMAGENET_MEAN, IMAGENET_STD, weights_dtype=weights_dtype).to(device).eval()
@@ -66,16 +73,23 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     x = torch.rand(a.batch, 3, a.size, a.size, device=a.device)
-    print(f"ViT hidden {a.hidden}, {a.layers} blocks, {a.heads} heads, {a.registers} registers, patch 16; "
-          f"input {a.batch}x3x{a.size}x{a.size} on {a.device} ({torch.get_num_threads()} threads), "
-          f"median of {a.runs} after {a.warmup} warm-up")
-    for name, weights_dtype, amp in (("float32", "float32", False), ("bf16 autocast", "float32", True),
-                                     ("bf16 autocast + bf16 weights", "bfloat16", True)):
+    print(
+        f"ViT hidden {a.hidden}, {a.layers} blocks, {a.heads} heads, {a.registers} registers, patch 16; "
+        f"input {a.batch}x3x{a.size}x{a.size} on {a.device} ({torch.get_num_threads()} threads), "
+        f"median of {a.runs} after {a.warmup} warm-up"
+    )
+    for name, weights_dtype, amp in (
+        ("float32", "float32", False),
+        ("bf16 autocast", "float32", True),
+        ("bf16 autocast + bf16 weights", "bfloat16", True),
+    ):
         enc = build(a.hidden, a.layers, a.heads, a.registers, weights_dtype, a.device)
         wall, cpu = time_forward(enc, x, amp, a.runs, a.warmup)
         ms = [v * 1000 for v in wall]
-        print(f"{name:30s} wall median {statistics.median(ms):8.1f} ms (min {min(ms):.1f}, max {max(ms):.1f}); "
-              f"CPU time median {statistics.median(cpu) * 1000:8.1f} ms")
+        print(
+            f"{name:30s} wall median {statistics.median(ms):8.1f} ms (min {min(ms):.1f}, max {max(ms):.1f}); "
+            f"CPU time median {statistics.median(cpu) * 1000:8.1f} ms"
+        )
 
 
 if __name__ == "__main__":

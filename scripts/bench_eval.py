@@ -11,6 +11,7 @@ Time on an otherwise idle machine: Linux's autogroup scheduler gives every termi
 an equal share of the CPU, so while other sessions keep the cores busy, more worker
 processes cannot get more CPU time and the speed-up reads ~1x.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation import available_cores, score_folder  # noqa: E402
+from evaluation import available_cores, score_folder
 
 
 def make_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,11 +71,15 @@ def main() -> None:
             times[w] = time.perf_counter() - tic
     same = results[1] == results[workers]
     # Other processes on the machine take cores from the pool: the load average says how many.
-    print(f"{args.n} maps at {args.height}x{args.width}, {available_cores()} cores available, "
-          f"load average {load:.1f} at the start of the timings")
+    print(
+        f"{args.n} maps at {args.height}x{args.width}, {available_cores()} cores available, "
+        f"load average {load:.1f} at the start of the timings"
+    )
     print(f"  1 process : {times[1]:7.1f} s  ({1000 * times[1] / args.n:.0f} ms/map)")
-    print(f"  {workers} processes: {times[workers]:7.1f} s  ({1000 * times[workers] / args.n:.0f} ms/map, "
-          f"pool start-up included)")
+    print(
+        f"  {workers} processes: {times[workers]:7.1f} s  ({1000 * times[workers] / args.n:.0f} ms/map, "
+        f"pool start-up included)"
+    )
     print(f"  speed-up  : {times[1] / times[workers]:.2f}x; identical results: {same}")
     if not same:
         sys.exit("results differ between worker counts")

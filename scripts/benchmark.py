@@ -20,9 +20,11 @@ table and in ``--json``: P1 ``encoder_fraction_of_peak``, P2 ``train_step_over_e
 ``inference_over_encoder``, P6 ``train_mem_over_inference_mem``, P4 ``loader_images_per_s_per_worker``.
 The load average is recorded with each phase: on a shared CPU, compare runs taken at similar load.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -40,9 +42,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PHASES = ("matmul", "encoder", "train", "infer", "loader")
-GOALS = {"encoder_fraction_of_peak": (">=", 0.70), "train_step_over_encoder": ("<=", 1.6),
-         "inference_over_encoder": ("<=", 1.25), "train_mem_over_inference_mem": ("<=", 1.5),
-         "loader_images_per_s_per_worker": (">=", 150)}
+GOALS = {
+    "encoder_fraction_of_peak": (">=", 0.70),
+    "train_step_over_encoder": ("<=", 1.6),
+    "inference_over_encoder": ("<=", 1.25),
+    "train_mem_over_inference_mem": ("<=", 1.5),
+    "loader_images_per_s_per_worker": (">=", 150),
+}
 
 
 # --------------------------------------------------------------------------- measuring (child process)
@@ -71,8 +77,12 @@ def _timed(fn, device, warmup: int, repeats: int) -> dict:
         _sync(device)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return {"s": statistics.median(wall), "cpu_s": statistics.median(cpu), "all_s": wall,
-            "flops": counter.get_total_flops()}
+    return {
+        "s": statistics.median(wall),
+        "cpu_s": statistics.median(cpu),
+        "all_s": wall,
+        "flops": counter.get_total_flops(),
+    }
 
 
 def _reset_peak(device) -> None:
@@ -82,10 +92,8 @@ def _reset_peak(device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    try:  # return freed heap to the OS so the high-water mark starts from what is live
+    with contextlib.suppress(OSError):  # return freed heap to the OS so the high-water mark starts from what is live
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
@@ -103,9 +111,9 @@ def _matmul(device, spec) -> dict:
     n, out = spec["matmul_n"], {}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        r = _timed(lambda: a @ b, device, spec["warmup"], spec["repeats"])
-        out[f"{name}_flops_per_s"] = 2 * n ** 3 / r["s"]
-        out[f"{name}_flops_per_cpu_s"] = 2 * n ** 3 / r["cpu_s"]  # per thread-second
+        r = _timed(lambda a=a, b=b: a @ b, device, spec["warmup"], spec["repeats"])
+        out[f"{name}_flops_per_s"] = 2 * n**3 / r["s"]
+        out[f"{name}_flops_per_cpu_s"] = 2 * n**3 / r["cpu_s"]  # per thread-second
         out[f"{name}_s"] = r["s"]
     return out
 
@@ -156,8 +164,15 @@ def run_phase(phase: str, spec: dict) -> dict:
         y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
         t = cfg.train
         pretrained = getattr(model.encoder, "trunk", model.encoder).parameters()
-        optimizer = build_optimizer(model, t.lr, t.weight_decay, t.betas, t.encoder_lr_scale, pretrained,
-                                    fused=t.fused_adamw and device.type == "cuda")
+        optimizer = build_optimizer(
+            model,
+            t.lr,
+            t.weight_decay,
+            t.betas,
+            t.encoder_lr_scale,
+            pretrained,
+            fused=t.fused_adamw and device.type == "cuda",
+        )
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
         def step():
@@ -179,8 +194,12 @@ def run_phase(phase: str, spec: dict) -> dict:
 # --------------------------------------------------------------------------- driver (parent process)
 def _child(phase: str, spec: dict) -> dict:
     load = os.getloadavg()[0]
-    proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--spec", json.dumps(spec)],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, "--spec", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"benchmark phase '{phase}' failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -204,8 +223,9 @@ def _ratios(r: dict) -> dict:
         "loader_images_per_s_per_worker": r["loader"]["images_per_s_per_worker"],
         # The same ratios in process CPU time: less sensitive to other jobs on a shared CPU
         # (with --threads 1, CPU time is the work itself; wall time adds the waits for a core).
-        "encoder_fraction_of_peak_cpu": enc["flops"] / enc["cpu_s"] / (
-            mm["fp32_flops_per_cpu_s"] if enc["autocast"] == "off" else mm["bf16_flops_per_cpu_s"]),
+        "encoder_fraction_of_peak_cpu": enc["flops"]
+        / enc["cpu_s"]
+        / (mm["fp32_flops_per_cpu_s"] if enc["autocast"] == "off" else mm["bf16_flops_per_cpu_s"]),
         "train_step_over_encoder_cpu": r["train"]["cpu_s"] / enc["cpu_s"],
         "inference_over_encoder_cpu": r["infer"]["cpu_s"] / enc["cpu_s"],
     }
@@ -214,26 +234,34 @@ def _ratios(r: dict) -> dict:
 def _table(out: dict) -> str:
     r, q = out["phases"], out["ratios"]
     g = lambda v: f"{v / 1e9:8.1f} GFLOP/s"  # noqa: E731
-    mb = lambda v: f"{v / 2 ** 20:8.0f} MiB"  # noqa: E731
-    lines = [f"{out['device_name']} ({out['threads']} threads), batch {out['batch']} x {out['size']}px, "
-             f"autocast {r['encoder']['autocast']}, "
-             f"median of {out['repeats']}, overrides: {' '.join(out['overrides']) or '-'}",
-             f"  matmul {out['matmul_n']}^2   bf16 {g(r['matmul']['bf16_flops_per_s'])}   "
-             f"fp32 {g(r['matmul']['fp32_flops_per_s'])}"]
+    mb = lambda v: f"{v / 2**20:8.0f} MiB"  # noqa: E731
+    lines = [
+        f"{out['device_name']} ({out['threads']} threads), batch {out['batch']} x {out['size']}px, "
+        f"autocast {r['encoder']['autocast']}, "
+        f"median of {out['repeats']}, overrides: {' '.join(out['overrides']) or '-'}",
+        f"  matmul {out['matmul_n']}^2   bf16 {g(r['matmul']['bf16_flops_per_s'])}   "
+        f"fp32 {g(r['matmul']['fp32_flops_per_s'])}",
+    ]
     for name in ("encoder", "train", "infer"):
         p = r[name]
-        lines.append(f"  {name:8s} {p['s'] * 1e3:9.1f} ms (cpu {p['cpu_s'] * 1e3:8.1f} ms)  "
-                     f"{p['flops'] / 1e9:8.1f} GFLOP  {g(p['flops'] / p['s'])}  peak {mb(p['peak_bytes'])}  "
-                     f"load {p['load_avg_1min'][0]:.1f}")
-    lines.append(f"  loader   {r['loader']['images_per_s_per_worker']:6.1f} images/s per worker "
-                 f"({r['loader']['images_per_cpu_s']:.1f} per CPU-s)")
+        lines.append(
+            f"  {name:8s} {p['s'] * 1e3:9.1f} ms (cpu {p['cpu_s'] * 1e3:8.1f} ms)  "
+            f"{p['flops'] / 1e9:8.1f} GFLOP  {g(p['flops'] / p['s'])}  peak {mb(p['peak_bytes'])}  "
+            f"load {p['load_avg_1min'][0]:.1f}"
+        )
+    lines.append(
+        f"  loader   {r['loader']['images_per_s_per_worker']:6.1f} images/s per worker "
+        f"({r['loader']['images_per_cpu_s']:.1f} per CPU-s)"
+    )
     for i, key in zip(("P1", "P2", "P3", "P6", "P4"), GOALS):
         op, goal = GOALS[key]
         ok = q[key] >= goal if op == ">=" else q[key] <= goal
         lines.append(f"  {i} {key:32s} {q[key]:8.3f}  goal {op} {goal:<6}  {'ok' if ok else 'MISSED'}")
-    lines.append(f"     (CPU-time ratios: P1 {q['encoder_fraction_of_peak_cpu']:.3f}, "
-                 f"P2 {q['train_step_over_encoder_cpu']:.3f}, "
-                 f"P3 {q['inference_over_encoder_cpu']:.3f})")
+    lines.append(
+        f"     (CPU-time ratios: P1 {q['encoder_fraction_of_peak_cpu']:.3f}, "
+        f"P2 {q['train_step_over_encoder_cpu']:.3f}, "
+        f"P3 {q['inference_over_encoder_cpu']:.3f})"
+    )
     return "\n".join(lines)
 
 
@@ -274,25 +302,53 @@ def main(argv: list[str] | None = None) -> int:
             from scripts.make_tiny_dinov3 import make_tiny_dinov3
 
             # ViT-B/16 shape (MLP 3072, 4 registers); small init keeps random activations ordinary.
-            encoder = str(make_tiny_dinov3(Path(tmp) / "vitb16", hidden=768, layers=12, heads=12, registers=4,
-                                           patch=16, mlp_ratio=4.0, init_std=0.02))
+            encoder = str(
+                make_tiny_dinov3(
+                    Path(tmp) / "vitb16",
+                    hidden=768,
+                    layers=12,
+                    heads=12,
+                    registers=4,
+                    patch=16,
+                    mlp_ratio=4.0,
+                    init_std=0.02,
+                )
+            )
         spec = {
-            "device": device, "threads": a.threads, "size": a.size, "config": a.config,
+            "device": device,
+            "threads": a.threads,
+            "size": a.size,
+            "config": a.config,
             "batch": a.batch or (8 if cuda else 2),
             "repeats": a.repeats or (2 if a.quick else 20 if cuda else 3),
             "warmup": a.warmup or (5 if cuda else 1),
-            "matmul_n": 2048 if a.quick else 4096, "loader_seconds": 3.0 if a.quick else 8.0,
-            "overrides": [f"model.encoder.pretrained_path={encoder}", "model.encoder.name=benchmark-vitb16",
-                          f"data.image_size={a.size}", *a.overrides],
+            "matmul_n": 2048 if a.quick else 4096,
+            "loader_seconds": 3.0 if a.quick else 8.0,
+            "overrides": [
+                f"model.encoder.pretrained_path={encoder}",
+                "model.encoder.name=benchmark-vitb16",
+                f"data.image_size={a.size}",
+                *a.overrides,
+            ],
         }
         results = {}
         for phase in phases:
             print(f"[{phase}] ...", file=sys.stderr, flush=True)
             results[phase] = _child(phase, spec)
     name = torch.cuda.get_device_name() if cuda else (_cpu_name() or "CPU")
-    out = {"device": device, "device_name": name, "threads": a.threads or torch.get_num_threads(),
-           "batch": spec["batch"], "size": a.size, "repeats": spec["repeats"], "matmul_n": spec["matmul_n"],
-           "overrides": a.overrides, "torch": torch.__version__, "cpu_count": os.cpu_count(), "phases": results}
+    out = {
+        "device": device,
+        "device_name": name,
+        "threads": a.threads or torch.get_num_threads(),
+        "batch": spec["batch"],
+        "size": a.size,
+        "repeats": spec["repeats"],
+        "matmul_n": spec["matmul_n"],
+        "overrides": a.overrides,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "phases": results,
+    }
     if set(PHASES) <= set(phases):
         out["ratios"] = _ratios(results)
         out.update(out["ratios"])
@@ -305,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_name() -> str:
-    m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else None
+    m = (
+        re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        if Path("/proc/cpuinfo").exists()
+        else None
+    )
     return m.group(1).strip() if m else ""
 
 

@@ -8,6 +8,7 @@ also decodes every pixel of every file (``--fast``: headers and end markers only
 counts per split and benchmark, then every problem; exits 1 if there were problems, else 0.
 Notes (e.g. a mask whose size differs from its image) are printed but do not fail the check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def check(root: str | Path, overrides: list[str], full: bool = True) -> tuple[li
         found, bad, odd = scan([bdirs], int(d.max_pixels), verify=full)
         found, cam = cod10k_camouflaged(name, found)
         problems, notes = problems + bad, notes + odd + cam
-        rows.append((f"test {name}" + (" (also val: data.val_set)" if name.lower() == d.val_set.lower() else ""),
-                     len(found)))
+        rows.append(
+            (f"test {name}" + (" (also val: data.val_set)" if name.lower() == d.val_set.lower() else ""), len(found))
+        )
     return rows, problems, notes
 
 
@@ -75,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         print(f"\n{len(notes)} note(s):\n{format_problems(notes)}")
     if problems:
-        print(f"\n{len(problems)} problem(s) (these files are skipped by training/testing, "
-              f"or fail it with data.strict=true):\n{format_problems(problems)}")
+        print(
+            f"\n{len(problems)} problem(s) (these files are skipped by training/testing, "
+            f"or fail it with data.strict=true):\n{format_problems(problems)}"
+        )
         return 1
     print("\nno problems found")
     return 0

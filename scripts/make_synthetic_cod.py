@@ -16,6 +16,7 @@ Calibration (difficulty 0.5, 600 train / 100 test at --size 256, trained and sco
 an untrained network scores S-measure ~0.37; a 16-channel 4-level U-Net reaches 0.89 after 280
 steps of batch 16 and 0.92 after 560.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,10 +64,16 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.
 def random_texture(rng: np.random.Generator, size: int) -> Texture:
     base = rng.uniform(40, 200, 3)
     contrast = rng.uniform(35, 80) * rng.dirichlet([4, 4, 4]) * 3
-    return Texture(theta=rng.uniform(0, math.pi), wavelength=size * rng.uniform(0.06, 0.08),
-                   theta2=rng.uniform(0, math.pi), wavelength2=size * rng.uniform(0.05, 0.1),
-                   weight2=rng.uniform(0.25, 0.5), warp=rng.uniform(0.2, 0.6),
-                   dark=np.clip(base - contrast / 2, 0, 255), light=np.clip(base + contrast / 2, 0, 255))
+    return Texture(
+        theta=rng.uniform(0, math.pi),
+        wavelength=size * rng.uniform(0.06, 0.08),
+        theta2=rng.uniform(0, math.pi),
+        wavelength2=size * rng.uniform(0.05, 0.1),
+        weight2=rng.uniform(0.25, 0.5),
+        warp=rng.uniform(0.2, 0.6),
+        dark=np.clip(base - contrast / 2, 0, 255),
+        light=np.clip(base + contrast / 2, 0, 255),
+    )
 
 
 def shifted(t: Texture, rng: np.random.Generator, difficulty: float) -> Texture:
@@ -80,19 +87,27 @@ def shifted(t: Texture, rng: np.random.Generator, difficulty: float) -> Texture:
     ratio = 1 / rng.uniform(lerp(1.7, 1.2), lerp(2.0, 1.4))
     shift = rng.standard_normal(3)
     shift *= rng.uniform(lerp(15, 4), lerp(28, 12)) / np.linalg.norm(shift)
-    return replace(t, theta=t.theta + dtheta, wavelength=t.wavelength * ratio,
-                   theta2=t.theta2 + dtheta, wavelength2=t.wavelength2 * ratio,
-                   dark=np.clip(t.dark + shift, 0, 255), light=np.clip(t.light + shift, 0, 255))
+    return replace(
+        t,
+        theta=t.theta + dtheta,
+        wavelength=t.wavelength * ratio,
+        theta2=t.theta2 + dtheta,
+        wavelength2=t.wavelength2 * ratio,
+        dark=np.clip(t.dark + shift, 0, 255),
+        light=np.clip(t.light + shift, 0, 255),
+    )
 
 
 def render(t: Texture, rng: np.random.Generator, h: int, w: int, size: int) -> np.ndarray:
     """[h, w, 3] float32 RGB in about [0, 255]."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     phase = t.warp * _smooth_noise(rng, h, w, size * 0.1)
-    g1 = np.sin(2 * np.pi * (x * math.cos(t.theta) + y * math.sin(t.theta)) / t.wavelength
-                + phase + rng.uniform(0, 2 * np.pi))
-    g2 = np.sin(2 * np.pi * (x * math.cos(t.theta2) + y * math.sin(t.theta2)) / t.wavelength2
-                + rng.uniform(0, 2 * np.pi))
+    g1 = np.sin(
+        2 * np.pi * (x * math.cos(t.theta) + y * math.sin(t.theta)) / t.wavelength + phase + rng.uniform(0, 2 * np.pi)
+    )
+    g2 = np.sin(
+        2 * np.pi * (x * math.cos(t.theta2) + y * math.sin(t.theta2)) / t.wavelength2 + rng.uniform(0, 2 * np.pi)
+    )
     v = g1 + t.weight2 * g2 + 0.35 * _smooth_noise(rng, h, w, t.wavelength * 0.15)
     v = np.clip(v / (1.0 + t.weight2) * 0.5 + 0.5, 0, 1)[..., None]
     return t.dark + v * (t.light - t.dark)
@@ -138,8 +153,9 @@ def random_shape(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.where(mask > 127, 255, 0).astype(np.uint8)
 
 
-def make_image(seed: int, split: int, index: int, size: int, difficulty: float,
-               shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_image(
+    seed: int, split: int, index: int, size: int, difficulty: float, shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 [H, W, 3], mask uint8 [H, W] {0, 255}) for one image; depends only on the arguments.
 
     ``shape`` = (H, W) fixes the image size (benchmarks); by default it varies around ``size``.
@@ -182,24 +198,46 @@ def _write(job: tuple) -> None:
     cv2.imwrite(gt_path, gt, [cv2.IMWRITE_PNG_COMPRESSION, 9])  # like most tools write masks
 
 
-def generate(out: str | Path, n_train: int, n_test: int, size: int = 256, seed: int = 0,
-             difficulty: float = 0.5, workers: int = 1) -> None:
+def generate(
+    out: str | Path,
+    n_train: int,
+    n_test: int,
+    size: int = 256,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    workers: int = 1,
+) -> None:
     """Write the set under ``out`` (see the module docstring)."""
     out = Path(out)
     jobs, stale = [], []
-    for split, folder, n, prefix in ((0, out / "TrainDataset", n_train, "synth_train"),
-                                     (1, out / "TestDataset" / TEST_SET, n_test, "synth_test")):
+    for split, folder, n, prefix in (
+        (0, out / "TrainDataset", n_train, "synth_train"),
+        (1, out / "TestDataset" / TEST_SET, n_test, "synth_test"),
+    ):
         if n <= 0:
             continue
         (folder / "Imgs").mkdir(parents=True, exist_ok=True)
         (folder / "GT").mkdir(parents=True, exist_ok=True)
         ours = re.compile(rf"{prefix}_(\d{{5}})\.(jpg|png)")
-        stale += [p for sub in ("Imgs", "GT") for p in (folder / sub).iterdir()
-                  if (m := ours.fullmatch(p.name)) and int(m.group(1)) >= n]  # from an earlier, larger run
+        stale += [
+            p
+            for sub in ("Imgs", "GT")
+            for p in (folder / sub).iterdir()
+            if (m := ours.fullmatch(p.name)) and int(m.group(1)) >= n
+        ]  # from an earlier, larger run
         for i in range(n):
             stem = f"{prefix}_{i:05d}"
-            jobs.append((seed, split, i, size, difficulty, str(folder / "Imgs" / f"{stem}.jpg"),
-                         str(folder / "GT" / f"{stem}.png")))
+            jobs.append(
+                (
+                    seed,
+                    split,
+                    i,
+                    size,
+                    difficulty,
+                    str(folder / "Imgs" / f"{stem}.jpg"),
+                    str(folder / "GT" / f"{stem}.png"),
+                )
+            )
     for p in stale:
         p.unlink()
     if workers > 1:
@@ -224,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("need --train/--test >= 0, --size >= 32, --difficulty in [0, 1], --workers >= 1")
     t0 = time.perf_counter()
     generate(args.out, args.train, args.test, args.size, args.seed, args.difficulty, args.workers)
-    print(f"wrote {args.train} training and {args.test} test images ({TEST_SET}) to {args.out} "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {args.train} training and {args.test} test images ({TEST_SET}) to {args.out} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 

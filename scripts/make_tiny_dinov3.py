@@ -7,11 +7,12 @@ Tests, the demo and benchmarks use it in place of the gated Meta weights:
 The folder holds ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``, the same
 three files a real ``facebook/dinov3-*`` snapshot has.
 """
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 # ImageNet statistics, what the LVD-1689M checkpoints ship in their preprocessor_config.json.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,7 +73,7 @@ def make_tiny_dinov3(
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="folder to write (created if missing)")
     p.add_argument("--hidden", type=int, default=64, help="embedding width (divisible by 4 * heads)")
@@ -88,8 +89,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     out = make_tiny_dinov3(
-        a.out, hidden=a.hidden, layers=a.layers, heads=a.heads, registers=a.registers, patch=a.patch,
-        mlp_ratio=a.mlp_ratio, gated_mlp=a.gated_mlp, image_size=a.image_size, mean=a.mean, std=a.std,
+        a.out,
+        hidden=a.hidden,
+        layers=a.layers,
+        heads=a.heads,
+        registers=a.registers,
+        patch=a.patch,
+        mlp_ratio=a.mlp_ratio,
+        gated_mlp=a.gated_mlp,
+        image_size=a.image_size,
+        mean=a.mean,
+        std=a.std,
         seed=a.seed,
     )
     print(f"wrote a random DINOv3 ViT to {out}")

@@ -10,13 +10,13 @@ the CPU kernel, which the counter does not know, is counted as its two matrix pr
 "Frozen" FLOPs are those of encoder modules whose weights are all frozen (the ViT trunk); every
 other FLOP (pyramid, fine-tuned blocks, CAEM, decoder) is "trainable".
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -64,11 +64,17 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
     }
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
-    p.add_argument("--size", type=int, nargs="+", default=[384], metavar="S",
-                   help="input size: one value (square) or H W; multiples of the patch size")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=[384],
+        metavar="S",
+        help="input size: one value (square) or H W; multiples of the patch size",
+    )
     p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = p.parse_args(argv)
     if len(args.size) not in (1, 2):
@@ -86,8 +92,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     g = lambda n: f"{n / 1e9:10.3f}"  # noqa: E731
     ratio = info["trainable"] / info["frozen"] if info["frozen"] else float("nan")
     m = cfg.model
-    print(f"model: decoder={m.decoder} channels={m.channels} simple={m.encoder.simple} "
-          f"trainable_blocks={m.encoder.trainable_blocks} encoder={m.encoder.pretrained_path or m.encoder.name}")
+    print(
+        f"model: decoder={m.decoder} channels={m.channels} simple={m.encoder.simple} "
+        f"trainable_blocks={m.encoder.trainable_blocks} encoder={m.encoder.pretrained_path or m.encoder.name}"
+    )
     print(f"input: 1x3x{size[0]}x{size[1]}   (GFLOPs: FlopCounterMode, multiply-add = 2 FLOPs)")
     print(f"{'trainable params (M)':38s}{info['trainable_params'] / 1e6:10.2f}")
     print(f"{'frozen params (M)':38s}{info['frozen_params'] / 1e6:10.2f}")

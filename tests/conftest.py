@@ -1,11 +1,12 @@
 """Shared fixtures: tiny random DINOv3 models written by scripts/make_tiny_dinov3.py (no network)."""
+
 from __future__ import annotations
 
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Helpers shared by test modules (tests/ is on sys.path under pytest)."""
+
 from __future__ import annotations
 
 import importlib.util

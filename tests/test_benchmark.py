@@ -1,4 +1,5 @@
 """scripts/benchmark.py ratios and the frozen-weight dtype that build_model picks from train.amp."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,12 @@ from scripts import benchmark
 
 def _phases(autocast: str) -> dict:
     return {
-        "matmul": {"bf16_flops_per_s": 100e9, "fp32_flops_per_s": 50e9,
-                   "bf16_flops_per_cpu_s": 50e9, "fp32_flops_per_cpu_s": 25e9},
+        "matmul": {
+            "bf16_flops_per_s": 100e9,
+            "fp32_flops_per_s": 50e9,
+            "bf16_flops_per_cpu_s": 50e9,
+            "fp32_flops_per_cpu_s": 25e9,
+        },
         "encoder": {"s": 2.0, "cpu_s": 4.0, "flops": 140e9, "peak_bytes": 100, "autocast": autocast},
         "train": {"s": 3.0, "cpu_s": 6.0, "flops": 300e9, "peak_bytes": 150},
         "infer": {"s": 2.4, "cpu_s": 4.4, "flops": 160e9, "peak_bytes": 120},
@@ -36,10 +41,16 @@ def test_fp32_encoder_is_compared_with_the_fp32_peak():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA rule also looks at bf16 support")
-@pytest.mark.parametrize("setting, amp, want", [
-    ("auto", "bf16", "bfloat16"), ("auto", "off", "float32"), ("auto", "fp16", "float32"),
-    ("float32", "bf16", "float32"), ("bfloat16", "off", "bfloat16"),
-])
+@pytest.mark.parametrize(
+    "setting, amp, want",
+    [
+        ("auto", "bf16", "bfloat16"),
+        ("auto", "off", "float32"),
+        ("auto", "fp16", "float32"),
+        ("float32", "bf16", "float32"),
+        ("bfloat16", "off", "bfloat16"),
+    ],
+)
 def test_auto_weights_dtype_follows_the_autocast_dtype(setting, amp, want):
     assert frozen_weights_dtype(setting, amp) == want
 
@@ -47,8 +58,15 @@ def test_auto_weights_dtype_follows_the_autocast_dtype(setting, amp, want):
 def test_build_model_stores_frozen_weights_in_bf16_under_bf16_autocast(tiny_dinov3):
     dtypes = {}
     for amp in ("bf16", "off"):
-        cfg = load_config(None, [f"model.encoder.pretrained_path={tiny_dinov3}", "model.encoder.name=tiny",
-                                 "model.channels=32", f"train.amp={amp}"])
+        cfg = load_config(
+            None,
+            [
+                f"model.encoder.pretrained_path={tiny_dinov3}",
+                "model.encoder.name=tiny",
+                "model.channels=32",
+                f"train.amp={amp}",
+            ],
+        )
         model = models.build_model(cfg)
         dtypes[amp] = {p.dtype for p in model.encoder.trunk.parameters() if not p.requires_grad}
         assert {p.dtype for p in model.decoder.parameters()} == {torch.float32}

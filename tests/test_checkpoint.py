@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, exact round trips, and refusal of truncated, corrupt or hostile files."""
+
 from __future__ import annotations
 
 import os
@@ -18,15 +19,21 @@ def _training_state() -> dict:
     """A state like train.py writes: model, AdamW (one step taken), LambdaLR, scaler, RNG, versions."""
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
     model(torch.randn(3, 4)).sum().backward()
     opt.step()
     sched.step()
     return {
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
         "scaler": torch.amp.GradScaler("cpu", enabled=True).state_dict(),
-        "epoch": 3, "step": 120, "best": 0.81, "config": {"train": {"lr": 1e-3, "betas": [0.9, 0.999]}},
-        "rng": [rng_state()], "versions": library_versions(),
+        "epoch": 3,
+        "step": 120,
+        "best": 0.81,
+        "config": {"train": {"lr": 1e-3, "betas": [0.9, 0.999]}},
+        "rng": [rng_state()],
+        "versions": library_versions(),
     }
 
 

@@ -1,4 +1,5 @@
 """The config loader: typed sections, dotted overrides, errors that name the key."""
+
 import math
 from pathlib import Path
 
@@ -34,20 +35,23 @@ def test_dict_round_trip(tmp_path):
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.lrr=1", "train.lrr"),
-    ("nosection.x=1", "nosection"),
-    ("train.lr=abc", "train.lr"),
-    ("train.lr=-1e-4", "train.lr"),
-    ("train.lr=.nan", "train.lr"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("train.amp=fp8", "train.amp"),
-    ("train.epochs=2.5", "train.epochs"),
-    ("data.val_fraction=1.5", "data.val_fraction"),
-    ("model.decoder=unet", "model.decoder"),
-    ("model.encoder=3", "model.encoder"),
-    ("train.best_metric=accuracy", "train.best_metric"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("nosection.x=1", "nosection"),
+        ("train.lr=abc", "train.lr"),
+        ("train.lr=-1e-4", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.amp=fp8", "train.amp"),
+        ("train.epochs=2.5", "train.epochs"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("model.decoder=unet", "model.decoder"),
+        ("model.encoder=3", "model.encoder"),
+        ("train.best_metric=accuracy", "train.best_metric"),
+    ],
+)
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
@@ -83,12 +87,19 @@ def test_image_size_must_tile_into_patches():
 
 
 _values = st.one_of(
-    st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
-    st.none(), st.text(max_size=12), st.lists(st.integers(-5, 500), max_size=5),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=12),
+    st.lists(st.integers(-5, 500), max_size=5),
     st.sampled_from(["bf16", "fp16", "off", "auto", "hf", "timm", "e2net", "linear", "gn", "Sm", "MAE", "[]", "{}"]),
 )
-_keys = st.one_of(st.sampled_from(VALID_KEYS), st.sampled_from(["train", "model.encoder", "x.y", "train.lr.x"]),
-                  st.text(alphabet="abcdefghijklmnopqrstuvwxyz._", min_size=1, max_size=20))
+_keys = st.one_of(
+    st.sampled_from(VALID_KEYS),
+    st.sampled_from(["train", "model.encoder", "x.y", "train.lr.x"]),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz._", min_size=1, max_size=20),
+)
 
 
 def _render(value) -> str:

@@ -1,4 +1,5 @@
 """Data layouts, every bad-data case, and the validation split (datasets/ build side)."""
+
 from __future__ import annotations
 
 import logging
@@ -15,20 +16,28 @@ import datasets
 from config import load_config
 from datasets import DatasetError
 from datasets.build import split_train_val
-from datasets.reading import probe
 from datasets.problems import BadFile
+from datasets.reading import probe
 
 
 # ----------------------------------------------------------------------------- helpers
-def write_pair(folder: Path, stem: str, h: int = 40, w: int = 60, img_dir: str = "Imgs", gt_dir: str = "GT",
-               img_ext: str = ".jpg", mask_shape: tuple[int, int] | None = None) -> tuple[Path, Path]:
+def write_pair(
+    folder: Path,
+    stem: str,
+    h: int = 40,
+    w: int = 60,
+    img_dir: str = "Imgs",
+    gt_dir: str = "GT",
+    img_ext: str = ".jpg",
+    mask_shape: tuple[int, int] | None = None,
+) -> tuple[Path, Path]:
     (folder / img_dir).mkdir(parents=True, exist_ok=True)
     (folder / gt_dir).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(zlib.crc32(stem.encode()))
     img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     mh, mw = mask_shape or (h, w)
     mask = np.zeros((mh, mw), np.uint8)
-    mask[mh // 4: mh // 2, mw // 4: mw // 2] = 255
+    mask[mh // 4 : mh // 2, mw // 4 : mw // 2] = 255
     ip, mp = folder / img_dir / f"{stem}{img_ext}", folder / gt_dir / f"{stem}.png"
     assert cv2.imwrite(str(ip), img) and cv2.imwrite(str(mp), mask)
     return ip, mp
@@ -40,16 +49,26 @@ def cfg_for(root: Path, *overrides: str):
 
 def png_bomb(path: Path, width: int = 100_000, height: int = 100_000) -> None:
     """A tiny PNG whose header declares width x height (valid CRCs, so only the size check stops it)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 # ----------------------------------------------------------------------------- layouts
-@pytest.mark.parametrize("img_dir,gt_dir,top", [("Imgs", "GT", "TrainDataset"), ("Image", "GT", "TrainDataset"),
-                                                ("images", "masks", "TrainDataset"), ("Imgs", "Mask", "TrainValDataset")])
+@pytest.mark.parametrize(
+    "img_dir,gt_dir,top",
+    [
+        ("Imgs", "GT", "TrainDataset"),
+        ("Image", "GT", "TrainDataset"),
+        ("images", "masks", "TrainDataset"),
+        ("Imgs", "Mask", "TrainValDataset"),
+    ],
+)
 def test_training_layouts_of_the_field(tmp_path: Path, img_dir: str, gt_dir: str, top: str) -> None:
     for i, ext in enumerate([".jpg", ".JPG", ".jpeg", ".png", ".bmp", ".Png"]):
         write_pair(tmp_path / top, f"im{i}", img_dir=img_dir, gt_dir=gt_dir, img_ext=ext)
@@ -146,8 +165,17 @@ def test_every_bad_file_is_listed_once_then_skipped(bad_root, caplog: pytest.Log
     assert len(summaries) == 1, caplog.text  # one summary for the whole build
     for what, path in bad.items():
         assert str(path) in summaries[0], f"{what} ({path}) missing from the summary"
-    for reason in ("truncated JPEG", "truncated PNG", "not an image", "zero-byte", "broken link",
-                   "decompression bomb", "image without a mask", "mask without an image", "empty folder"):
+    for reason in (
+        "truncated JPEG",
+        "truncated PNG",
+        "not an image",
+        "zero-byte",
+        "broken link",
+        "decompression bomb",
+        "image without a mask",
+        "mask without an image",
+        "empty folder",
+    ):
         assert reason in summaries[0], reason
     assert sorted(s.name for s in train.samples) == ["good0", "good1", "good2"]
     for i in range(len(train)):  # the survivors all load
@@ -188,7 +216,7 @@ def test_corruption_inside_a_file_is_caught_by_verify(tmp_path: Path) -> None:
     ip, _ = write_pair(tmp_path / "TrainDataset", "garbled", h=64, w=64, img_ext=".png")
     data = bytearray(ip.read_bytes())
     mid = data.index(b"IDAT") + 200
-    data[mid: mid + 400] = os.urandom(400)  # a broken zlib stream; header and IEND intact
+    data[mid : mid + 400] = os.urandom(400)  # a broken zlib stream; header and IEND intact
     ip.write_bytes(bytes(data))
     probe(ip, 10**8)  # the cheap check cannot see it
     assert len(datasets.build_train_val(cfg_for(tmp_path))[0]) == 2

@@ -1,4 +1,5 @@
 """The generated camouflage set, scripts/check_dataset.py and scripts/bench_data.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,10 @@ from scripts import bench_data, check_dataset, make_synthetic_cod
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    assert make_synthetic_cod.main(["--out", str(root), "--train", "48", "--test", "12", "--size", "96",
-                                    "--seed", "3"]) == 0
+    assert (
+        make_synthetic_cod.main(["--out", str(root), "--train", "48", "--test", "12", "--size", "96", "--seed", "3"])
+        == 0
+    )
     return root
 
 
@@ -74,8 +77,16 @@ def test_generation_is_deterministic_and_difficulty_matters() -> None:
 
 
 def test_builders_and_loader_on_the_generated_set(synth: Path) -> None:
-    cfg = load_config(None, [f"data.root={synth}", "data.image_size=64", "data.val_fraction=0.1",
-                             "train.batch_size=8", "train.num_workers=0"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={synth}",
+            "data.image_size=64",
+            "data.val_fraction=0.1",
+            "train.batch_size=8",
+            "train.num_workers=0",
+        ],
+    )
     train, val = datasets.build_train_val(cfg)
     assert (len(train), len(val)) == (43, 5)
     assert list(datasets.build_test_sets(cfg)) == [make_synthetic_cod.TEST_SET]

@@ -1,4 +1,5 @@
 """Reading (RGB order, image modes), paired transforms (alignment), loaders (seeding, multi-scale)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,17 @@ def save_pair(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray, ext:
 def shape_pair(h: int = 90, w: int = 120) -> tuple[np.ndarray, np.ndarray]:
     """An asymmetric white 'L' with a diagonal cut on black, and its mask."""
     mask = np.zeros((h, w), np.uint8)
-    pts = np.array([[w * 0.15, h * 0.1], [w * 0.35, h * 0.1], [w * 0.35, h * 0.6], [w * 0.8, h * 0.75],
-                    [w * 0.8, h * 0.9], [w * 0.15, h * 0.9]], np.int32)
+    pts = np.array(
+        [
+            [w * 0.15, h * 0.1],
+            [w * 0.35, h * 0.1],
+            [w * 0.35, h * 0.6],
+            [w * 0.8, h * 0.75],
+            [w * 0.8, h * 0.9],
+            [w * 0.15, h * 0.9],
+        ],
+        np.int32,
+    )
     cv2.fillPoly(mask, [pts], 255)
     return np.repeat(mask[..., None], 3, 2), mask
 
@@ -69,8 +79,13 @@ def test_grey_rgba_palette_16bit_become_rgb_uint8(tmp_path: Path) -> None:
     pal.save(tmp_path / "palette.png")
     cv2.imwrite(str(tmp_path / "deep.png"), np.full((3, 4, 3), (1000 * 257 % 65536, 0, 65535), np.uint16))  # BGR
     Image.new("1", (4, 3), 1).save(tmp_path / "bilevel.png")
-    expected = {"grey": (77, 77, 77), "rgba": (10, 20, 30), "palette": (200, 100, 50),
-                "deep": (255, 0, (1000 * 257 % 65536) >> 8), "bilevel": (255, 255, 255)}
+    expected = {
+        "grey": (77, 77, 77),
+        "rgba": (10, 20, 30),
+        "palette": (200, 100, 50),
+        "deep": (255, 0, (1000 * 257 % 65536) >> 8),
+        "bilevel": (255, 255, 255),
+    }
     for name, rgb in expected.items():
         img = decode_image(tmp_path / f"{name}.png")
         assert img.dtype == np.uint8 and img.shape == (3, 4, 3), name
@@ -130,8 +145,16 @@ def loader_cfg(*overrides: str):
 def twelve(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     folder = tmp_path_factory.mktemp("twelve")
     rng = np.random.default_rng(0)
-    return [save_pair(folder, f"s{i:02d}", rng.integers(0, 255, (40, 50, 3), dtype=np.uint8),
-                      (rng.random((40, 50)) > 0.5).astype(np.uint8) * 255, ".jpg") for i in range(12)]
+    return [
+        save_pair(
+            folder,
+            f"s{i:02d}",
+            rng.integers(0, 255, (40, 50, 3), dtype=np.uint8),
+            (rng.random((40, 50)) > 0.5).astype(np.uint8) * 255,
+            ".jpg",
+        )
+        for i in range(12)
+    ]
 
 
 def run_epoch(loader, epoch: int) -> list[dict]:

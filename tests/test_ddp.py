@@ -1,4 +1,5 @@
 """Two-process DDP on CPU (gloo) through torchrun, exactly as a user launches it."""
+
 from __future__ import annotations
 
 import os
@@ -19,11 +20,28 @@ def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, n_train=12, n_test=0, size=48, seed=0)
     encoder = tiny_dinov3_factory(layers=4)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           "--config", "e2net_dinov3.yaml", f"model.encoder.pretrained_path={encoder}",
-           "model.encoder.layers=[1,2,3,4]", "model.channels=16", "model.context_heads=2", f"data.root={data}",
-           "data.image_size=32", "data.val_fraction=0.34", "train.batch_size=2", "train.num_workers=0",
-           "train.log_interval=1", "train.epochs=2", f"train.run_dir={run}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        "--config",
+        "e2net_dinov3.yaml",
+        f"model.encoder.pretrained_path={encoder}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.channels=16",
+        "model.context_heads=2",
+        f"data.root={data}",
+        "data.image_size=32",
+        "data.val_fraction=0.34",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "train.log_interval=1",
+        "train.epochs=2",
+        f"train.run_dir={run}",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]

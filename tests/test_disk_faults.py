@@ -1,5 +1,6 @@
 """A full disk or a read-only run folder: a clear error at the first failed write, the previous checkpoint
 untouched. Real file systems where the kernel allows a private mount namespace, simulations otherwise."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps, run_args  # noqa: F401 (fixture)
 
 from engine.checkpoint import CheckpointError, load_checkpoint
-from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps, run_args  # noqa: F401 (fixture)
 from helpers import run_train
 
 
@@ -62,14 +63,20 @@ def test_disk_filling_up_mid_run_stops_at_the_failed_save(tmp_path, monkeypatch,
 
 def _unshare_works() -> bool:
     try:
-        return subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True,
-                              timeout=20).returncode == 0
+        return (
+            subprocess.run(
+                ["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
 
-needs_mounts = pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` (a private mount namespace) "
-                                  "to mount a tiny tmpfs / a read-only bind mount")
+needs_mounts = pytest.mark.skipif(
+    not _unshare_works(),
+    reason="needs `unshare -rm` (a private mount namespace) to mount a tiny tmpfs / a read-only bind mount",
+)
 
 # Runs train.py in a private mount namespace (it vanishes with the process: nothing to clean up).
 IN_NAMESPACE = r"""
@@ -98,9 +105,26 @@ def test_full_or_read_only_file_system(tmp_path, run_args, one_epoch_run, kind):
     """Real file systems: a tmpfs with room for half a checkpoint (ENOSPC), a read-only bind mount (EROFS)."""
     run, out = tmp_path / "run", tmp_path / "after"
     run.mkdir()
-    res = subprocess.run(["unshare", "-rm", sys.executable, "-c", IN_NAMESPACE, kind, str(one_epoch_run), str(run),
-                          str(out), *run_args, "train.epochs=2"], cwd=ROOT, env=ENV, capture_output=True,
-                         text=True, timeout=240)
+    res = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            sys.executable,
+            "-c",
+            IN_NAMESPACE,
+            kind,
+            str(one_epoch_run),
+            str(run),
+            str(out),
+            *run_args,
+            "train.epochs=2",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
     expected = "No space left on device" if kind == "full" else "Read-only file system"
     errors = [line for line in res.stderr.splitlines() if expected in line]
@@ -118,8 +142,9 @@ def test_kernel_enospc_through_save_checkpoint(tmp_path, monkeypatch):
 
     target = tmp_path / "last.pth"
     save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
-    monkeypatch.setattr(engine.checkpoint, "open", lambda path, mode="r", *a, **k: open("/dev/full", mode, *a, **k),
-                        raising=False)
+    monkeypatch.setattr(
+        engine.checkpoint, "open", lambda path, mode="r", *a, **k: open("/dev/full", mode, *a, **k), raising=False
+    )
     with pytest.raises(CheckpointError) as err:
         save_checkpoint(target, {"model": {"w": torch.zeros(100_000)}, "epoch": 2})
     assert "No space left on device" in str(err.value) and "\n" not in str(err.value)

@@ -1,4 +1,5 @@
 """DINOv3 encoder on tiny random models: token stripping, freezing, shapes, dtypes, errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -15,9 +16,9 @@ from dinov3_encoder import build_dinov3_encoder, default_layers, read_patch_size
 
 HUB_ID = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 TIMM_VIT = "vit_base_patch16_dinov3"
-TIMM_VIT_KW = dict(embed_dim=64, depth=4, num_heads=2)
+TIMM_VIT_KW = {"embed_dim": 64, "depth": 4, "num_heads": 2}
 TIMM_CNX = "convnext_tiny.dinov3_lvd1689m"
-TIMM_CNX_KW = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+TIMM_CNX_KW = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}
 
 
 def _reference_maps(folder: Path, x: torch.Tensor, layers, mean, std) -> list[torch.Tensor]:
@@ -28,8 +29,7 @@ def _reference_maps(folder: Path, x: torch.Tensor, layers, mean, std) -> list[to
     with torch.no_grad():
         out = model((x - mean) / std, output_hidden_states=True)
     assert out.hidden_states[0].shape[1] == 1 + R + (H // p) * (W // p)  # CLS, registers, patches
-    return [model.norm(out.hidden_states[l])[:, 1 + R:].transpose(1, 2).reshape(B, -1, H // p, W // p)
-            for l in layers]
+    return [model.norm(out.hidden_states[i])[:, 1 + R :].transpose(1, 2).reshape(B, -1, H // p, W // p) for i in layers]
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,9 @@ def test_frozen_encoder_gets_no_gradient_and_stays_deterministic(tiny_dinov3: Pa
 def test_trainable_blocks_train_only_the_last_blocks(tiny_dinov3: Path) -> None:
     enc = build_dinov3_encoder(pretrained_path=str(tiny_dinov3), trainable_blocks=2)
     trainable = {n for n, p in enc.trunk.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("model.model.layer.10.", "model.model.layer.11.", "model.norm."))
-                             for n in trainable)
+    assert trainable and all(
+        n.startswith(("model.model.layer.10.", "model.model.layer.11.", "model.norm.")) for n in trainable
+    )
     grad_seen = {}
     for i in (0, 9, 10):
         enc.trunk.blocks[i].register_forward_hook(lambda m, a, o, i=i: grad_seen.update({i: torch.is_grad_enabled()}))
@@ -154,8 +155,10 @@ def test_unfrozen_encoder_trains_everything(tiny_dinov3: Path) -> None:
 
 def test_state_dict_holds_only_parameters(tiny_dinov3: Path, timm_vit_pth: Path) -> None:
     """No persistent buffers: a checkpoint can drop the frozen trunk by requires_grad alone."""
-    for enc in (build_dinov3_encoder(pretrained_path=str(tiny_dinov3)),
-                build_dinov3_encoder(TIMM_VIT, str(timm_vit_pth), backend="timm", timm_kwargs=TIMM_VIT_KW)):
+    for enc in (
+        build_dinov3_encoder(pretrained_path=str(tiny_dinov3)),
+        build_dinov3_encoder(TIMM_VIT, str(timm_vit_pth), backend="timm", timm_kwargs=TIMM_VIT_KW),
+    ):
         assert set(enc.state_dict()) == {n for n, _ in enc.named_parameters()}
 
 
@@ -167,8 +170,9 @@ def test_timm_loads_meta_checkpoint_through_its_filter(timm_vit_pth: Path) -> No
     assert set(got) == set(ref)
     assert all(torch.equal(got[k], ref[k]) for k in ref)
     x = torch.rand(1, 3, 32, 48)
-    want = enc.trunk.model.forward_intermediates((x - enc.pixel_mean) / enc.pixel_std, indices=[0, 1, 2, 3],
-                                                norm=True, intermediates_only=True)
+    want = enc.trunk.model.forward_intermediates(
+        (x - enc.pixel_mean) / enc.pixel_std, indices=[0, 1, 2, 3], norm=True, intermediates_only=True
+    )
     for a, b in zip(enc.tapped_maps(x), want):
         torch.testing.assert_close(a, b)
 

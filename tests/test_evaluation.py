@@ -1,4 +1,5 @@
 """The evaluator: reference values, worker-count invariance, edge cases, file problems, tables, curves."""
+
 from __future__ import annotations
 
 import csv
@@ -14,14 +15,35 @@ import py_sod_metrics as sod
 import pytest
 
 from config import METRIC_KEYS
-from evaluation import (CODMetrics, MapIssues, Scorer, format_markdown, format_table, image_scores, pair_folder,
-                        plot_curves, score_folder, select_benchmark_images, write_results_json, write_tables)
+from evaluation import (
+    CODMetrics,
+    MapIssues,
+    Scorer,
+    format_markdown,
+    format_table,
+    image_scores,
+    pair_folder,
+    plot_curves,
+    score_folder,
+    select_benchmark_images,
+    write_results_json,
+    write_tables,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXAMPLES = SHARED / "pysodmetrics-examples"
 # results.json key -> the reference file's key
-REFERENCE_KEYS = {"Sm": "Smeasure", "wFm": "wFmeasure", "MAE": "MAE", "Em_adp": "adpEm", "Em_mean": "meanEm",
-                  "Em_max": "maxEm", "Fm_adp": "adpFm", "Fm_mean": "meanFm", "Fm_max": "maxFm"}
+REFERENCE_KEYS = {
+    "Sm": "Smeasure",
+    "wFm": "wFmeasure",
+    "MAE": "MAE",
+    "Em_adp": "adpEm",
+    "Em_mean": "meanEm",
+    "Em_max": "maxEm",
+    "Fm_adp": "adpFm",
+    "Fm_mean": "meanFm",
+    "Fm_max": "maxFm",
+}
 
 
 def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -33,9 +55,17 @@ def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         for m in (sm, em, wfm, fm, mae):
             m.step(pred, gt)
     e, f = em.get_results()["em"], fm.get_results()["fm"]
-    return {"Sm": sm.get_results()["sm"], "wFm": wfm.get_results()["wfm"], "MAE": mae.get_results()["mae"],
-            "Em_adp": e["adp"], "Em_mean": e["curve"].mean(), "Em_max": e["curve"].max(),
-            "Fm_adp": f["adp"], "Fm_mean": f["curve"].mean(), "Fm_max": f["curve"].max()}
+    return {
+        "Sm": sm.get_results()["sm"],
+        "wFm": wfm.get_results()["wfm"],
+        "MAE": mae.get_results()["mae"],
+        "Em_adp": e["adp"],
+        "Em_mean": e["curve"].mean(),
+        "Em_max": e["curve"].max(),
+        "Fm_adp": f["adp"],
+        "Fm_mean": f["curve"].mean(),
+        "Fm_max": f["curve"].max(),
+    }
 
 
 def assert_close(ours: dict, ref: dict, tol: float = 1e-12) -> None:
@@ -75,8 +105,10 @@ def test_reproduces_pysodmetrics_reference_values() -> None:
     names = sorted(p.name for p in (EXAMPLES / "masks").iterdir())
     metrics = CODMetrics()
     for name in names:
-        metrics.step(cv2.imread(str(EXAMPLES / "preds" / name), cv2.IMREAD_GRAYSCALE),
-                     cv2.imread(str(EXAMPLES / "masks" / name), cv2.IMREAD_GRAYSCALE))
+        metrics.step(
+            cv2.imread(str(EXAMPLES / "preds" / name), cv2.IMREAD_GRAYSCALE),
+            cv2.imread(str(EXAMPLES / "masks" / name), cv2.IMREAD_GRAYSCALE),
+        )
     results = metrics.results()
     assert list(results) == [*METRIC_KEYS, "n_images"] and results["n_images"] == 3
     assert_close(results, ref, 1e-12)
@@ -109,14 +141,21 @@ def _blob(h: int = 40, w: int = 50) -> np.ndarray:
 
 
 EDGE_CASES = {
-    "all-background mask, noisy map": (np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8),
-                                       np.zeros((40, 50), np.uint8)),
-    "all-foreground mask, noisy map": (np.random.default_rng(1).integers(0, 256, (40, 50), dtype=np.uint8),
-                                       np.full((40, 50), 255, np.uint8)),
+    "all-background mask, noisy map": (
+        np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8),
+        np.zeros((40, 50), np.uint8),
+    ),
+    "all-foreground mask, noisy map": (
+        np.random.default_rng(1).integers(0, 256, (40, 50), dtype=np.uint8),
+        np.full((40, 50), 255, np.uint8),
+    ),
     "constant zero map": (np.zeros((40, 50), np.uint8), _blob()),
     "constant mid-grey map": (np.full((40, 50), 128, np.uint8), _blob()),
     "constant white map, all-background mask": (np.full((40, 50), 255, np.uint8), np.zeros((40, 50), np.uint8)),
-    "grey-level mask (binarised at > 128)": (cv2.GaussianBlur(_blob(), (0, 0), 4), cv2.GaussianBlur(_blob(), (0, 0), 2)),
+    "grey-level mask (binarised at > 128)": (
+        cv2.GaussianBlur(_blob(), (0, 0), 4),
+        cv2.GaussianBlur(_blob(), (0, 0), 2),
+    ),
 }
 
 
@@ -136,7 +175,9 @@ def test_perfect_maps_score_perfectly() -> None:
         m.step(gt.copy(), gt)
         r = m.results()
         # The library divides the E-measure sum by (N - 1): a perfect map scores N / (N - 1).
-        assert r["Sm"] == pytest.approx(1.0) and r["MAE"] == 0.0 and r["Em_max"] == pytest.approx(gt.size / (gt.size - 1))
+        assert (
+            r["Sm"] == pytest.approx(1.0) and r["MAE"] == 0.0 and r["Em_max"] == pytest.approx(gt.size / (gt.size - 1))
+        )
     m = CODMetrics()
     m.step(_blob(), _blob())
     assert m.results()["Fm_max"] == pytest.approx(1.0) and m.results()["wFm"] == pytest.approx(1.0, abs=1e-6)
@@ -199,8 +240,12 @@ def test_odd_maps_are_reported_by_name_and_scored_like_the_reference(tmp_path: P
 
 
 def test_cod10k_scores_only_camouflaged_images(tmp_path: Path, caplog) -> None:
-    names = ["COD10K-CAM-1-Aquatic-1-BatFish-1", "COD10K-CAM-2-Terrestrial-2-Cat-5", "COD10K-NonCAM-5-Background-1",
-             "COD10K-NonCAM-3-Flying-7"]
+    names = [
+        "COD10K-CAM-1-Aquatic-1-BatFish-1",
+        "COD10K-CAM-2-Terrestrial-2-Cat-5",
+        "COD10K-NonCAM-5-Background-1",
+        "COD10K-NonCAM-3-Flying-7",
+    ]
     pairs = random_pairs(4, seed=4)
     write_pairs(pairs, tmp_path / "maps", tmp_path / "COD10K" / "GT", names)
     assert select_benchmark_images("COD10K", names) == (names[:2], names[2:])

@@ -1,5 +1,6 @@
 """Faults: SIGKILL at random moments (mid-checkpoint-write included), dead or hung DDP workers.
 Every run here is a real train.py run of a tiny model (disk faults: test_disk_faults.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
@@ -23,8 +23,9 @@ from engine.checkpoint import load_checkpoint
 from engine.resume import RESUME_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-           TOKENIZERS_PARALLELISM="false")
+ENV = dict(
+    os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+)
 EPOCHS, STEPS_PER_EPOCH = 6, 2  # 8 training images at batch 4
 
 
@@ -36,11 +37,24 @@ def run_args(tmp_path_factory, tiny_dinov3_factory) -> list[str]:
     data = tmp_path_factory.mktemp("synth")
     generate(data, n_train=10, n_test=0, size=48, seed=0)
     encoder = tiny_dinov3_factory(layers=4)
-    return ["--config", str(ROOT / "e2net_dinov3.yaml"), f"model.encoder.pretrained_path={encoder}",
-            "model.encoder.layers=[1,2,3,4]", "model.channels=16", "model.context_heads=2", f"data.root={data}",
-            "data.image_size=32", "data.val_fraction=0.2", "train.batch_size=4", "train.num_workers=0",
-            "train.log_interval=1", "train.warmup_epochs=1", "train.deterministic=true", "train.amp=off",
-            f"train.epochs={EPOCHS}"]
+    return [
+        "--config",
+        str(ROOT / "e2net_dinov3.yaml"),
+        f"model.encoder.pretrained_path={encoder}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.channels=16",
+        "model.context_heads=2",
+        f"data.root={data}",
+        "data.image_size=32",
+        "data.val_fraction=0.2",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.log_interval=1",
+        "train.warmup_epochs=1",
+        "train.deterministic=true",
+        "train.amp=off",
+        f"train.epochs={EPOCHS}",
+    ]
 
 
 def _temps(run: Path) -> list[str]:
@@ -51,7 +65,7 @@ def _count(path: Path, text: str) -> int:
     return path.read_text().count(text) if path.exists() else 0
 
 
-def _checked_state(run: Path) -> Optional[tuple[int, int]]:
+def _checked_state(run: Path) -> tuple[int, int] | None:
     """(epoch, step) of the run folder's last.pth (None if there is none yet); every checkpoint must load."""
     if (run / "best.pth").exists():
         load_checkpoint(run / "best.pth")
@@ -105,8 +119,15 @@ class _Zygote:
         self.writes.touch()
         env = dict(ENV, WRITES_LOG=str(self.writes), WRITE_PAUSE_S="0.4")
         self.err = open(tmp / "zygote.err", "w")
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], cwd=ROOT, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x.split()) for x in self.proc.stdout], daemon=True).start()
         assert self._next("ready", 120) == []
@@ -168,11 +189,11 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, run_args):
                 _wait_for(lambda: (run / "last.pth").exists(), 60, "the first last.pth")
                 time.sleep(rng.uniform(0, 1.5))
             elif moment == "mid-write":
-                _wait_for(lambda: zygote.n_writes() > writes, 60, "a checkpoint write")
+                _wait_for(lambda writes=writes: zygote.n_writes() > writes, 60, "a checkpoint write")
             elif moment == "while starting":  # building, or reading last.pth
                 time.sleep(rng.uniform(0, 1.0))
             else:  # anywhere in the next two epochs or so, saves included
-                _wait_for(lambda: _count(run / "train.log", "resumed from") > resumes, 60, "the resume")
+                _wait_for(lambda resumes=resumes: _count(run / "train.log", "resumed from") > resumes, 60, "the resume")
                 time.sleep(rng.uniform(0, 2.5))
             with contextlib.suppress(ProcessLookupError):  # it may have finished already
                 os.kill(pid, signal.SIGKILL)
@@ -219,13 +240,26 @@ def _children(pid: int) -> list[int]:
 def test_dead_ddp_worker_stops_the_whole_run(tmp_path, run_args):
     """torchrun, 2 CPU processes (gloo): SIGKILL rank 1 mid-training; rank 0 must not wait for it."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train.py"), *run_args, f"train.run_dir={run}", "train.epochs=200", "train.batch_size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train.py"),
+        *run_args,
+        f"train.run_dir={run}",
+        "train.epochs=200",
+        "train.batch_size=2",
+    ]
     with open(tmp_path / "torchrun.log", "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait_for(lambda: "step 3 " in ((run / "train.log").read_text() if (run / "train.log").exists() else ""),
-                      150, "three training steps")
+            _wait_for(
+                lambda: "step 3 " in ((run / "train.log").read_text() if (run / "train.log").exists() else ""),
+                150,
+                "three training steps",
+            )
             workers = _children(proc.pid)
             assert len(workers) == 2, workers
             victim = next(w for w in workers if b"LOCAL_RANK=1\0" in Path(f"/proc/{w}/environ").read_bytes())
@@ -268,9 +302,17 @@ def test_survivor_fails_within_the_process_group_timeout(tmp_path, peer):
     """Without torchrun watching (e.g. srun sets RANK/WORLD_SIZE), rank 0 itself must not wait forever:
     a dead peer is an immediate error, a hung one an error after engine.distributed's timeout."""
     env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    procs = [subprocess.Popen([sys.executable, "-c", SURVIVOR, "4", peer], cwd=ROOT, text=True,
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SURVIVOR, "4", peer],
+            cwd=ROOT,
+            text=True,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in (0, 1)
+    ]
     try:
         out, _ = procs[0].communicate(timeout=90)
     finally:

@@ -1,6 +1,7 @@
 """Hostile and broken input through the real entry points: checkpoints that are truncated, corrupt or built
 to run code (test.py --ckpt, train.resume), bad images, impossible configs, CLI misuse. Every failure must
 be one line that names what is wrong, never a traceback, and nothing may execute or be built first."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,16 @@ def cli():
 @pytest.fixture(scope="module")
 def train_args(tiny_dinov3) -> list[str]:
     """A config train.py accepts; nothing here may get as far as reading data."""
-    return ["--config", str(ROOT / "e2net_dinov3.yaml"), f"model.encoder.pretrained_path={tiny_dinov3}",
-            "model.channels=16", "model.context_heads=2", "data.root=/nonexistent", "data.image_size=32",
-            "train.num_workers=0"]
+    return [
+        "--config",
+        str(ROOT / "e2net_dinov3.yaml"),
+        f"model.encoder.pretrained_path={tiny_dinov3}",
+        "model.channels=16",
+        "model.context_heads=2",
+        "data.root=/nonexistent",
+        "data.image_size=32",
+        "train.num_workers=0",
+    ]
 
 
 @pytest.fixture()
@@ -46,8 +54,6 @@ def nothing_built(monkeypatch):
         monkeypatch.setattr(module, name, built)
 
 
-
-
 def _one_error_line(text: str, *must_contain: str) -> str:
     """The one error line of a failed command's stderr (progress bars and warnings may surround it)."""
     errors = [line for line in text.splitlines() if "error:" in line or " ERROR " in line]
@@ -59,8 +65,17 @@ def _one_error_line(text: str, *must_contain: str) -> str:
 
 # --------------------------------------------------------------------------- broken checkpoints
 def _good_checkpoint(path: Path) -> bytes:
-    state = {"model": {"decoder.weight": torch.linspace(0, 1, 50_000)}, "optimizer": {"state": {}, "param_groups": []},
-             "scheduler": {}, "scaler": {}, "epoch": 1, "step": 2, "best": None, "config": {}, "versions": {}}
+    state = {
+        "model": {"decoder.weight": torch.linspace(0, 1, 50_000)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "scheduler": {},
+        "scaler": {},
+        "epoch": 1,
+        "step": 2,
+        "best": None,
+        "config": {},
+        "versions": {},
+    }
     save_checkpoint(path, state)
     return path.read_bytes()
 
@@ -98,9 +113,14 @@ def test_train_cli_error_has_no_traceback_in_a_real_process(tmp_path, train_args
     """The same through `python train.py` (what a user sees, exit status included)."""
     bad = tmp_path / "last.pth"
     bad.write_bytes(_good_checkpoint(tmp_path / "good.pth")[:1000])
-    res = subprocess.run([sys.executable, "train.py", *train_args, f"train.resume={bad}",
-                          f"train.run_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=180,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    res = subprocess.run(
+        [sys.executable, "train.py", *train_args, f"train.resume={bad}", f"train.run_dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+    )
     assert res.returncode == 1
     _one_error_line(res.stderr, "truncated or corrupt", f"'{bad}'")
 
@@ -118,8 +138,15 @@ class _Exploit:
 
 def _hostile(path: Path, marker: Path, fmt: str) -> None:
     exploit = _Exploit(f"open({str(marker)!r}, 'w').write('code ran')")
-    payload = {"model": {"w": torch.ones(2)}, "config": {}, "epoch": 1, "step": 1, "optimizer": exploit,
-               "scheduler": {}, "scaler": {}}
+    payload = {
+        "model": {"w": torch.ones(2)},
+        "config": {},
+        "epoch": 1,
+        "step": 1,
+        "optimizer": exploit,
+        "scheduler": {},
+        "scaler": {},
+    }
     if fmt == "torch zip":
         torch.save(payload, path)
         torch.load(path, weights_only=False)  # proof that the file is live: trusting it runs the code
@@ -152,19 +179,23 @@ def test_checkpoint_built_to_run_code_is_refused(tmp_path, cli, train_args, noth
 
 
 # --------------------------------------------------------------------------- impossible configs
-@pytest.mark.parametrize("override, key", [
-    ("train.lrr=1", "train.lrr"),
-    ("train.epochs=two", "train.epochs"),
-    ("train.lr=-0.001", "train.lr"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("data.image_size=40", "data.image_size"),
-    ("data.multi_scale=[32,40]", "data.multi_scale"),
-    ("train.amp=fp8", "train.amp"),
-    ("model.encoder.layers=[3,6,9,13]", "model.encoder.layers"),  # the tiny model has 12 blocks
-    ("model.encoder.trainable_blocks=13", "model.encoder.trainable_blocks"),
-])
-def test_impossible_config_is_refused_before_anything_is_built(tmp_path, train_args, nothing_built, capsys,
-                                                               override, key):
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("train.epochs=two", "train.epochs"),
+        ("train.lr=-0.001", "train.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.image_size=40", "data.image_size"),
+        ("data.multi_scale=[32,40]", "data.multi_scale"),
+        ("train.amp=fp8", "train.amp"),
+        ("model.encoder.layers=[3,6,9,13]", "model.encoder.layers"),  # the tiny model has 12 blocks
+        ("model.encoder.trainable_blocks=13", "model.encoder.trainable_blocks"),
+    ],
+)
+def test_impossible_config_is_refused_before_anything_is_built(
+    tmp_path, train_args, nothing_built, capsys, override, key
+):
     assert run_train([*train_args, override, f"train.run_dir={tmp_path / 'run'}"]) == 2
     _one_error_line(capsys.readouterr().err, "error:", f"'{key}'")
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
@@ -180,8 +211,9 @@ def _png_bomb(path: Path, side: int = 100_000) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _bad_images(folder: Path) -> dict[str, Path]:
@@ -219,8 +251,15 @@ def test_own_images_that_are_all_bad_are_a_clear_error(tmp_path, cli, tiny_dinov
     import models
     from config import load_config, to_dict
 
-    cfg = load_config(None, [f"model.encoder.pretrained_path={tiny_dinov3}", "model.channels=16",
-                             "model.context_heads=2", "data.image_size=32"])
+    cfg = load_config(
+        None,
+        [
+            f"model.encoder.pretrained_path={tiny_dinov3}",
+            "model.channels=16",
+            "model.context_heads=2",
+            "data.image_size=32",
+        ],
+    )
     ckpt = tmp_path / "best.pth"
     save_checkpoint(ckpt, {"model": models.build_model(cfg).trainable_state_dict(), "config": to_dict(cfg)})
     bad = _bad_images(tmp_path / "photos")

@@ -1,4 +1,5 @@
 """Imports from the repo root: our top-level packages (e.g. datasets/) must not shadow what transformers needs."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,8 @@ print("ok", transformers.__version__)
 def test_transformers_dinov3_imports_from_repo_root(tiny_dinov3: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
     # `python -c` puts the working directory first on sys.path, as running a script from the root does.
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_dinov3)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_dinov3)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("ok")

@@ -1,4 +1,5 @@
 """Losses against hand-computed values on tiny tensors, including the per-pixel weighting."""
+
 import math
 
 import pytest
@@ -7,7 +8,13 @@ import torch
 from config import load_config
 from models import build_loss
 from models.losses import (
-    CODLoss, boundary_band, boundary_weight, dice_loss, edge_loss, weighted_bce, weighted_iou,
+    CODLoss,
+    boundary_band,
+    boundary_weight,
+    dice_loss,
+    edge_loss,
+    weighted_bce,
+    weighted_iou,
 )
 
 LOG2 = math.log(2)
@@ -28,7 +35,7 @@ def test_boundary_weight_default_kernel_by_hand():
 
 def test_weighted_bce_by_hand_and_weighting_matters():
     logits, mask = t([[0.0, 2.0]]), t([[1.0, 0.0]])
-    bce = [LOG2, math.log(1 + math.e ** 2)]  # -log(sigmoid(0)), -log(1 - sigmoid(2))
+    bce = [LOG2, math.log(1 + math.e**2)]  # -log(sigmoid(0)), -log(1 - sigmoid(2))
     weighted = weighted_bce(logits, mask, t([[1.0, 3.0]])).item()
     assert weighted == pytest.approx((bce[0] + 3 * bce[1]) / 4, rel=1e-6)
     plain = weighted_bce(logits, mask, t([[1.0, 1.0]])).item()
@@ -92,8 +99,12 @@ def test_cod_loss_combines_terms_and_side_outputs():
     w = boundary_weight(mask)
 
     def by_hand(o):
-        return (weighted_bce(o, mask, w) + 2 * weighted_iou(o, mask, w) + 0.5 * dice_loss(o, mask)
-                + 0.25 * edge_loss(o, mask))
+        return (
+            weighted_bce(o, mask, w)
+            + 2 * weighted_iou(o, mask, w)
+            + 0.5 * dice_loss(o, mask)
+            + 0.25 * edge_loss(o, mask)
+        )
 
     assert set(terms) == {"bce", "iou", "dice", "edge", "side"}
     assert terms["iou"].item() == pytest.approx(2 * weighted_iou(final, mask, w).item(), rel=1e-6)

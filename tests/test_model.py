@@ -1,4 +1,5 @@
 """E2Net: CAEM and decoder shapes, gradients, trainable state dict, FLOP budget, overfitting."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def pyramid(widths, strides, h=64, w=96, batch=2):
 
 
 def tiny_cfg(folder: Path, *overrides: str):
-    return load_config(None, [f"model.encoder.pretrained_path={folder}", "model.channels=16",
-                              "model.context_heads=2", *overrides])
+    return load_config(
+        None, [f"model.encoder.pretrained_path={folder}", "model.channels=16", "model.context_heads=2", *overrides]
+    )
 
 
 # ------------------------------------------------------------------ modules on random tensors
@@ -88,10 +90,16 @@ def test_model_outputs_at_input_size_in_train_and_eval(tiny_dinov3, one_thread, 
 
 
 @pytest.mark.parametrize("decoder,trainable_blocks", [("e2net", 0), ("linear", 0), ("e2net", 1)])
-def test_gradient_reaches_every_trainable_parameter_and_no_frozen_one(tiny_dinov3, one_thread, decoder,
-                                                                    trainable_blocks) -> None:
-    cfg = tiny_cfg(tiny_dinov3, f"model.decoder={decoder}", f"model.encoder.trainable_blocks={trainable_blocks}",
-                   "loss.dice=1", "loss.edge=1")
+def test_gradient_reaches_every_trainable_parameter_and_no_frozen_one(
+    tiny_dinov3, one_thread, decoder, trainable_blocks
+) -> None:
+    cfg = tiny_cfg(
+        tiny_dinov3,
+        f"model.decoder={decoder}",
+        f"model.encoder.trainable_blocks={trainable_blocks}",
+        "loss.dice=1",
+        "loss.edge=1",
+    )
     model, loss_fn = build_model(cfg).train(), build_loss(cfg)
     mask = torch.zeros(2, 1, 64, 96)
     mask[..., 16:48, 24:72] = 1
@@ -157,8 +165,9 @@ def test_overfits_a_small_batch_under_bf16_autocast(tiny_dinov3, one_thread) -> 
     cfg = tiny_cfg(tiny_dinov3)
     model, loss_fn = build_model(cfg).train(), build_loss(cfg)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
-    masks = torch.stack([(yy - 24) ** 2 + (xx - 40) ** 2 < 15 ** 2,
-                         (yy - 40) ** 2 / 1.5 + (xx - 24) ** 2 < 12 ** 2]).float()[:, None]
+    masks = torch.stack(
+        [(yy - 24) ** 2 + (xx - 40) ** 2 < 15**2, (yy - 40) ** 2 / 1.5 + (xx - 24) ** 2 < 12**2]
+    ).float()[:, None]
     images = torch.rand(2, 3, 64, 64) * 0.5 + masks * 0.3
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -176,10 +185,23 @@ def test_overfits_a_small_batch_under_bf16_autocast(tiny_dinov3, one_thread) -> 
 def test_model_info_prints_the_table(tiny_dinov3, one_thread, capsys) -> None:
     from scripts.model_info import main
 
-    main([f"model.encoder.pretrained_path={tiny_dinov3}", "model.channels=16", "model.context_heads=2",
-          "--size", "64", "96"])
+    main(
+        [
+            f"model.encoder.pretrained_path={tiny_dinov3}",
+            "model.channels=16",
+            "model.context_heads=2",
+            "--size",
+            "64",
+            "96",
+        ]
+    )
     out = capsys.readouterr().out
-    for row in ("trainable params", "frozen params", "frozen encoder forward GFLOPs",
-                "trainable-part forward GFLOPs", "trainable / frozen encoder"):
+    for row in (
+        "trainable params",
+        "frozen params",
+        "frozen encoder forward GFLOPs",
+        "trainable-part forward GFLOPs",
+        "trainable / frozen encoder",
+    ):
         assert row in out
     assert "1x1x64x96, 1x1x64x96, 1x1x64x96" in out

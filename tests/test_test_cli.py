@@ -1,4 +1,5 @@
 """test.py end to end: scoring saved maps, evaluating a checkpoint, predicting own images, user errors."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
 from config import METRIC_KEYS
 from helpers import load_test_cli
-from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -27,8 +28,9 @@ def cli():
 
 def direct_scores(pairs: list[tuple[Path, Path]]) -> dict:
     """PySODMetrics used directly, the way its README does (cv2.IMREAD_GRAYSCALE, no resizing)."""
-    return library_scores([(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), cv2.imread(str(g), cv2.IMREAD_GRAYSCALE))
-                           for p, g in pairs])
+    return library_scores(
+        [(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), cv2.imread(str(g), cv2.IMREAD_GRAYSCALE)) for p, g in pairs]
+    )
 
 
 def demo_layout(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
@@ -76,8 +78,18 @@ def test_preds_mode_reports_unmatched_benchmarks_as_an_error(cli, tmp_path: Path
         cv2.imwrite(str(bench / sub / "a.png"), np.zeros((8, 8), np.uint8))
     (tmp_path / "maps" / "NC4K").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "maps" / "NC4K" / "a.png"), np.zeros((8, 8), np.uint8))
-    rc = cli.main(["--preds", str(tmp_path / "maps"), "--data-root", str(tmp_path / "data"), "--workers", "1",
-                   "--out", str(tmp_path / "out")])
+    rc = cli.main(
+        [
+            "--preds",
+            str(tmp_path / "maps"),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("test.py: error:") and len(err.strip().splitlines()) == 1
 
@@ -134,13 +146,31 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
 
     data = tmp_path / "data"
     generate(data, n_train=0, n_test=5, size=72, seed=0)
-    cfg = load_config(None, [f"model.encoder.pretrained_path={tiny_dinov3}", f"data.root={data}",
-                             "data.image_size=64", "model.channels=32", "eval.batch_size=2", "train.num_workers=0"])
+    cfg = load_config(
+        None,
+        [
+            f"model.encoder.pretrained_path={tiny_dinov3}",
+            f"data.root={data}",
+            "data.image_size=64",
+            "model.channels=32",
+            "eval.batch_size=2",
+            "train.num_workers=0",
+        ],
+    )
     torch.manual_seed(0)
     model = models.build_model(cfg)
     ckpt = tmp_path / "run" / "best.pth"
-    save_checkpoint(ckpt, {"model": model.trainable_state_dict(), "config": to_dict(cfg), "epoch": 1, "step": 3,
-                           "best": None, "versions": {}})
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.trainable_state_dict(),
+            "config": to_dict(cfg),
+            "epoch": 1,
+            "step": 3,
+            "best": None,
+            "versions": {},
+        },
+    )
 
     # (a) evaluate: default output folder <ckpt folder>/test/<ckpt name>/
     assert cli.main(["--ckpt", str(ckpt), "--workers", "1"]) == 0
@@ -156,8 +186,21 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
     assert "run/best" in capsys.readouterr().out
 
     # (b) the written maps scored through --preds give the same numbers
-    assert cli.main(["--preds", str(out / "preds"), "--data-root", str(data), "--out", str(tmp_path / "again"),
-                     "--workers", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "--preds",
+                str(out / "preds"),
+                "--data-root",
+                str(data),
+                "--out",
+                str(tmp_path / "again"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "again" / "results.json").read_text()) == results
 
     # (c) own images of any size; unreadable files are skipped with a message

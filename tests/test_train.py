@@ -1,5 +1,6 @@
 """Training: optimizer groups, schedule, AMP selection, non-finite skipping, accumulation, and
 end-to-end runs of train.py (files, TensorBoard read back, bit-exact resume)."""
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,11 @@ def test_param_groups_decay_and_pretrained_lr():
     assert _names(model, groups["new/no_decay"]) == {"head.0.bias", "head.1.weight", "head.1.bias", "head.2.bias"}
     assert _names(model, groups["pretrained/decay"]) == {"encoder.block.weight"}
     assert _names(model, groups["pretrained/no_decay"]) == {
-        "encoder.block.bias", "encoder.norm.weight", "encoder.norm.bias", "encoder.register_tokens"}
+        "encoder.block.bias",
+        "encoder.norm.weight",
+        "encoder.norm.bias",
+        "encoder.register_tokens",
+    }
     assert groups["new/no_decay"]["weight_decay"] == 0 and groups["new/decay"]["weight_decay"] == 0.05
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, pretrained_lr_scale=0.1, pretrained=pretrained)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
@@ -135,14 +140,29 @@ def _one_epoch(batches, overrides, model=None):
     precision = select_precision("off", torch.device("cpu"))
     env = DistEnv(0, 1, 0, torch.device("cpu"), True)
     guard = NonFiniteGuard(cfg.train.max_nonfinite, env.device)
-    step = train_one_epoch(model, batches, _pixel_loss, opt, sched, precision.grad_scaler(), precision, guard,
-                           RunWriter(None, enabled=False), cfg, env, epoch=0, step=0)
+    step = train_one_epoch(
+        model,
+        batches,
+        _pixel_loss,
+        opt,
+        sched,
+        precision.grad_scaler(),
+        precision,
+        guard,
+        RunWriter(None, enabled=False),
+        cfg,
+        env,
+        epoch=0,
+        step=0,
+    )
     return model, step, guard
 
 
 def _batches(images, masks, batch_size):
-    return [{"image": images[i:i + batch_size], "mask": masks[i:i + batch_size]}
-            for i in range(0, len(images), batch_size)]
+    return [
+        {"image": images[i : i + batch_size], "mask": masks[i : i + batch_size]}
+        for i in range(0, len(images), batch_size)
+    ]
 
 
 def test_gradient_accumulation_matches_one_big_batch():
@@ -186,13 +206,24 @@ def tiny_run_args(tmp_path_factory, tiny_dinov3_factory):
     data = tmp_path_factory.mktemp("synth")
     generate(data, n_train=12, n_test=0, size=48, seed=0)
     encoder = tiny_dinov3_factory(layers=4)
-    return ["--config", "e2net_dinov3.yaml", f"model.encoder.pretrained_path={encoder}",
-            "model.encoder.layers=[1,2,3,4]", "model.channels=16", "model.context_heads=2", f"data.root={data}",
-            "data.image_size=32", "data.val_fraction=0.34", "train.batch_size=4", "train.num_workers=0",
-            "train.log_interval=1", "train.warmup_epochs=1", "train.deterministic=true", "train.lr=1e-3",
-            "train.epochs=2"]
-
-
+    return [
+        "--config",
+        "e2net_dinov3.yaml",
+        f"model.encoder.pretrained_path={encoder}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.channels=16",
+        "model.context_heads=2",
+        f"data.root={data}",
+        "data.image_size=32",
+        "data.val_fraction=0.34",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.log_interval=1",
+        "train.warmup_epochs=1",
+        "train.deterministic=true",
+        "train.lr=1e-3",
+        "train.epochs=2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +258,18 @@ def test_run_folder_and_tensorboard(straight_run):
 
     events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/bce", "train/iou", "train/lr", "train/grad_norm", "train/images_per_s",
-                "val/Sm", "val/MAE", "val/Em_mean", "val/Fm_mean"):
+    for tag in (
+        "train/loss",
+        "train/bce",
+        "train/iou",
+        "train/lr",
+        "train/grad_norm",
+        "train/images_per_s",
+        "val/Sm",
+        "val/MAE",
+        "val/Em_mean",
+        "val/Fm_mean",
+    ):
         assert tag in tags["scalars"], tag
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in events.Scalars("val/Sm")] == [2, 4]
