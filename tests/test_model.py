@@ -71,7 +71,6 @@ def test_trainable_part_is_within_a_quarter_of_vit_b_flops_at_384() -> None:
             dec(caem(fpn(grid)), (384, 384))
     n, d, depth = 24 * 24 + 5, 768, 12  # patches + CLS + 4 registers
     vit_b = depth * 2 * (n * (4 * d * d + 2 * d * 4 * d) + 2 * n * n * d)  # multiply-add = 2 FLOPs
-    assert 110e9 < vit_b < 113e9  # the ~111 GFLOPs the issue quotes
     assert counter.get_total_flops() <= 0.25 * vit_b
 
 

@@ -16,8 +16,8 @@ from config import METRIC_KEYS
 from helpers import load_test_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-DEMO = SHARED / "smeasure-demo"
+# The S-measure paper's demo: two masks and six published methods' maps (BSD-3-Clause; tests/data/README.md).
+DEMO = ROOT / "tests" / "data" / "smeasure-demo"
 METHODS = ("DCL", "DISC", "MDF", "dhsnet", "mc", "rfcn")
 
 
@@ -49,7 +49,6 @@ def demo_layout(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
 
 
 # ---------------------------------------------------------------- --preds
-@pytest.mark.skipif(not DEMO.is_dir(), reason="../shared/data/smeasure-demo is absent (fresh clone)")
 def test_preds_mode_matches_pysodmetrics_on_the_smeasure_demo(cli, tmp_path: Path, capsys, caplog) -> None:
     data_root, preds = demo_layout(tmp_path)
     argv = [x for m in METHODS for x in ("--preds", str(preds[m]))]
