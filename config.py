@@ -13,6 +13,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,38 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Loader)
 
 
+# --------------------------------------------------------------------------- choices
+# StrEnum members compare equal to their strings and print as them; the loader's error for a
+# wrong value lists the members.
+class Decoder(StrEnum):
+    e2net = "e2net"  # ours: search -> focus -> refine at each level's own stride, deep supervision
+    e2net_ref = "e2net_ref"  # the published E2Net: LFSM -> CFZM -> CCM
+    linear = "linear"  # the DINOv3 linear-probe baseline
+
+
+class CaemAlign(StrEnum):
+    own = "own"  # each CAEM output keeps its level's stride
+    finest = "finest"  # every CAEM output resized to the finest level's size (the reference)
+
+
+class Pyramid(StrEnum):
+    vitdet = "vitdet"  # learnable ViTDet simple feature pyramid (transposed convs up, max-pool down)
+    interpolate = "interpolate"  # bilinear resize to strides p/4, p/2, p, 2p, trunk width on every level
+
+
+class Scheduler(StrEnum):
+    cosine = "cosine"  # per-iteration warm-up + cosine decay
+    plateau = "plateau"  # ReduceLROnPlateau on the validation loss, stepped after each validation
+
+
+class LossTerm(StrEnum):
+    bce = "bce"
+    iou = "iou"
+    dice = "dice"
+    edge = "edge"
+    sobel = "sobel"
+
+
 # --------------------------------------------------------------------------- schema
 @dataclass
 class EncoderConfig:
@@ -55,28 +88,38 @@ class EncoderConfig:
     layers: list[int] = field(default_factory=list)
     freeze: bool = True
     trainable_blocks: int = 0  # fine-tune only the last k blocks (freeze must be true)
-    simple: bool = False  # all four levels at stride 16 (no learnable pyramid)
+    simple: bool = False  # all four levels at stride 16 (no pyramid)
+    pyramid: Pyramid = Pyramid.vitdet  # how the strides 4/8/16/32 are made when simple is false
     weights_dtype: str = "auto"  # "auto" | "float32" | "bfloat16": storage of frozen weights
 
 
 @dataclass
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: str = "e2net"  # "e2net" | "linear" (the DINOv3 linear-probe baseline)
+    decoder: Decoder = Decoder.e2net
     channels: int = 128  # CAEM / decoder width
+    caem_align: CaemAlign = CaemAlign.own
+    caem_reduce_norm: bool = True  # norm + ReLU after CAEM's 1x1 reductions (false: a plain conv, the reference)
     norm: str = "gn"  # "gn" | "bn": GroupNorm is independent of the per-GPU batch size
-    context_heads: int = 4  # heads of the stride-16/32 global-context attention
+    context_heads: int = 4  # heads of the decoder's attention (e2net: stride 16/32; e2net_ref: LFSM and CCM)
     channels_last: bool = False
     compile: bool = False  # torch.compile the trainable decoder
 
 
 @dataclass
 class LossConfig:
-    bce: float = 1.0  # boundary-weighted BCE (SINet-V2 structure loss, BCE half)
-    iou: float = 1.0  # boundary-weighted IoU (structure loss, IoU half)
+    bce: float = 1.0  # BCE (boundary-weighted when `weighted`: SINet-V2 structure loss, BCE half)
+    iou: float = 1.0  # soft IoU (boundary-weighted when `weighted`: structure loss, IoU half)
     dice: float = 0.0
     edge: float = 0.0  # BCE on the mask boundary band
+    sobel: float = 0.0  # BCE between the Sobel edge maps of prediction and mask (the reference's edge term)
     side: float = 0.5  # weight of each side output (deep supervision) relative to the final map
+    weighted: bool = True  # SINet-V2 boundary weighting of bce and iou (up to 6x near the boundary)
+    pooled: bool = False  # dice and iou summed over the whole batch (the reference) instead of per image
+    # Terms of the coarse map (the first output), each weighted `coarse`; empty = the coarse map is
+    # one more side output with the final map's terms.
+    coarse_terms: list[LossTerm] = field(default_factory=list)
+    coarse: float = 0.2
 
 
 @dataclass
@@ -93,6 +136,9 @@ class DataConfig:
     rotate: float = 10.0  # degrees
     scale: list[float] = field(default_factory=lambda: [0.75, 1.0])  # random crop area range
     color_jitter: float = 0.2
+    # Crop up to this fraction of each side independently (the aspect changes), instead of the
+    # aspect-keeping area crop of `scale`; 0.125 is the reference's; 0 = off.
+    side_crop: float = 0.0
     cache: bool = False  # decode each training image once, pre-resized to ~1.25x image_size
     cache_dir: str = ""  # where that cache lives; empty = <data.root>/.cache
     max_pixels: int = 100_000_000  # larger images are treated as decompression bombs
@@ -105,8 +151,12 @@ class TrainConfig:
     batch_size: int = 16  # per process
     lr: float = 1e-4
     weight_decay: float = 0.05
+    decay_norms: bool = False  # weight decay on biases, norm scales and tokens too (the reference decays everything)
+    scheduler: Scheduler = Scheduler.cosine
+    plateau_factor: float = 0.5  # plateau: lr multiplier when the validation loss stalls
+    plateau_patience: int = 10  # plateau: validations without improvement before the lr drops
     warmup_epochs: float = 2.0
-    min_lr_ratio: float = 0.01
+    min_lr_ratio: float = 0.01  # the lr floor (cosine end, plateau minimum) as a fraction of lr
     encoder_lr_scale: float = 0.1  # lr multiplier for fine-tuned encoder blocks
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max global grad norm; 0 disables
@@ -116,7 +166,7 @@ class TrainConfig:
     name: str = "e2net_dinov3"
     resume: str = "auto"  # "auto" | path | "" (start fresh)
     val_interval: int = 1  # epochs
-    best_metric: str = "Sm"  # a key of results.json; MAE is minimised, the rest maximised
+    best_metric: str = "Sm"  # a key of results.json or "loss" (validation loss); MAE and loss are minimised
     seed: int = 42
     num_workers: int = 4
     log_interval: int = 20  # steps between TensorBoard scalars
@@ -256,7 +306,6 @@ def validate(cfg: DictConfig) -> None:
         "model.encoder.weights_dtype",
         f"'{m.encoder.weights_dtype}' is not one of auto, float32, bfloat16",
     )
-    _require(m.decoder in ("e2net", "linear"), "model.decoder", f"'{m.decoder}' is not one of e2net, linear")
     _require(m.channels >= 8 and m.channels % 8 == 0, "model.channels", "must be a positive multiple of 8")
     _require(m.norm in ("gn", "bn"), "model.norm", f"'{m.norm}' is not one of gn, bn")
     _require(
@@ -264,10 +313,11 @@ def validate(cfg: DictConfig) -> None:
         "model.context_heads",
         "must be >= 1 and divide model.channels",
     )
-    for name in ("bce", "iou", "dice", "edge", "side"):
+    for name in (*LossTerm, "side", "coarse"):
         v = lo[name]
         _require(math.isfinite(v) and v >= 0, f"loss.{name}", "must be a finite weight >= 0")
-    _require(lo.bce + lo.iou + lo.dice + lo.edge > 0, "loss", "at least one loss weight must be > 0")
+    _require(sum(lo[name] for name in LossTerm) > 0, "loss", "at least one loss weight must be > 0")
+    _require(len(set(lo.coarse_terms)) == len(lo.coarse_terms), "loss.coarse_terms", "lists a term twice")
     _require(d.image_size >= 32, "data.image_size", "must be >= 32")
     _require(all(s >= 32 for s in d.multi_scale), "data.multi_scale", "sizes must be >= 32")
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
@@ -280,6 +330,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _require(0 <= d.color_jitter < 1, "data.color_jitter", "must be in [0, 1) (factors 1 +- color_jitter)")
     _require(d.rotate <= 180, "data.rotate", "must be <= 180 degrees")
+    _require(0 <= d.side_crop < 0.5, "data.side_crop", "is a fraction of each side in [0, 0.5)")
     _require(d.max_pixels > 0, "data.max_pixels", "must be > 0")
     _require(len(d.train) > 0, "data.train", "list at least one training folder (relative to data.root)")
     _require(t.epochs >= 1, "train.epochs", "must be >= 1")
@@ -295,18 +346,70 @@ def validate(cfg: DictConfig) -> None:
     _require(t.amp in ("bf16", "fp16", "off"), "train.amp", f"'{t.amp}' is not one of bf16, fp16, off")
     _require(t.val_interval >= 1, "train.val_interval", "must be >= 1")
     _require(
-        t.best_metric in METRIC_KEYS, "train.best_metric", f"'{t.best_metric}' is not one of {', '.join(METRIC_KEYS)}"
+        t.best_metric in BEST_METRIC_KEYS,
+        "train.best_metric",
+        f"'{t.best_metric}' is not one of {', '.join(BEST_METRIC_KEYS)}",
     )
+    _require(0 < t.plateau_factor < 1, "train.plateau_factor", "must be in (0, 1)")
+    _require(t.plateau_patience >= 0, "train.plateau_patience", "must be >= 0")
     _require(t.num_workers >= 0, "train.num_workers", "must be >= 0")
     _require(t.log_interval >= 1, "train.log_interval", "must be >= 1")
     _require(t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
     _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _require(cfg.eval.workers >= 0, "eval.workers", "must be >= 0")
+    _check_combinations(cfg)
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    """Options that are valid alone but cannot work together."""
+    m, d, t, lo = cfg.model, cfg.data, cfg.train, cfg.loss
+    levels = len(m.encoder.layers) or 4  # the encoder gives one map per tapped block
+    _require(
+        m.decoder != Decoder.e2net_ref or levels >= 2,
+        "model.decoder",
+        f"e2net_ref needs at least 2 levels (the finest as CCM query, the deepest for LFSM), "
+        f"model.encoder.layers gives {levels}",
+    )
+    _require(
+        m.decoder != Decoder.e2net or levels == 4,
+        "model.decoder",
+        f"e2net wires exactly 4 levels (strides 4/8/16/32), model.encoder.layers gives {levels}",
+    )
+    _require(
+        m.decoder != Decoder.linear or m.caem_align == CaemAlign.own,
+        "model.caem_align",
+        "applies to the decoders with a CAEM (model.decoder=e2net or e2net_ref), not linear",
+    )
+    _require(
+        not (m.encoder.simple and m.encoder.pyramid != Pyramid.vitdet),
+        "model.encoder.pyramid",
+        f"'{m.encoder.pyramid}' has no effect with model.encoder.simple=true (all levels at stride 16): "
+        "set simple=false or leave pyramid at vitdet",
+    )
+    _require(
+        not (lo.coarse_terms and m.decoder == Decoder.linear),
+        "loss.coarse_terms",
+        "model.decoder=linear has no coarse map: leave loss.coarse_terms empty",
+    )
+    has_val = d.val_fraction > 0 or bool(d.val_set)
+    _require(
+        t.scheduler != Scheduler.plateau or has_val,
+        "train.scheduler",
+        "plateau steps on the validation loss, but there is no validation split: "
+        "set data.val_fraction > 0 (or data.val_set), or use train.scheduler=cosine",
+    )
+    _require(
+        t.scheduler != Scheduler.plateau or t.warmup_epochs == 0,
+        "train.warmup_epochs",
+        "warm-up belongs to train.scheduler=cosine; set it to 0 with plateau",
+    )
 
 
 # The keys of results.json, in the papers' column order.
 METRIC_KEYS = ("Sm", "wFm", "MAE", "Em_adp", "Em_mean", "Em_max", "Fm_adp", "Fm_mean", "Fm_max")
+# What train.best_metric may pick: a metric, or the validation loss.
+BEST_METRIC_KEYS = (*METRIC_KEYS, "loss")
 
 
 def check_patch_size(cfg: DictConfig, patch_size: int) -> None:
@@ -337,7 +440,8 @@ def check_depth(cfg: DictConfig, depth: int) -> None:
 
 
 def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """Plain containers (choices as strings): what a checkpoint stores and ``weights_only`` reads back."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

@@ -6,7 +6,8 @@ Each tapped layer goes through the trunk's final LayerNorm (as DINOv3's
 ``get_intermediate_layers(norm=True)`` and transformers' ``DINOv3ViTBackbone`` do), loses its CLS and
 register tokens and is reshaped to a [B, D, H/p, W/p] map. ViTDet's simple feature pyramid then
 turns the four stride-16 maps into strides 4, 8, 16, 32 (learnable transposed convolutions up,
-max-pooling down); ``simple=True`` keeps all four at stride 16. A timm DINOv3 ConvNeXt gives its
+max-pooling down), or ``pyramid="interpolate"`` resizes them bilinearly (no weights, the trunk's width
+on every level); ``simple=True`` keeps all four at stride 16. A timm DINOv3 ConvNeXt gives its
 four native stages instead.
 
 The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordinates in training
@@ -20,7 +21,10 @@ import logging
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from config import Pyramid
 
 # Re-exported: helpers that read a checkpoint's config before anything is built.
 from dinov3_trunks import ViTTrunk, default_layers, load_trunk, read_patch_size, weights_missing_error  # noqa: F401
@@ -54,6 +58,30 @@ class SimpleFeaturePyramid(nn.Module):
         return [self.up4(maps[0]), self.up2(maps[1]), maps[2], self.down2(maps[3])]
 
 
+class InterpolatePyramid(nn.Module):
+    """Four [B, D, h, w] maps at stride p, bilinearly resized to the sizes of :class:`SimpleFeaturePyramid`
+    ([4h, 4w], [2h, 2w], [h, w], [ceil(h/2), ceil(w/2)]), keeping D channels on every level; no weights.
+
+    The reference E2Net's multi-scale path: at 384 px with ViT-B/16 it gives ``[1, 768, 96, 96]``
+    down to ``[1, 768, 12, 12]``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_channels = [dim] * 4
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        h, w = maps[0].shape[-2:]
+        sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (-(-h // 2), -(-w // 2))]
+        return [
+            m if tuple(m.shape[-2:]) == s else F.interpolate(m, size=s, mode="bilinear", align_corners=False)
+            for m, s in zip(maps, sizes)
+        ]
+
+
+PYRAMIDS = {Pyramid.vitdet: SimpleFeaturePyramid, Pyramid.interpolate: InterpolatePyramid}
+
+
 # --------------------------------------------------------------------------- encoder
 class DINOv3Encoder(nn.Module):
     """[B, 3, H, W] RGB in [0, 1] -> list of four [B, C_i, H/s_i, W/s_i] maps (``out_channels``, ``strides``).
@@ -73,6 +101,7 @@ class DINOv3Encoder(nn.Module):
         freeze: bool = True,
         trainable_blocks: int = 0,
         weights_dtype: str = "auto",
+        pyramid: str = "vitdet",
     ):
         super().__init__()
         self.trunk = trunk
@@ -91,7 +120,9 @@ class DINOv3Encoder(nn.Module):
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = depth - trainable_blocks if freeze else 0
         self.weights_dtype = weights_dtype
-        self.pyramid: SimpleFeaturePyramid | None = None
+        if pyramid not in PYRAMIDS:
+            raise ValueError(f"pyramid '{pyramid}' is not one of {', '.join(PYRAMIDS)}")
+        self.pyramid: nn.Module | None = None
         if self.is_vit:
             self.layers = tuple(int(i) for i in layers) if layers else default_layers(depth)
             if len(self.layers) != 4 or not all(1 <= i <= depth for i in self.layers):
@@ -109,7 +140,7 @@ class DINOv3Encoder(nn.Module):
             if simple:
                 self.out_channels, self.strides = [self.embed_dim] * 4, [p] * 4
             else:
-                self.pyramid = SimpleFeaturePyramid(self.embed_dim)
+                self.pyramid = PYRAMIDS[pyramid](self.embed_dim)
                 self.out_channels, self.strides = self.pyramid.out_channels, [p // 4, p // 2, p, 2 * p]
         else:
             if layers or simple:
@@ -222,6 +253,7 @@ def build_dinov3_encoder(
     trainable_blocks: int = 0,
     weights_dtype: str = "auto",
     timm_kwargs: dict | None = None,
+    pyramid: str = "vitdet",
 ) -> DINOv3Encoder:
     """Load a DINOv3 trunk and wrap it; see :class:`DINOv3Encoder` for the forward contract.
 
@@ -242,6 +274,7 @@ def build_dinov3_encoder(
         freeze=freeze,
         trainable_blocks=trainable_blocks,
         weights_dtype=weights_dtype,
+        pyramid=pyramid,
     )
     log.info(
         "DINOv3 encoder %s (%s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s",

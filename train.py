@@ -25,13 +25,13 @@ from torchvision.utils import make_grid
 import datasets
 import evaluation
 import models
-from config import ConfigError, check_depth, check_patch_size, load_config, save_config
+from config import ConfigError, Scheduler, check_depth, check_patch_size, load_config, save_config
 from dinov3_trunks import read_depth, read_patch_size
 from engine.amp import NonFiniteGuard, Precision, select_precision, step_optimizer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.distributed import DistEnv, all_gather_objects, cleanup_distributed, setup_distributed
 from engine.logger import RunWriter, setup_logging
-from engine.optim import build_optimizer, build_scheduler
+from engine.optim import build_optimizer, build_plateau_scheduler, build_scheduler, steps_per_iteration
 from engine.predict import forward_probs, to_uint8
 from engine.resume import BEST_KEYS, RESUME_KEYS, find_resume, restore_training_state, training_state
 from engine.rng import rng_state, seed_everything
@@ -98,7 +98,8 @@ def train_one_epoch(
         finite = torch.isfinite(group_loss) if scaler.is_enabled() else torch.isfinite(grad_norm)
         step_optimizer(optimizer, scaler, finite)
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        if steps_per_iteration(scheduler):  # a plateau scheduler steps after validation instead
+            scheduler.step()
         guard.update(finite)
         sums["grad_norm"] = sums.get("grad_norm", 0) + torch.where(finite, grad_norm, 0.0)
         group_loss.zero_()
@@ -125,18 +126,23 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model, loader, precision: Precision, writer: RunWriter, device: torch.device, grid_images: int = 4
-) -> tuple[list, torch.Tensor | None]:
+    model, loader, loss_fn, precision: Precision, writer: RunWriter, device: torch.device, grid_images: int = 4
+) -> tuple[list, tuple[float, int], torch.Tensor | None]:
     """Per-image COD scores of this process's share of ``loader``, maps scored at the mask's original size.
 
-    Returns a list of ``evaluation.ImageScores`` (merge them with :func:`merge_scores`) and an image
-    grid [3, H', W'] of the first batch: one row per image, columns image | mask | prediction | coarse map.
+    Returns a list of ``evaluation.ImageScores`` (merge them with :func:`merge_scores`), the
+    training loss summed over these images (on the masks at the training size) with their count,
+    and an image grid [3, H', W'] of the first batch: one row per image, columns
+    image | mask | prediction | coarse map.
     """
     model.eval()
     scores, grid = [], None
+    loss_sum, n_loss = torch.zeros((), device=device), 0
     for batch in writer.bar(loader, desc="validate"):
         x = batch["image"].to(device, non_blocking=True)
         outputs, prob = forward_probs(model, x, precision)
+        loss_sum += loss_fn(outputs, batch["mask"].to(device, non_blocking=True))[0].detach() * x.shape[0]
+        n_loss += x.shape[0]
         if grid is None:
             k = min(grid_images, x.shape[0])
             gray = [batch["mask"][:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
@@ -148,7 +154,7 @@ def evaluate(
                 log.warning("validation mask %s is unreadable: image skipped", batch["mask_path"][j])
                 continue
             scores.append(evaluation.image_scores(to_uint8(prob[j : j + 1], gt.shape), gt))
-    return scores, grid
+    return scores, (float(loss_sum), n_loss), grid
 
 
 def merge_scores(shards: list[list]) -> dict:
@@ -195,10 +201,14 @@ def run(cfg, env: DistEnv) -> None:
         t.encoder_lr_scale,
         pretrained,
         fused=t.fused_adamw and env.device.type == "cuda",
+        decay_norms=t.decay_norms,
     )
-    scheduler = build_scheduler(
-        optimizer, total_steps, min(total_steps, round(t.warmup_epochs * steps_per_epoch)), t.min_lr_ratio
-    )
+    if t.scheduler == Scheduler.plateau:
+        scheduler = build_plateau_scheduler(optimizer, t.plateau_factor, t.plateau_patience, t.min_lr_ratio)
+    else:
+        scheduler = build_scheduler(
+            optimizer, total_steps, min(total_steps, round(t.warmup_epochs * steps_per_epoch)), t.min_lr_ratio
+        )
     precision = select_precision(t.amp, env.device)
     scaler = precision.grad_scaler()
     guard = NonFiniteGuard(t.max_nonfinite, env.device)
@@ -244,8 +254,12 @@ def run(cfg, env: DistEnv) -> None:
         finished = epoch + 1 == t.epochs or bool(t.max_steps and step >= t.max_steps)
         metrics = None
         if has_val and ((epoch + 1) % t.val_interval == 0 or finished):
-            shard, grid = evaluate(model, val_loader, precision, writer, env.device)
+            shard, loss_shard, grid = evaluate(model, val_loader, loss_fn, precision, writer, env.device)
             metrics = merge_scores(all_gather_objects(shard))
+            losses = all_gather_objects(loss_shard)
+            metrics["loss"] = sum(s for s, _ in losses) / max(1, sum(n for _, n in losses))
+            if not steps_per_iteration(scheduler):
+                scheduler.step(metrics["loss"])
             writer.scalars("val", {k: v for k, v in metrics.items() if k != "n_images"}, step)
             if grid is not None:
                 writer.image("val/image_mask_pred_coarse", grid, step)

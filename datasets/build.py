@@ -165,7 +165,11 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
 
         train = cache_samples(train, d)
     transform = TrainTransform(
-        hflip=float(d.hflip), rotate=float(d.rotate), scale=tuple(d.scale), color_jitter=float(d.color_jitter)
+        hflip=float(d.hflip),
+        rotate=float(d.rotate),
+        scale=tuple(d.scale),
+        color_jitter=float(d.color_jitter),
+        side_crop=float(d.side_crop),
     )
     train_ds = CODDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train")
     val_ds = _test_dataset(val_samples, cfg, "val") if val_samples else None

@@ -38,6 +38,20 @@ def affine_matrix(
     k = math.sqrt(crop_area)
     cw, ch = width * k, height * k
     x0, y0 = crop_xy[0] * (width - cw), crop_xy[1] * (height - ch)
+    return box_matrix((x0, y0, cw, ch), size, angle_deg, flip)
+
+
+def side_crop_box(height: int, width: int, cuts: tuple[float, float, float, float]) -> tuple[float, ...]:
+    """The reference E2Net's crop: ``cuts`` = fractions cut from the left, top, right and bottom
+    sides, each drawn independently, so the aspect ratio changes. -> (x0, y0, crop width, crop height)."""
+    left, top, right, bottom = cuts
+    return left * width, top * height, width * (1 - left - right), height * (1 - top - bottom)
+
+
+def box_matrix(box: tuple[float, ...], size: int, angle_deg: float, flip: bool) -> np.ndarray:
+    """2x3 matrix mapping the source box (x0, y0, width, height) to a ``size`` x ``size`` output,
+    rotated by ``angle_deg`` and flipped about the box's centre."""
+    x0, y0, cw, ch = box
     centre_src = np.array([x0 + cw / 2 - 0.5, y0 + ch / 2 - 0.5])
     centre_dst = np.array([(size - 1) / 2, (size - 1) / 2])
     t = math.radians(angle_deg)
@@ -58,7 +72,11 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
 
 
 class TrainTransform:
-    """Random flip + scale-crop + rotation (one warp), colour jitter; see :func:`affine_matrix`."""
+    """Random flip + scale-crop + rotation (one warp), colour jitter; see :func:`affine_matrix`.
+
+    ``side_crop`` > 0 replaces the aspect-keeping area crop of ``scale`` by the reference E2Net's
+    crop of up to that fraction of each side, drawn independently (:func:`side_crop_box`).
+    """
 
     def __init__(
         self,
@@ -66,11 +84,15 @@ class TrainTransform:
         rotate: float = 10.0,
         scale: tuple[float, float] = (0.75, 1.0),
         color_jitter: float = 0.2,
+        side_crop: float = 0.0,
     ) -> None:
         self.hflip, self.rotate, self.scale, self.jitter = hflip, rotate, tuple(scale), color_jitter
+        self.side_crop = side_crop
 
     def needed_side(self, size: int) -> float:
         """Short side the decoded image must keep so that the smallest crop is not upsampled."""
+        if self.side_crop > 0:
+            return size / (1 - 2 * self.side_crop)
         return size / math.sqrt(self.scale[0])
 
     def __call__(
@@ -78,15 +100,19 @@ class TrainTransform:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 RGB [H, W, 3], uint8 [H, W] (same H, W) -> [3, size, size], [1, size, size]."""
         h, w = mask.shape
-        m = affine_matrix(
-            h,
-            w,
-            size,
-            crop_area=rng.uniform(*self.scale),
-            crop_xy=tuple(rng.random(2)),
-            angle_deg=rng.uniform(-self.rotate, self.rotate),
-            flip=bool(rng.random() < self.hflip),
-        )
+        if self.side_crop > 0:
+            box = side_crop_box(h, w, tuple(rng.uniform(0, self.side_crop, size=4)))
+            m = box_matrix(box, size, rng.uniform(-self.rotate, self.rotate), bool(rng.random() < self.hflip))
+        else:
+            m = affine_matrix(
+                h,
+                w,
+                size,
+                crop_area=rng.uniform(*self.scale),
+                crop_xy=tuple(rng.random(2)),
+                angle_deg=rng.uniform(-self.rotate, self.rotate),
+                flip=bool(rng.random() < self.hflip),
+            )
         # replicated borders: no dark rim when upsampling small images, and rotated corners are
         # smeared edge pixels rather than black wedges (reflection costs 1.4x more here)
         image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -1,4 +1,5 @@
-"""AdamW over the trainable parameters and the per-iteration warm-up + cosine schedule."""
+"""AdamW over the trainable parameters; the per-iteration warm-up + cosine schedule, or
+ReduceLROnPlateau on the validation loss."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, pretrained_lr_scale: float, pretrained: Iterable[nn.Parameter] = ()
+    model: nn.Module,
+    weight_decay: float,
+    pretrained_lr_scale: float,
+    pretrained: Iterable[nn.Parameter] = (),
+    decay_norms: bool = False,
 ) -> list[dict]:
     """Trainable parameters split by (pretrained or new) x (decayed or not); empty groups dropped.
+    ``decay_norms``: biases, norm scales and tokens are decayed too (the reference E2Net's AdamW).
 
     ``pretrained``: the parameters that came with loaded weights (fine-tuned DINOv3 blocks); they get
     ``lr * pretrained_lr_scale`` so fine-tuning does not wash out what pre-training learned, while new
@@ -29,7 +35,7 @@ def param_groups(
         if not p.requires_grad:
             continue
         part = "pretrained" if id(p) in pretrained_ids else "new"
-        decay = "no_decay" if _no_decay(name, p) else "decay"
+        decay = "no_decay" if _no_decay(name, p) and not decay_norms else "decay"
         key = f"{part}/{decay}"
         if key not in groups:
             groups[key] = {
@@ -52,9 +58,10 @@ def build_optimizer(
     pretrained_lr_scale: float = 0.1,
     pretrained: Iterable[nn.Parameter] = (),
     fused: bool = False,
+    decay_norms: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over trainable parameters only (see :func:`param_groups`); ``fused``: one kernel per step."""
-    groups = param_groups(model, weight_decay, pretrained_lr_scale, pretrained)
+    groups = param_groups(model, weight_decay, pretrained_lr_scale, pretrained, decay_norms)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
@@ -78,3 +85,20 @@ def build_scheduler(
         return warmup_cosine(step, total_steps, warmup_steps, min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_plateau_scheduler(
+    optimizer: torch.optim.Optimizer, factor: float, patience: int, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Multiply every group's lr by ``factor`` after ``patience`` validations without a lower
+    validation loss, down to ``min_lr_ratio`` of its starting lr; stepped with the loss after each
+    validation (never per iteration). Its state dict holds the best loss and the bad-epoch count."""
+    min_lrs = [g["lr"] * min_lr_ratio for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lrs
+    )
+
+
+def steps_per_iteration(scheduler) -> bool:
+    """Whether ``scheduler`` steps after each optimizer step (cosine) rather than after each validation (plateau)."""
+    return not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

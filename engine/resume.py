@@ -91,6 +91,11 @@ def restore_training_state(
             f"config it was trained with (config.yaml beside it) or start fresh with "
             f"train.resume="
         ) from None
+    if set(ckpt["scheduler"]) != set(scheduler.state_dict()):  # e.g. a cosine checkpoint for a plateau run
+        raise CheckpointError(
+            f"checkpoint '{path}' holds another learning-rate scheduler than train.scheduler="
+            f"{cfg.train.scheduler}; resume with the config it was trained with or start fresh with train.resume="
+        )
     scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"] and scaler.is_enabled():  # empty when the run that wrote it did not use float16
         scaler.load_state_dict(ckpt["scaler"])

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from config import Decoder
 from models.e2net import E2Net
 from models.heads import E2NetDecoder
 from models.linear import LinearDecoder
 from models.losses import CODLoss
+from models.reference import E2NetRefDecoder
 
-__all__ = ["E2Net", "E2NetDecoder", "LinearDecoder", "CODLoss", "build_model", "build_loss", "frozen_weights_dtype"]
+__all__ = [
+    "E2Net",
+    "E2NetDecoder",
+    "E2NetRefDecoder",
+    "LinearDecoder",
+    "CODLoss",
+    "build_model",
+    "build_loss",
+    "frozen_weights_dtype",
+]
 
 
 def build_model(cfg: DictConfig) -> E2Net:
@@ -32,14 +43,20 @@ def build_model(cfg: DictConfig) -> E2Net:
         backend=e.backend,
         trainable_blocks=e.trainable_blocks,
         weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
+        pyramid=e.pyramid,
     )
-    if m.decoder == "linear":
-        caem, decoder = None, LinearDecoder(encoder.out_channels, norm=m.norm)
-    elif m.decoder == "e2net":
-        caem = CAEM(encoder.out_channels, m.channels, norm=m.norm)
+    levels = len(encoder.out_channels)
+    if m.decoder == Decoder.linear:
+        return E2Net(
+            encoder, None, LinearDecoder(encoder.out_channels, levels, norm=m.norm), m.channels_last, m.compile
+        )
+    caem = CAEM(encoder.out_channels, m.channels, m.norm, levels, align=m.caem_align, reduce_norm=m.caem_reduce_norm)
+    if m.decoder == Decoder.e2net:
         decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
+    elif m.decoder == Decoder.e2net_ref:
+        decoder = E2NetRefDecoder(m.channels, levels, heads=m.context_heads, norm=m.norm)
     else:
-        raise ValueError(f"model.decoder '{m.decoder}' is not one of e2net, linear")
+        raise ValueError(f"model.decoder '{m.decoder}' is not one of {', '.join(Decoder)}")
     return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
 
 
@@ -61,6 +78,17 @@ def frozen_weights_dtype(weights_dtype: str, amp: str) -> str:
 
 
 def build_loss(cfg: DictConfig) -> CODLoss:
-    """``CODLoss`` with the term weights of ``cfg.loss``."""
+    """``CODLoss`` with the terms, weights and switches of ``cfg.loss``."""
     lo = cfg.loss
-    return CODLoss(bce=lo.bce, iou=lo.iou, dice=lo.dice, edge=lo.edge, side=lo.side)
+    return CODLoss(
+        bce=lo.bce,
+        iou=lo.iou,
+        dice=lo.dice,
+        edge=lo.edge,
+        sobel=lo.sobel,
+        side=lo.side,
+        weighted=lo.weighted,
+        pooled=lo.pooled,
+        coarse_terms=[str(t) for t in lo.coarse_terms],
+        coarse=lo.coarse,
+    )

@@ -1,9 +1,10 @@
 """The E2Net decoder: coarse search -> focus -> refine, with deep supervision.
 
 All global attention runs on the stride-16 and stride-32 levels (576 and 144 tokens at 384 px);
-the stride-8 and stride-4 levels are only touched by 3x3 convolutions. The reference design ran
-full self-attention over stride-4 tokens (9,216 at 384 px, ~85 M attention entries per head),
-which costs more than the whole ViT-B encoder.
+the stride-8 and stride-4 levels are only touched by 3x3 convolutions. The reference E2Net
+(``models.reference``) resizes every CAEM level to the finest one and attends there: 576 tokens
+at stride 16 in its trained recipe (four stride-16 maps), but 9,216 tokens (~85 M attention
+entries per head, more than the whole ViT-B encoder costs) on a strides-4/8/16/32 pyramid.
 
 Levels are indexed finest first: 0 (stride 4), 1 (stride 8), 2 (stride 16), 3 (stride 32); with a
 ``simple`` encoder all four are at stride 16 and the same code runs without any resizing.

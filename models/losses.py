@@ -2,17 +2,24 @@
 ``CODLoss``, their weighted sum over the deep-supervision outputs.
 
 Every function returns the mean over the batch of a per-image value (so the loss does not depend
-on the batch size) and expects float32 inputs; ``CODLoss`` casts and disables autocast, because
-sums over 147k pixels and log-sigmoids lose too much in bfloat16.
+on the batch size), unless ``pooled=True`` asks for the reference E2Net's sums over the whole
+batch, and expects float32 inputs; ``CODLoss`` casts and disables autocast, because sums over
+147k pixels and log-sigmoids lose too much in bfloat16.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _sums(x: Tensor, pooled: bool) -> Tensor:
+    """Per-image sums [B, 1] (``pooled``: one sum over the whole batch, [1])."""
+    return x.sum().unsqueeze(0) if pooled else x.sum(dim=(2, 3))
 
 
 def boundary_weight(mask: Tensor, kernel: int = 31, strength: float = 5.0) -> Tensor:
@@ -35,19 +42,23 @@ def weighted_bce(logits: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
     return ((weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))).mean()
 
 
-def weighted_iou(logits: Tensor, mask: Tensor, weight: Tensor, smooth: float = 1.0) -> Tensor:
-    """Soft IoU loss ``1 - (I + s) / (U - I + s)`` with I = sum(w p m), U = sum(w (p + m)) per image."""
+def weighted_iou(
+    logits: Tensor, mask: Tensor, weight: Tensor | None = None, smooth: float = 1.0, pooled: bool = False
+) -> Tensor:
+    """Soft IoU loss ``1 - (I + s) / (U - I + s)`` with I = sum(w p m), U = sum(w (p + m)) per image
+    (``weight=None``: w = 1; ``pooled``: the sums run over the whole batch)."""
     prob = torch.sigmoid(logits)
-    inter = (weight * prob * mask).sum(dim=(2, 3))
-    union = (weight * (prob + mask)).sum(dim=(2, 3))
+    w = 1.0 if weight is None else weight
+    inter = _sums(w * prob * mask, pooled)
+    union = _sums(w * (prob + mask), pooled)
     return (1 - (inter + smooth) / (union - inter + smooth)).mean()
 
 
-def dice_loss(logits: Tensor, mask: Tensor, smooth: float = 1.0) -> Tensor:
-    """Soft Dice loss ``1 - (2 sum(p m) + s) / (sum(p) + sum(m) + s)`` per image."""
+def dice_loss(logits: Tensor, mask: Tensor, smooth: float = 1.0, pooled: bool = False) -> Tensor:
+    """Soft Dice loss ``1 - (2 sum(p m) + s) / (sum(p) + sum(m) + s)`` per image (``pooled``: over the batch)."""
     prob = torch.sigmoid(logits)
-    inter = (prob * mask).sum(dim=(2, 3))
-    total = prob.sum(dim=(2, 3)) + mask.sum(dim=(2, 3))
+    inter = _sums(prob * mask, pooled)
+    total = _sums(prob, pooled) + _sums(mask, pooled)
     return (1 - (2 * inter + smooth) / (total + smooth)).mean()
 
 
@@ -66,14 +77,41 @@ def edge_loss(logits: Tensor, mask: Tensor, width: int = 2) -> Tensor:
     return ((band * bce).sum(dim=(2, 3)) / band.sum(dim=(2, 3)).clamp_min(1)).mean()
 
 
+def sobel_edges(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Sobel gradient magnitude [B, 1, H, W] (kornia: normalised 3x3 kernels, replicated border),
+    scaled per image so that its maximum is 1 (a map whose maximum is <= 1e-6 is left as it is)."""
+    mag = kornia.filters.sobel(x, normalized=True, eps=eps)
+    peak = mag.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(peak > 1e-6, mag / peak.clamp_min(1e-6), mag)
+
+
+def sobel_edge_loss(logits: Tensor, mask: Tensor, threshold: float = 0.1) -> Tensor:
+    """The reference E2Net's edge term: BCE between the Sobel edges of the probabilities and the
+    mask's Sobel edges binarised at ``threshold`` of their maximum, averaged over pixels per image.
+
+    Two deliberate differences from the reference: the maxima are taken per image, not over the
+    batch, so an image's loss does not depend on its batch-mates; and the border is replicated,
+    not zero-padded, so an object touching the image border gets no edge along the frame. The
+    mask's magnitude has no epsilon, so an empty mask has no edge (rather than edges everywhere).
+    """
+    pred_edge = sobel_edges(torch.sigmoid(logits))  # eps (the reference's 1e-8) keeps the sqrt's gradient finite
+    mask_edge = (sobel_edges(mask, eps=0.0) > threshold).float()
+    bce = F.binary_cross_entropy(pred_edge.clamp(0, 1), mask_edge, reduction="none")
+    return bce.mean(dim=(1, 2, 3)).mean()
+
+
 class CODLoss(nn.Module):
     """Weighted sum of the terms above on every output, with deep supervision.
 
-    ``forward(outputs: list of logits [B, 1, H, W] (final last), mask [B, 1, H, W])`` returns
-    ``(total, terms)``: ``total = L(final) + side * sum(L(o) for o in outputs[:-1])`` with
-    ``L = bce * wBCE + iou * wIoU + dice * Dice + edge * Edge``, and ``terms`` holding each
-    weighted term of the final output plus ``"side"`` (the weighted side sum), all float32
-    tensors that still carry gradients (detach them for logging).
+    ``forward(outputs: list of logits [B, 1, H, W] (coarse map first, final last), mask [B, 1, H, W])``
+    returns ``(total, terms)``: ``total = L(final) + side * sum(L(o) for o in sides) [+ coarse * C(outputs[0])]``
+    with ``L = bce * BCE + iou * IoU + dice * Dice + edge * Edge + sobel * Sobel``. Without
+    ``coarse_terms`` the sides are every output but the last; with them the coarse map (the first
+    output) is scored by ``C`` = the unweighted sum of those terms instead, and the sides are the
+    outputs between the first and the last. ``weighted``: BCE and IoU use SINet-V2's boundary
+    weight; ``pooled``: Dice and IoU sum over the batch. ``terms`` holds each weighted term of the
+    final output plus ``"side"`` and ``"coarse"`` when present, all float32 tensors that still
+    carry gradients (detach them for logging).
     """
 
     def __init__(
@@ -82,28 +120,35 @@ class CODLoss(nn.Module):
         iou: float = 1.0,
         dice: float = 0.0,
         edge: float = 0.0,
+        sobel: float = 0.0,
         side: float = 0.5,
+        weighted: bool = True,
+        pooled: bool = False,
+        coarse_terms: Sequence[str] = (),
+        coarse: float = 0.2,
         edge_width: int = 2,
     ) -> None:
         super().__init__()
-        self.weights = {"bce": bce, "iou": iou, "dice": dice, "edge": edge}
+        self.weights = {"bce": bce, "iou": iou, "dice": dice, "edge": edge, "sobel": sobel}
         if not any(w > 0 for w in self.weights.values()):
-            raise ValueError("every loss weight is 0: set at least one of loss.bce, loss.iou, loss.dice, loss.edge > 0")
-        self.side = side
-        self.edge_width = edge_width
+            raise ValueError(
+                "every loss weight is 0: set at least one of loss.bce, loss.iou, loss.dice, loss.edge, loss.sobel > 0"
+            )
+        unknown = [t for t in coarse_terms if t not in self.weights]
+        if unknown:
+            raise ValueError(f"loss.coarse_terms {unknown}: terms are {', '.join(self.weights)}")
+        self.coarse_weights = dict.fromkeys(coarse_terms, coarse)
+        self.side, self.weighted, self.pooled, self.edge_width = side, weighted, pooled, edge_width
 
-    def _terms(self, logits: Tensor, mask: Tensor, weight: Tensor) -> dict[str, Tensor]:
-        w = self.weights
-        out = {}
-        if w["bce"]:
-            out["bce"] = w["bce"] * weighted_bce(logits, mask, weight)
-        if w["iou"]:
-            out["iou"] = w["iou"] * weighted_iou(logits, mask, weight)
-        if w["dice"]:
-            out["dice"] = w["dice"] * dice_loss(logits, mask)
-        if w["edge"]:
-            out["edge"] = w["edge"] * edge_loss(logits, mask, self.edge_width)
-        return out
+    def _terms(self, weights: dict[str, float], logits: Tensor, mask: Tensor, weight: Tensor | None) -> dict:
+        fns = {
+            "bce": lambda: weighted_bce(logits, mask, torch.ones_like(mask) if weight is None else weight),
+            "iou": lambda: weighted_iou(logits, mask, weight, pooled=self.pooled),
+            "dice": lambda: dice_loss(logits, mask, pooled=self.pooled),
+            "edge": lambda: edge_loss(logits, mask, self.edge_width),
+            "sobel": lambda: sobel_edge_loss(logits, mask),
+        }
+        return {name: w * fns[name]() for name, w in weights.items() if w}
 
     def forward(self, outputs: Sequence[Tensor], mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if isinstance(outputs, Tensor):
@@ -114,13 +159,21 @@ class CODLoss(nn.Module):
                     f"output {i} has shape {tuple(o.shape)} but the mask has {tuple(mask.shape)}; "
                     "the model must return logits [B, 1, H, W] at the mask's size"
                 )
+        if self.coarse_weights and len(outputs) < 2:
+            raise ValueError("loss.coarse_terms needs a coarse map before the final one, but the model returns one map")
         with torch.autocast(device_type=mask.device.type, enabled=False):
             mask = mask.float()
-            weight = boundary_weight(mask)
-            terms = self._terms(outputs[-1].float(), mask, weight)
+            weight = boundary_weight(mask) if self.weighted else None
+            terms = self._terms(self.weights, outputs[-1].float(), mask, weight)
             total = sum(terms.values())
-            if len(outputs) > 1 and self.side > 0:
-                side = sum(sum(self._terms(o.float(), mask, weight).values()) for o in outputs[:-1])
+            sides = outputs[1:-1] if self.coarse_weights else outputs[:-1]
+            if sides and self.side > 0:
+                side = sum(sum(self._terms(self.weights, o.float(), mask, weight).values()) for o in sides)
                 terms["side"] = self.side * side
                 total = total + terms["side"]
+            if self.coarse_weights:
+                coarse = self._terms(self.coarse_weights, outputs[0].float(), mask, weight)
+                if coarse:
+                    terms["coarse"] = sum(coarse.values())
+                    total = total + terms["coarse"]
         return total, terms
