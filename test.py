@@ -20,7 +20,9 @@
 Outputs of a scoring run in --out: results.json ({benchmark: {Sm, wFm, MAE, Em_adp, Em_mean,
 Em_max, Fm_adp, Fm_mean, Fm_max, n_images}}), results.md and results.csv (rows: runs, columns:
 benchmark x metric; also printed), curves/<benchmark>.png (precision-recall and
-F-measure-vs-threshold). With several --preds, each run's results.json is in <out>/<run name>/
+F-measure-vs-threshold), report.html (the table, the curves and a per-image gallery: image | GT |
+each method's map with its S-measure and MAE, sortable worst first, filterable by benchmark and
+method; thumbnails in report/, opens from disk). With several --preds, each run's results.json is in <out>/<run name>/
 and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-max scaled
 per image, masks binarised at > 128); scoring runs in --workers processes (default: all cores)
 and gives identical numbers for any worker count.
@@ -38,6 +40,7 @@ from config import ConfigError, check_depth, check_patch_size, load_config
 from evaluation import (
     CODMetrics,
     EvaluationError,
+    ImageResult,
     Scorer,
     find_pred_dirs,
     format_table,
@@ -48,7 +51,8 @@ from evaluation import (
     write_results_json,
     write_tables,
 )
-from evaluation.maps import MapIssues
+from evaluation.maps import MapIssues, list_images
+from evaluation.report import gallery_rows, write_report
 
 # torch, models and datasets are imported inside the functions that need them: the scoring
 # worker processes re-import this file (multiprocessing does so with the main script), and
@@ -75,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="YAML config to use instead of the checkpoint's own")
     p.add_argument("--out", type=Path, help="output folder (defaults above)")
     p.add_argument("--workers", type=int, help="scoring processes (default eval.workers; 0 = all cores)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html and its thumbnails")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --ckpt)")
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.preds):
@@ -120,17 +125,23 @@ def run_names(folders: list[Path]) -> dict[str, Path]:
     return names
 
 
-def write_outputs(scored: dict[str, dict[str, CODMetrics]], out: Path) -> None:
-    """results.json per run, the comparison table (printed, .md, .csv) and the curves."""
+Scored = dict[str, dict[str, tuple[CODMetrics, list[ImageResult]]]]  # {run: {benchmark: (metrics, per image)}}
+
+
+def write_outputs(scored: Scored, out: Path, images: dict[str, dict[str, str]], report: bool = True) -> None:
+    """results.json per run, the comparison table (printed, .md, .csv), the curves and report.html.
+
+    ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    runs = {run: {b: m.results() for b, m in per_run.items()} for run, per_run in scored.items()}
+    runs = {run: {b: m.results() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}
     for run, results in runs.items():
         run_dir = out if len(runs) == 1 else out / run
         run_dir.mkdir(parents=True, exist_ok=True)
         write_results_json(results, run_dir / "results.json")
     md, csv_path = write_tables(runs, out)
     figures = plot_curves(
-        {run: {b: m.curves() for b, m in per_run.items()} for run, per_run in scored.items()}, out / "curves"
+        {run: {b: m.curves() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}, out / "curves"
     )
     print(format_table(runs))
     log.info(
@@ -142,14 +153,19 @@ def write_outputs(scored: dict[str, dict[str, CODMetrics]], out: Path) -> None:
         len(figures),
         out / "curves",
     )
+    if report:
+        per_image = {run: {b: rows for b, (_, rows) in per_run.items()} for run, per_run in scored.items()}
+        page = write_report(out, runs, figures, gallery_rows(per_image, images), title=f"COD results: {out.name}")
+        log.info("wrote %s (open it in a browser; the gallery sorts by per-image score)", page)
 
 
 def score_saved_maps(args: argparse.Namespace) -> None:
     """--preds mode: pair each folder's maps with the benchmark masks and score them."""
     import datasets
 
-    gt_dirs = {b: mask_dir for b, (_, mask_dir) in datasets.find_benchmark_dirs(args.data_root).items()}
-    scored: dict[str, dict[str, CODMetrics]] = {}
+    bench_dirs = datasets.find_benchmark_dirs(args.data_root)
+    gt_dirs = {b: mask_dir for b, (_, mask_dir) in bench_dirs.items()}
+    scored: Scored = {}
     with Scorer(args.workers or 0) as scorer:
         for run, folder in run_names(args.preds).items():
             matched, unmatched, no_maps = match_benchmarks(find_pred_dirs(folder), gt_dirs)
@@ -165,15 +181,20 @@ def score_saved_maps(args: argparse.Namespace) -> None:
                 log.warning("%s: no maps for %s", folder, ", ".join(no_maps))
             for bench, (pred_dir, gt_dir) in matched.items():
                 pairs, issues = pair_folder(pred_dir, gt_dir, bench)
-                metrics = score_benchmark(scorer, pairs, issues, f"{run}/{bench}")
-                if metrics is not None:
-                    scored.setdefault(run, {})[bench] = metrics
+                result = score_benchmark(scorer, pairs, issues, f"{run}/{bench}")
+                if result is not None:
+                    scored.setdefault(run, {})[bench] = result
     if not scored:
         raise EvaluationError(
             f"none of the --preds folders holds maps named like the masks under {args.data_root} "
             "(maps must be DIR/<Benchmark>/<mask file stem>.png)"
         )
-    write_outputs(scored, args.out or Path("outputs/scores"))
+    images = {
+        b: {name: str(p) for name, p in list_images(img_dir).items()} if img_dir else {}
+        for b, (img_dir, _) in bench_dirs.items()
+        if any(b in per_run for per_run in scored.values())
+    }
+    write_outputs(scored, args.out or Path("outputs/scores"), images, report=not args.no_report)
 
 
 def load_model(args: argparse.Namespace):
@@ -228,16 +249,17 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         torch.cuda.empty_cache()
 
     run = f"{args.ckpt.parent.name}/{args.ckpt.stem}" if args.ckpt.parent.name else args.ckpt.stem
-    scored: dict[str, CODMetrics] = {}
+    scored = {}
     # The data package already holds each benchmark to its definition (COD10K: '-CAM-' only).
     with Scorer(cfg.eval.workers if args.workers is None else args.workers) as scorer:
         for bench, written in predicted.items():
-            metrics = score_benchmark(scorer, written, MapIssues(), bench)
-            if metrics is not None:
-                scored[bench] = metrics
+            result = score_benchmark(scorer, written, MapIssues(), bench)
+            if result is not None:
+                scored[bench] = result
     if not scored:
         raise EvaluationError("no benchmark could be scored (see the warnings above)")
-    write_outputs({run: scored}, out)
+    images = {b: {s.name: s.image_path for s in ds.samples} for b, ds in test_sets.items()}
+    write_outputs({run: scored}, out, images, report=not args.no_report)
 
 
 def predict_own_images(args: argparse.Namespace) -> None:

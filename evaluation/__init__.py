@@ -18,7 +18,7 @@ from .discovery import (
 )
 from .maps import IMAGE_EXTS, MapIssues, list_images, read_map, read_mask
 from .metrics import CODMetrics, Curves, ImageScores, image_scores
-from .scoring import Scorer, available_cores, log_issues, pair_folder, score_benchmark, score_folder
+from .scoring import ImageResult, Scorer, available_cores, log_issues, pair_folder, score_benchmark, score_folder
 from .tables import format_markdown, format_table, write_results_json, write_tables
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ImageScores",
     "image_scores",
     "Scorer",
+    "ImageResult",
     "score_benchmark",
     "score_folder",
     "pair_folder",

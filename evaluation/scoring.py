@@ -19,6 +19,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 from tqdm import tqdm
@@ -30,6 +31,16 @@ from .metrics import CODMetrics, ImageScores, image_scores
 log = logging.getLogger(__name__)
 
 Pair = tuple[str, str, str]  # (name, map path, mask path)
+
+
+class ImageResult(NamedTuple):
+    """One scored map, for per-image views (the HTML report's gallery)."""
+
+    name: str
+    map_path: str
+    mask_path: str
+    sm: float
+    mae: float
 
 
 def available_cores() -> int:
@@ -104,6 +115,11 @@ class Scorer:
 
     def score(self, pairs: list[Pair], desc: str = "scoring") -> tuple[CODMetrics, MapIssues]:
         """Per-image work in the pool, combined here in the order of ``pairs``."""
+        metrics, issues, _ = self.score_images(pairs, desc)
+        return metrics, issues
+
+    def score_images(self, pairs: list[Pair], desc: str = "scoring") -> tuple[CODMetrics, MapIssues, list[ImageResult]]:
+        """:meth:`score`, plus each scored map's own S-measure and MAE (the values added to the metrics)."""
         if self.workers <= 1 or len(pairs) < self.min_parallel:
             results = map(_score_pair, pairs)
         else:
@@ -112,12 +128,14 @@ class Scorer:
             # Chunks amortise the inter-process round trips; ~8 chunks per worker keep the load balanced.
             chunk = max(1, min(16, len(pairs) // (8 * self.workers)))
             results = self._pool.map(_score_pair, pairs, chunksize=chunk)
-        metrics, issues = CODMetrics(), MapIssues()
-        for scores, image_issues in tqdm(results, total=len(pairs), desc=desc, unit="map", leave=False, disable=None):
+        metrics, issues, per_image = CODMetrics(), MapIssues(), []
+        bar = tqdm(results, total=len(pairs), desc=desc, unit="map", leave=False, disable=None)
+        for pair, (scores, image_issues) in zip(pairs, bar, strict=True):
             issues.merge(image_issues)
             if scores is not None:
                 metrics.add(scores)
-        return metrics, issues
+                per_image.append(ImageResult(*pair, scores.sm, scores.mae))
+        return metrics, issues, per_image
 
 
 def log_issues(issues: MapIssues, where: str) -> None:
@@ -125,16 +143,18 @@ def log_issues(issues: MapIssues, where: str) -> None:
         log.warning("%s: %s", where, line)
 
 
-def score_benchmark(scorer: Scorer, pairs: list[Pair], issues: MapIssues, where: str) -> CODMetrics | None:
-    """Score one benchmark's pairs, log every problem found (by file name) under ``where``;
-    None when no map could be scored."""
-    metrics, read_issues = scorer.score(pairs, desc=where)
+def score_benchmark(
+    scorer: Scorer, pairs: list[Pair], issues: MapIssues, where: str
+) -> tuple[CODMetrics, list[ImageResult]] | None:
+    """Score one benchmark's pairs, log every problem found (by file name) under ``where``.
+    Returns the metrics and the per-image results; None when no map could be scored."""
+    metrics, read_issues, per_image = scorer.score_images(pairs, desc=where)
     issues.merge(read_issues)
     log_issues(issues, where)
     if not len(metrics):
         log.warning("%s: no map could be paired with a mask and read, so there is nothing to score", where)
         return None
-    return metrics
+    return metrics, per_image
 
 
 def score_folder(pred_dir: str | Path, gt_dir: str | Path, workers: int = 0, benchmark: str | None = None) -> dict:
@@ -146,10 +166,10 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, workers: int = 0, ben
     benchmark = benchmark or Path(gt_dir).resolve().parent.name
     pairs, issues = pair_folder(pred_dir, gt_dir, benchmark)
     with Scorer(workers) as scorer:
-        metrics = score_benchmark(scorer, pairs, issues, benchmark)
-    if metrics is None:
+        scored = score_benchmark(scorer, pairs, issues, benchmark)
+    if scored is None:
         raise EvaluationError(
             f"{benchmark}: no map in '{pred_dir}' could be paired with a mask in '{gt_dir}' "
             "and read (maps must be named like the masks, e.g. GT/x.png <-> maps/x.png)"
         )
-    return metrics.results()
+    return scored[0].results()
