@@ -179,9 +179,20 @@ class TrainConfig:
 
 
 @dataclass
+class TTAConfig:
+    """Test-time augmentation in test.py (engine/tta.py): every view's probability map is averaged."""
+
+    hflip: bool = False  # add the mirrored view of every scale
+    # Input scale factors relative to data.image_size, each side rounded to the encoder's patch,
+    # e.g. [0.75, 1.0, 1.25]; empty = the plain input only.
+    scales: list[float] = field(default_factory=list)
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 8  # images per forward pass in validation and test.py (at data.image_size)
     workers: int = 0  # test.py scoring processes (PySODMetrics per map); 0 = all cores; same numbers for any count
+    tta: TTAConfig = field(default_factory=TTAConfig)  # test.py only; validation never uses it
 
 
 @dataclass
@@ -358,6 +369,11 @@ def validate(cfg: DictConfig) -> None:
     _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     _require(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     _require(cfg.eval.workers >= 0, "eval.workers", "must be >= 0")
+    _require(
+        all(math.isfinite(f) and 0.25 <= f <= 4 for f in cfg.eval.tta.scales),
+        "eval.tta.scales",
+        "factors of data.image_size must be in [0.25, 4], e.g. [0.75, 1.0, 1.25]",
+    )
     _check_combinations(cfg)
 
 

@@ -128,17 +128,20 @@ def run_names(folders: list[Path]) -> dict[str, Path]:
 Scored = dict[str, dict[str, tuple[CODMetrics, list[ImageResult]]]]  # {run: {benchmark: (metrics, per image)}}
 
 
-def write_outputs(scored: Scored, out: Path, images: dict[str, dict[str, str]], report: bool = True) -> None:
+def write_outputs(
+    scored: Scored, out: Path, images: dict[str, dict[str, str]], report: bool = True, extra: dict | None = None
+) -> None:
     """results.json per run, the comparison table (printed, .md, .csv), the curves and report.html.
 
-    ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery.
+    ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery; ``extra``: keys added
+    to every results.json entry (the test-time augmentation used).
     """
     out.mkdir(parents=True, exist_ok=True)
     runs = {run: {b: m.results() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}
     for run, results in runs.items():
         run_dir = out if len(runs) == 1 else out / run
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_results_json(results, run_dir / "results.json")
+        write_results_json(results, run_dir / "results.json", extra)
     md, csv_path = write_tables(runs, out)
     figures = plot_curves(
         {run: {b: m.curves() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}, out / "curves"
@@ -229,6 +232,25 @@ def load_model(args: argparse.Namespace):
     return cfg, model.to(device).eval(), device, select_precision(cfg.train.amp, device)
 
 
+def with_tta(model, cfg):
+    """``eval.tta`` -> (the model wrapped in test-time augmentation, its name), or (model, "") when off."""
+    t = cfg.eval.tta
+    if not t.hflip and not t.scales:
+        return model, ""
+    from engine.tta import TestTimeAugmentation, scaled_size
+
+    patch, scales = model.encoder.patch_size, list(t.scales) or [1.0]
+    tta = TestTimeAugmentation(model, patch, hflip=t.hflip, scales=scales)
+    sizes = sorted({scaled_size(int(cfg.data.image_size), s, patch) for s in scales})
+    log.info(
+        "test-time augmentation %s: input sides %s%s, probabilities averaged",
+        tta.name,
+        sizes,
+        " and their mirror images" if t.hflip else "",
+    )
+    return tta, tta.name
+
+
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """--ckpt mode: predict every test benchmark, write the maps, score them."""
     import torch
@@ -237,7 +259,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     from engine.predict import predict_loader
 
     cfg, model, device, precision = load_model(args)
-    out = args.out or args.ckpt.parent / "test" / args.ckpt.stem
+    model, tta = with_tta(model, cfg)
+    out = args.out or args.ckpt.parent / "test" / "_".join(filter(None, (args.ckpt.stem, tta)))
     test_sets = datasets.build_test_sets(cfg)
     predicted = {}
     for bench, ds in test_sets.items():
@@ -249,6 +272,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         torch.cuda.empty_cache()
 
     run = f"{args.ckpt.parent.name}/{args.ckpt.stem}" if args.ckpt.parent.name else args.ckpt.stem
+    run += f"+{tta}" if tta else ""
     scored = {}
     # The data package already holds each benchmark to its definition (COD10K: '-CAM-' only).
     with Scorer(cfg.eval.workers if args.workers is None else args.workers) as scorer:
@@ -259,7 +283,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     if not scored:
         raise EvaluationError("no benchmark could be scored (see the warnings above)")
     images = {b: {s.name: s.image_path for s in ds.samples} for b, ds in test_sets.items()}
-    write_outputs({run: scored}, out, images, report=not args.no_report)
+    extra = {"tta": {"hflip": bool(cfg.eval.tta.hflip), "scales": list(cfg.eval.tta.scales) or [1.0]}} if tta else None
+    write_outputs({run: scored}, out, images, report=not args.no_report, extra=extra)
 
 
 def predict_own_images(args: argparse.Namespace) -> None:
@@ -267,6 +292,7 @@ def predict_own_images(args: argparse.Namespace) -> None:
     from engine.predict import list_own_images, predict_images
 
     cfg, model, device, precision = load_model(args)
+    model, _ = with_tta(model, cfg)
     out = args.out or args.ckpt.parent / "predict" / args.images.resolve().name
     paths = list_own_images(args.images)
     n = predict_images(

@@ -26,9 +26,12 @@ LEGEND = (
 )
 
 
-def write_results_json(results: dict[str, dict], path: str | Path) -> None:
-    """``{benchmark: {"Sm", ..., "Fm_max", "n_images"}}`` with exactly those keys."""
-    ordered = {b: {k: results[b][k] for k in (*METRIC_KEYS, "n_images")} for b in sort_benchmarks(results)}
+def write_results_json(results: dict[str, dict], path: str | Path, extra: dict | None = None) -> None:
+    """``{benchmark: {"Sm", ..., "Fm_max", "n_images"}}`` with exactly those keys, then ``extra``'s
+    (how the maps were made, e.g. ``{"tta": {...}}``) in every benchmark's entry."""
+    ordered = {
+        b: {**{k: results[b][k] for k in (*METRIC_KEYS, "n_images")}, **(extra or {})} for b in sort_benchmarks(results)
+    }
     Path(path).write_text(json.dumps(ordered, indent=2) + "\n")
 
 
