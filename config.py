@@ -45,8 +45,33 @@ def _load_yaml(text: str) -> Any:
 
 
 # --------------------------------------------------------------------------- choices
-# StrEnum members compare equal to their strings and print as them; the loader's error for a
-# wrong value lists the members.
+# A key with a fixed set of values has a StrEnum here and that Enum as its field's type: the
+# loader rejects any other value with the list of valid ones, and nothing else checks it. Members
+# compare equal to their strings and print as them; member name == value, since OmegaConf matches
+# the YAML text against the names (so `train.amp=off` and `amp: off` still work).
+class Backend(StrEnum):  # model.encoder.backend
+    hf = "hf"  # transformers AutoModel
+    timm = "timm"
+
+
+class WeightsDtype(StrEnum):  # model.encoder.weights_dtype: storage of the frozen trunk weights
+    auto = "auto"  # bfloat16 under bf16 autocast, else float32 (resolved in models.build_model)
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class Norm(StrEnum):  # model.norm
+    gn = "gn"  # GroupNorm: independent of the per-GPU batch size
+    bn = "bn"
+
+
+class Amp(StrEnum):  # train.amp
+    auto = "auto"  # resolved once at start-up for the device (engine.amp.resolve_precision)
+    bf16 = "bf16"
+    fp16 = "fp16"  # with a GradScaler
+    off = "off"  # float32
+
+
 class Decoder(StrEnum):
     e2net = "e2net"  # ours: search -> focus -> refine at each level's own stride, deep supervision
     e2net_ref = "e2net_ref"  # the published E2Net: LFSM -> CFZM -> CCM
@@ -79,7 +104,7 @@ class LossTerm(StrEnum):
 # --------------------------------------------------------------------------- schema
 @dataclass
 class EncoderConfig:
-    backend: str = "hf"  # "hf" (transformers AutoModel) | "timm"
+    backend: Backend = Backend.hf
     name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # hub id / timm model name
     # Local folder (hf) or Meta-format .pth file (timm); tried before the hub id.
     pretrained_path: str | None = "checkpoint/dinov3-vitb16-pretrain-lvd1689m"
@@ -90,7 +115,7 @@ class EncoderConfig:
     trainable_blocks: int = 0  # fine-tune only the last k blocks (freeze must be true)
     simple: bool = False  # all four levels at stride 16 (no pyramid)
     pyramid: Pyramid = Pyramid.vitdet  # how the strides 4/8/16/32 are made when simple is false
-    weights_dtype: str = "auto"  # "auto" | "float32" | "bfloat16": storage of frozen weights
+    weights_dtype: WeightsDtype = WeightsDtype.auto
 
 
 @dataclass
@@ -100,7 +125,7 @@ class ModelConfig:
     channels: int = 128  # CAEM / decoder width
     caem_align: CaemAlign = CaemAlign.own
     caem_reduce_norm: bool = True  # norm + ReLU after CAEM's 1x1 reductions (false: a plain conv, the reference)
-    norm: str = "gn"  # "gn" | "bn": GroupNorm is independent of the per-GPU batch size
+    norm: Norm = Norm.gn
     context_heads: int = 4  # heads of the decoder's attention (e2net: stride 16/32; e2net_ref: LFSM and CCM)
     channels_last: bool = False
     compile: bool = False  # torch.compile the trainable decoder
@@ -161,7 +186,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     accum_steps: int = 1
-    amp: str = "bf16"  # "bf16" | "fp16" | "off"
+    amp: Amp = Amp.auto
     run_dir: str = ""  # default checkpoint/<run name>
     name: str = "e2net_dinov3"
     resume: str = "auto"  # "auto" | path | "" (start fresh)
@@ -301,9 +326,6 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Impossible values, caught before anything is built."""
     m, d, t, lo = cfg.model, cfg.data, cfg.train, cfg.loss
-    _require(
-        m.encoder.backend in ("hf", "timm"), "model.encoder.backend", f"'{m.encoder.backend}' is not one of hf, timm"
-    )
     _require(all(i >= 1 for i in m.encoder.layers), "model.encoder.layers", "blocks are counted from 1")
     _require(len(m.encoder.layers) in (0, 4), "model.encoder.layers", "give four block indices (or [] for the default)")
     _require(m.encoder.trainable_blocks >= 0, "model.encoder.trainable_blocks", "must be >= 0")
@@ -312,13 +334,7 @@ def validate(cfg: DictConfig) -> None:
         "model.encoder.trainable_blocks",
         "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block",
     )
-    _require(
-        m.encoder.weights_dtype in ("auto", "float32", "bfloat16"),
-        "model.encoder.weights_dtype",
-        f"'{m.encoder.weights_dtype}' is not one of auto, float32, bfloat16",
-    )
     _require(m.channels >= 8 and m.channels % 8 == 0, "model.channels", "must be a positive multiple of 8")
-    _require(m.norm in ("gn", "bn"), "model.norm", f"'{m.norm}' is not one of gn, bn")
     _require(
         m.context_heads >= 1 and m.channels % m.context_heads == 0,
         "model.context_heads",
@@ -354,7 +370,6 @@ def validate(cfg: DictConfig) -> None:
     _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "two values in [0, 1)")
     _require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _require(t.accum_steps >= 1, "train.accum_steps", "must be >= 1")
-    _require(t.amp in ("bf16", "fp16", "off"), "train.amp", f"'{t.amp}' is not one of bf16, fp16, off")
     _require(t.val_interval >= 1, "train.val_interval", "must be >= 1")
     _require(
         t.best_metric in BEST_METRIC_KEYS,

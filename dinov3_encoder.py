@@ -87,8 +87,8 @@ class DINOv3Encoder(nn.Module):
     """[B, 3, H, W] RGB in [0, 1] -> list of four [B, C_i, H/s_i, W/s_i] maps (``out_channels``, ``strides``).
 
     H and W must be multiples of ``patch_size``. ``weights_dtype`` is the storage dtype of the frozen
-    trunk weights: "float32", "bfloat16", or "auto" (bfloat16 while on CUDA, else float32); trainable
-    blocks, the final norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
+    trunk weights (``torch.bfloat16`` pays off only under bf16 autocast); trainable blocks, the final
+    norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
     """
 
     def __init__(
@@ -100,15 +100,13 @@ class DINOv3Encoder(nn.Module):
         simple: bool = False,
         freeze: bool = True,
         trainable_blocks: int = 0,
-        weights_dtype: str = "auto",
+        weights_dtype: torch.dtype = torch.float32,
         pyramid: str = "vitdet",
     ):
         super().__init__()
         self.trunk = trunk
         self.is_vit = isinstance(trunk, ViTTrunk)
         depth = trunk.depth
-        if weights_dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"weights_dtype '{weights_dtype}' is not one of auto, float32, bfloat16")
         if not 0 <= trainable_blocks <= depth:
             raise ValueError(f"trainable_blocks={trainable_blocks} must be between 0 and the trunk's {depth} blocks")
         if trainable_blocks and not freeze:
@@ -119,7 +117,6 @@ class DINOv3Encoder(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = depth - trainable_blocks if freeze else 0
-        self.weights_dtype = weights_dtype
         if pyramid not in PYRAMIDS:
             raise ValueError(f"pyramid '{pyramid}' is not one of {', '.join(PYRAMIDS)}")
         self.pyramid: nn.Module | None = None
@@ -157,33 +154,15 @@ class DINOv3Encoder(nn.Module):
         for p in trunk.never_trained():
             p.requires_grad_(False)
         trunk.eval()
-        self._sync_weight_dtype()
+        for p in trunk.parameters():
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(weights_dtype)
 
-    # -- mode and dtype -------------------------------------------------------------------------
+    # -- mode -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DINOv3Encoder:
         super().train(mode)
         self.trunk.eval()  # see the module docstring: train-mode RoPE jitter would only add noise
         return self
-
-    def _apply(self, fn, recurse=True):
-        # .to(device) / .cuda() land here (also from a parent module): re-pick the frozen weights' dtype.
-        super()._apply(fn, recurse)
-        self._sync_weight_dtype()
-        return self
-
-    def _sync_weight_dtype(self) -> None:
-        frozen = [p for p in self.trunk.parameters() if not p.requires_grad]
-        if not frozen:
-            return
-        on_cuda = frozen[0].is_cuda
-        want = (
-            torch.bfloat16
-            if self.weights_dtype == "bfloat16" or (self.weights_dtype == "auto" and on_cuda)
-            else torch.float32
-        )
-        for p in frozen:
-            if p.dtype in (torch.float32, torch.bfloat16) and p.dtype != want:
-                p.data = p.data.to(want)
 
     # -- forward ----------------------------------------------------------------------------------
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +230,7 @@ def build_dinov3_encoder(
     layers: Sequence[int] | None = None,
     backend: str = "hf",
     trainable_blocks: int = 0,
-    weights_dtype: str = "auto",
+    weights_dtype: torch.dtype = torch.float32,
     timm_kwargs: dict | None = None,
     pyramid: str = "vitdet",
 ) -> DINOv3Encoder:

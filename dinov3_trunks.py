@@ -38,7 +38,6 @@ def read_patch_size(model_name: str, pretrained_path: str | None = None, backend
         with torch.device("meta"):
             model = _create_timm(model_name, None, {}, load=False)
         return _timm_patch_size(model)
-    _check_backend(backend)
     config = _load_hf_config(model_name, pretrained_path)
     return _square(config.patch_size, "patch_size")
 
@@ -49,13 +48,7 @@ def read_depth(model_name: str, pretrained_path: str | None = None, backend: str
         with torch.device("meta"):
             model = _create_timm(model_name, None, {}, load=False)
         return len(model.blocks) if hasattr(model, "blocks") else len(model.stages)
-    _check_backend(backend)
     return int(_load_hf_config(model_name, pretrained_path).num_hidden_layers)
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in ("hf", "timm"):
-        raise ValueError(f"backend '{backend}' is not one of 'hf' (transformers), 'timm'")
 
 
 def _square(size, what: str) -> int:
@@ -321,8 +314,7 @@ def _timm_trunk(model: nn.Module, name: str) -> nn.Module:
 def load_trunk(
     model_name: str, pretrained_path: str | None, backend: str = "hf", timm_kwargs: dict | None = None
 ) -> tuple[nn.Module, Sequence[float], Sequence[float]]:
-    """The trunk of ``backend`` with its normalisation mean and std."""
-    _check_backend(backend)
+    """The trunk of ``backend`` ("hf" or "timm", config.Backend) with its normalisation mean and std."""
     if backend == "hf":
         if timm_kwargs:
             raise ValueError("timm_kwargs apply to backend='timm' only")

@@ -36,7 +36,7 @@ import re
 import sys
 from pathlib import Path
 
-from config import ConfigError, check_depth, check_patch_size, load_config
+from config import Amp, ConfigError, check_depth, check_patch_size, load_config
 from evaluation import (
     CODMetrics,
     EvaluationError,
@@ -207,12 +207,16 @@ def load_model(args: argparse.Namespace):
     import models
     from dinov3_encoder import read_patch_size
     from dinov3_trunks import read_depth
-    from engine.amp import select_precision
+    from engine.amp import resolve_precision
     from engine.checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(args.ckpt, required=("model",) if args.config else ("model", "config"))
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg = load_config(args.config if args.config else state["config"], overrides)
+    if not args.config and not any(o.partition("=")[0].strip() == "train.amp" for o in overrides):
+        cfg.train.amp = Amp.auto  # the stored value was resolved for the training machine: pick for this one
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg, device)
     enc = cfg.model.encoder
     try:
         check_patch_size(cfg, read_patch_size(enc.name, enc.pretrained_path, enc.backend))
@@ -220,7 +224,6 @@ def load_model(args: argparse.Namespace):
         model = models.build_model(cfg)
     except (ValueError, ImportError) as err:  # how the encoder builder reports impossible settings
         raise ConfigError(f"cannot build the model of this config: {err}") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model.load_trainable_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError) as err:
@@ -229,7 +232,7 @@ def load_model(args: argparse.Namespace):
             f"({str(err).strip().splitlines()[0]}); use the config it was trained with"
         ) from None
     log.info("loaded %s (epoch %s, step %s) on %s", args.ckpt, state.get("epoch"), state.get("step"), device)
-    return cfg, model.to(device).eval(), device, select_precision(cfg.train.amp, device)
+    return cfg, model.to(device).eval(), device, precision
 
 
 def with_tta(model, cfg):

@@ -27,7 +27,7 @@ import evaluation
 import models
 from config import ConfigError, Scheduler, check_depth, check_patch_size, load_config, save_config
 from dinov3_trunks import read_depth, read_patch_size
-from engine.amp import NonFiniteGuard, Precision, select_precision, step_optimizer
+from engine.amp import NonFiniteGuard, Precision, resolve_precision, step_optimizer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.distributed import DistEnv, all_gather_objects, cleanup_distributed, setup_distributed
 from engine.logger import RunWriter, setup_logging
@@ -93,7 +93,10 @@ def train_one_epoch(
 
         if scaler.is_enabled():
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        else:  # no clipping, but the norm still decides the finite check and is logged
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         # The gradient norm is the same on every rank after DDP's all-reduce, so all ranks skip together.
         finite = torch.isfinite(group_loss) if scaler.is_enabled() else torch.isfinite(grad_norm)
         step_optimizer(optimizer, scaler, finite)
@@ -177,6 +180,13 @@ def run(cfg, env: DistEnv) -> None:
     seed_everything(t.seed + env.rank, t.deterministic)
     ckpt_path = find_resume(t.resume, run_dir)  # read first: a bad checkpoint fails before anything is built
     ckpt = load_checkpoint(ckpt_path, required=RESUME_KEYS) if ckpt_path else None
+    # Before the model (frozen-weight storage follows it) and before config.yaml, which records it.
+    precision = resolve_precision(cfg, env.device, resumed=ckpt.get("config") if ckpt else None)
+    if env.is_main:
+        try:
+            save_config(cfg, run_dir / "config.yaml")
+        except OSError as err:
+            raise ConfigError(f"config key 'train.run_dir': cannot write '{run_dir / 'config.yaml'}' ({err})") from None
 
     # ---- data and model
     train_ds, val_ds = datasets.build_train_val(cfg)
@@ -209,7 +219,6 @@ def run(cfg, env: DistEnv) -> None:
         scheduler = build_scheduler(
             optimizer, total_steps, min(total_steps, round(t.warmup_epochs * steps_per_epoch)), t.min_lr_ratio
         )
-    precision = select_precision(t.amp, env.device)
     scaler = precision.grad_scaler()
     guard = NonFiniteGuard(t.max_nonfinite, env.device)
     n_train = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
@@ -220,7 +229,7 @@ def run(cfg, env: DistEnv) -> None:
         steps_per_epoch,
         len(val_ds) if has_val else 0,
         n_train / 1e6,
-        precision.dtype,
+        precision.amp,
         env.world_size,
         env.device,
     )
@@ -285,11 +294,10 @@ def run(cfg, env: DistEnv) -> None:
 
 
 def open_run_dir(cfg, run_dir: Path, env: DistEnv) -> None:
-    """Create the run folder, save the resolved config there, start train.log (rank 0)."""
+    """Create the run folder and start train.log (rank 0); config.yaml follows once train.amp is resolved."""
     try:
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
         setup_logging(run_dir, env.is_main)
     except OSError as err:
         raise ConfigError(f"config key 'train.run_dir': cannot write to '{run_dir}' ({err})") from None

@@ -6,9 +6,10 @@ module takes explicit arguments and can be built and tested alone.
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
-from config import Decoder
+from config import Amp, Decoder, WeightsDtype
 from models.e2net import E2Net
 from models.heads import E2NetDecoder
 from models.linear import LinearDecoder
@@ -51,30 +52,27 @@ def build_model(cfg: DictConfig) -> E2Net:
             encoder, None, LinearDecoder(encoder.out_channels, levels, norm=m.norm), m.channels_last, m.compile
         )
     caem = CAEM(encoder.out_channels, m.channels, m.norm, levels, align=m.caem_align, reduce_norm=m.caem_reduce_norm)
-    if m.decoder == Decoder.e2net:
-        decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
-    elif m.decoder == Decoder.e2net_ref:
+    if m.decoder == Decoder.e2net_ref:
         decoder = E2NetRefDecoder(m.channels, levels, heads=m.context_heads, norm=m.norm)
-    else:
-        raise ValueError(f"model.decoder '{m.decoder}' is not one of {', '.join(Decoder)}")
+    else:  # Decoder.e2net
+        decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
     return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
 
 
-def frozen_weights_dtype(weights_dtype: str, amp: str) -> str:
-    """Resolve ``model.encoder.weights_dtype=auto`` from ``train.amp``.
+def frozen_weights_dtype(weights_dtype: WeightsDtype, amp: Amp) -> torch.dtype:
+    """Storage dtype of the frozen encoder weights from ``model.encoder.weights_dtype`` and the
+    resolved ``train.amp``.
 
     Under bf16 autocast every matmul casts its float32 weight to bf16 on every call (autocast
     caches casts only for weights that train); storing the frozen weights in bf16 gives the same
     products without those copies, and halves their memory, on CPU as on CUDA
-    (docs/performance.md). Without bf16 autocast (``off``, or ``fp16`` on older GPUs) they stay float32.
+    (docs/performance.md). Without bf16 autocast (``off``, ``fp16``) ``auto`` keeps float32.
     """
-    if weights_dtype != "auto":
-        return weights_dtype
-    import torch
-
-    # A GPU without bf16 runs train.amp=bf16 as fp16 (engine.amp.select_precision): keep float32 there.
-    no_bf16_gpu = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
-    return "bfloat16" if amp == "bf16" and not no_bf16_gpu else "float32"
+    if amp == Amp.auto:
+        raise ValueError("train.amp=auto must be resolved for the device first (engine.amp.resolve_precision)")
+    if weights_dtype == WeightsDtype.auto:
+        return torch.bfloat16 if amp == Amp.bf16 else torch.float32
+    return getattr(torch, weights_dtype)
 
 
 def build_loss(cfg: DictConfig) -> CODLoss:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
-NORMS = ("gn", "bn")
+from config import Norm
 
 
 def gn_groups(channels: int) -> int:
@@ -24,14 +24,17 @@ def gn_groups(channels: int) -> int:
     return groups
 
 
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    """``"gn"``: GroupNorm, the same in train and eval and independent of the per-GPU batch;
-    ``"bn"``: BatchNorm2d (use with SyncBatchNorm for DDP if the batch per GPU is small)."""
-    if kind == "gn":
-        return nn.GroupNorm(gn_groups(channels), channels)
-    if kind == "bn":
-        return nn.BatchNorm2d(channels)
-    raise ValueError(f"norm '{kind}' is not one of {', '.join(NORMS)} (set model.norm)")
+_NORMS = {
+    # the same in train and eval and independent of the per-GPU batch
+    Norm.gn: lambda channels: nn.GroupNorm(gn_groups(channels), channels),
+    # use with SyncBatchNorm for DDP if the batch per GPU is small
+    Norm.bn: nn.BatchNorm2d,
+}
+
+
+def norm_layer(kind: Norm | str, channels: int) -> nn.Module:
+    """``"gn"``: GroupNorm; ``"bn"``: BatchNorm2d (config.Norm)."""
+    return _NORMS[kind](channels)
 
 
 def conv_norm_act(cin: int, cout: int, kernel_size: int = 3, norm: str = "gn", act: bool = True) -> nn.Module:

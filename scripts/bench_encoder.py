@@ -3,7 +3,7 @@
     python scripts/bench_encoder.py --size 384 --batch 1 --runs 5
 
 Prints the median wall time of ``encoder(x)`` (trunk + pyramid, frozen, no_grad) in float32, in
-bf16 autocast, and in bf16 autocast with bf16-stored trunk weights (``weights_dtype="bfloat16"``),
+bf16 autocast, and in bf16 autocast with bf16-stored trunk weights (``weights_dtype=torch.bfloat16``),
 and the median CPU time of this process per run (less sensitive to other processes sharing the CPU).
 """
 
@@ -23,7 +23,9 @@ from dinov3_encoder import DINOv3Encoder
 from dinov3_trunks import IMAGENET_MEAN, IMAGENET_STD, _HFViT
 
 
-def build(hidden: int, layers: int, heads: int, registers: int, weights_dtype: str, device: str) -> DINOv3Encoder:
+def build(
+    hidden: int, layers: int, heads: int, registers: int, weights_dtype: torch.dtype, device: str
+) -> DINOv3Encoder:
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     cfg = DINOv3ViTConfig(
@@ -79,9 +81,9 @@ def main() -> None:
         f"median of {a.runs} after {a.warmup} warm-up"
     )
     for name, weights_dtype, amp in (
-        ("float32", "float32", False),
-        ("bf16 autocast", "float32", True),
-        ("bf16 autocast + bf16 weights", "bfloat16", True),
+        ("float32", torch.float32, False),
+        ("bf16 autocast", torch.float32, True),
+        ("bf16 autocast + bf16 weights", torch.bfloat16, True),
     ):
         enc = build(a.hidden, a.layers, a.heads, a.registers, weights_dtype, a.device)
         wall, cpu = time_forward(enc, x, amp, a.runs, a.warmup)

@@ -29,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from config import ConfigError, load_config  # noqa: E402
+from engine.amp import resolve_precision  # noqa: E402
 from models import build_model  # noqa: E402
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     size = (args.size[0], args.size[-1])
     try:
         cfg = load_config(args.config, args.overrides)
+        resolve_precision(cfg, torch.device("cpu"))  # the frozen weights' storage follows train.amp
     except ConfigError as err:
         p.error(str(err))
     torch.manual_seed(0)

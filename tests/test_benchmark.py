@@ -40,19 +40,33 @@ def test_fp32_encoder_is_compared_with_the_fp32_peak():
     assert benchmark._ratios(_phases("off"))["encoder_fraction_of_peak"] == pytest.approx(1.4)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA rule also looks at bf16 support")
+def test_best_peak_is_the_faster_dtype_whichever_the_encoder_used():
+    slow_bf16 = _phases("off")
+    slow_bf16["matmul"]["bf16_flops_per_s"] = 20e9  # bf16 slower than fp32 (50 GFLOP/s), as on CPUs without AMX
+    q = benchmark._ratios(slow_bf16)
+    assert q["encoder_fraction_of_best_peak"] == pytest.approx(70e9 / 50e9)
+    assert q["encoder_fraction_of_peak"] == pytest.approx(70e9 / 50e9)
+    q = benchmark._ratios(_phases("bfloat16"))  # bf16 100 GFLOP/s is the best peak
+    assert q["encoder_fraction_of_best_peak"] == pytest.approx(0.70)
+
+
 @pytest.mark.parametrize(
     "setting, amp, want",
     [
-        ("auto", "bf16", "bfloat16"),
-        ("auto", "off", "float32"),
-        ("auto", "fp16", "float32"),
-        ("float32", "bf16", "float32"),
-        ("bfloat16", "off", "bfloat16"),
+        ("auto", "bf16", torch.bfloat16),
+        ("auto", "off", torch.float32),
+        ("auto", "fp16", torch.float32),
+        ("float32", "bf16", torch.float32),
+        ("bfloat16", "off", torch.bfloat16),
     ],
 )
 def test_auto_weights_dtype_follows_the_autocast_dtype(setting, amp, want):
     assert frozen_weights_dtype(setting, amp) == want
+
+
+def test_weights_dtype_needs_a_resolved_amp():
+    with pytest.raises(ValueError, match="train.amp=auto must be resolved"):
+        frozen_weights_dtype("auto", "auto")
 
 
 def test_build_model_stores_frozen_weights_in_bf16_under_bf16_autocast(tiny_dinov3):

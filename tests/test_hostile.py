@@ -258,6 +258,7 @@ def test_own_images_that_are_all_bad_are_a_clear_error(tmp_path, cli, tiny_dinov
             "model.channels=16",
             "model.context_heads=2",
             "data.image_size=32",
+            "train.amp=off",
         ],
     )
     ckpt = tmp_path / "best.pth"

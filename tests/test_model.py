@@ -34,7 +34,14 @@ def pyramid(widths, strides, h=64, w=96, batch=2):
 
 def tiny_cfg(folder: Path, *overrides: str):
     return load_config(
-        None, [f"model.encoder.pretrained_path={folder}", "model.channels=16", "model.context_heads=2", *overrides]
+        None,
+        [
+            f"model.encoder.pretrained_path={folder}",
+            "model.channels=16",
+            "model.context_heads=2",
+            "train.amp=off",
+            *overrides,
+        ],
     )
 
 

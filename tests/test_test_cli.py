@@ -154,6 +154,7 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
             "model.channels=32",
             "eval.batch_size=2",
             "train.num_workers=0",
+            "train.amp=off",
         ],
     )
     torch.manual_seed(0)
