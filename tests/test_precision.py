@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
-from config import ConfigError, load_config
+from config import Amp, Backend, ConfigError, Decoder, Norm, WeightsDtype, load_config
 from engine import amp as amp_module
 from engine.amp import resolve_amp, resolve_precision
 from helpers import run_train
@@ -140,21 +141,23 @@ def test_training_saves_the_resolved_precision_and_a_resume_keeps_it(tmp_path, t
 
 # --------------------------------------------------------------------------- choice keys
 @pytest.mark.parametrize(
-    "key, valid",
+    "key, choices",
     [
-        ("train.amp", "auto, bf16, fp16, off"),
-        ("model.encoder.backend", "hf, timm"),
-        ("model.encoder.weights_dtype", "auto, float32, bfloat16"),
-        ("model.norm", "gn, bn"),
-        ("model.decoder", "e2net, linear"),
+        ("train.amp", Amp),
+        ("model.encoder.backend", Backend),
+        ("model.encoder.weights_dtype", WeightsDtype),
+        ("model.norm", Norm),
+        ("model.decoder", Decoder),
     ],
 )
-def test_a_wrong_choice_names_the_key_and_the_valid_values(key, valid):
+def test_a_wrong_choice_names_the_key_and_the_valid_values(key, choices):
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"{key}=nonsense"])
     message = str(err.value)
     assert message.startswith(f"config key '{key}'") and "nonsense" in message
-    assert f"[{valid}" in message  # the valid values, listed
+    assert f"[{', '.join(choices)}]" in message  # every valid value, listed
+    for value in choices:  # and each of them loads
+        assert OmegaConf.select(load_config(None, [f"{key}={value}"]), key) == value
 
 
 def test_choices_read_as_plain_strings_from_yaml(tmp_path):
