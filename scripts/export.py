@@ -54,8 +54,8 @@ def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tu
     from engine.checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(ckpt, required=("model",) if config else ("model", "config"))
-    # ONNX runs in float32: frozen weights are never stored in bfloat16 here.
-    cfg = load_config(config or state["config"], [*overrides, "model.encoder.weights_dtype=float32"])
+    # The ONNX graph is float32 whatever the training precision: no autocast, no bfloat16 weights.
+    cfg = load_config(config or state["config"], [*overrides, "train.amp=off", "model.encoder.weights_dtype=float32"])
     enc = cfg.model.encoder
     try:
         patch = read_patch_size(enc.name, enc.pretrained_path, enc.backend)
