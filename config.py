@@ -103,6 +103,17 @@ class LossTerm(StrEnum):
 
 # --------------------------------------------------------------------------- schema
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters on the frozen trunk (peft), trained at train.encoder_lr_scale."""
+
+    rank: int = 0  # 0 = off
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    # Module names inside a block (e.g. q_proj, attn.qkv); empty = the family's attention projections.
+    targets: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EncoderConfig:
     backend: Backend = Backend.hf
     name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # hub id / timm model name
@@ -116,6 +127,7 @@ class EncoderConfig:
     simple: bool = False  # all four levels at stride 16 (no pyramid)
     pyramid: Pyramid = Pyramid.vitdet  # how the strides 4/8/16/32 are made when simple is false
     weights_dtype: WeightsDtype = WeightsDtype.auto
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -334,6 +346,15 @@ def validate(cfg: DictConfig) -> None:
         "model.encoder.trainable_blocks",
         "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block",
     )
+    lora = m.encoder.lora
+    _require(lora.rank >= 0, "model.encoder.lora.rank", "must be >= 0 (0 = no LoRA)")
+    _require(math.isfinite(lora.alpha) and lora.alpha > 0, "model.encoder.lora.alpha", "must be > 0")
+    _require(0 <= lora.dropout < 1, "model.encoder.lora.dropout", "must be in [0, 1)")
+    _require(
+        lora.rank == 0 or (m.encoder.freeze and m.encoder.trainable_blocks == 0),
+        "model.encoder.lora.rank",
+        "LoRA adapts a frozen trunk: set model.encoder.freeze=true and model.encoder.trainable_blocks=0",
+    )
     _require(m.channels >= 8 and m.channels % 8 == 0, "model.channels", "must be a positive multiple of 8")
     _require(
         m.context_heads >= 1 and m.channels % m.context_heads == 0,
@@ -443,31 +464,34 @@ METRIC_KEYS = ("Sm", "wFm", "MAE", "Em_adp", "Em_mean", "Em_max", "Fm_adp", "Fm_
 BEST_METRIC_KEYS = (*METRIC_KEYS, "loss")
 
 
-def check_patch_size(cfg: DictConfig, patch_size: int) -> None:
-    """Image sizes must tile into whole patches; called once the encoder is known."""
+def check_encoder(cfg: DictConfig):
+    """Read the encoder's architecture once (its config.json, or timm's model on the meta device)
+    and check ``cfg`` against it: image sizes tile into whole patches, tapped and fine-tuned blocks
+    exist. Returns the ``dinov3_trunks.Architecture``; raises :class:`ConfigError`."""
+    from dinov3_trunks import nearest_sizes, read_architecture
+
+    enc = cfg.model.encoder
+    arch = read_architecture(enc.name, enc.pretrained_path, enc.backend)
+    p = arch.patch_size
     for key, sizes in (("data.image_size", [cfg.data.image_size]), ("data.multi_scale", list(cfg.data.multi_scale))):
         for s in sizes:
             _require(
-                s % patch_size == 0,
+                s % p == 0,
                 key,
-                f"{s} is not a multiple of the encoder's patch size {patch_size} "
-                f"(try {max(patch_size, round(s / patch_size) * patch_size)})",
+                f"{s} is not a multiple of the encoder's patch size {p} "
+                f"(try {' or '.join(map(str, nearest_sizes(s, p)))})",
             )
-
-
-def check_depth(cfg: DictConfig, depth: int) -> None:
-    """Tapped and fine-tuned blocks must exist in the encoder; called once its depth is known."""
-    enc = cfg.model.encoder
     _require(
-        all(i <= depth for i in enc.layers),
+        all(i <= arch.depth for i in enc.layers),
         "model.encoder.layers",
-        f"{list(enc.layers)} goes beyond the encoder's {depth} blocks (counted from 1; [] taps the default)",
+        f"{list(enc.layers)} goes beyond the encoder's {arch.depth} blocks (counted from 1; [] taps the default)",
     )
     _require(
-        enc.trainable_blocks <= depth,
+        enc.trainable_blocks <= arch.depth,
         "model.encoder.trainable_blocks",
-        f"{enc.trainable_blocks} is more than the encoder's {depth} blocks",
+        f"{enc.trainable_blocks} is more than the encoder's {arch.depth} blocks",
     )
+    return arch
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -1,18 +1,18 @@
-"""DINOv3 encoder: an image in [0, 1] -> four feature maps at strides (4, 8, 16, 32).
+"""The encoder: an image in [0, 1] -> four feature maps at strides (4, 8, 16, 32).
 
-A ViT trunk is tapped at four transformer blocks (counted from 1; default: quarters of the depth,
-(3, 6, 9, 12) for ViT-S/B, (6, 12, 18, 24) for ViT-L, (8, 16, 24, 32) for H+, (10, 20, 30, 40) for 7B).
-Each tapped layer goes through the trunk's final LayerNorm (as DINOv3's
-``get_intermediate_layers(norm=True)`` and transformers' ``DINOv3ViTBackbone`` do), loses its CLS and
-register tokens and is reshaped to a [B, D, H/p, W/p] map. ViTDet's simple feature pyramid then
-turns the four stride-16 maps into strides 4, 8, 16, 32 (learnable transposed convolutions up,
-max-pooling down), or ``pyramid="interpolate"`` resizes them bilinearly (no weights, the trunk's width
-on every level); ``simple=True`` keeps all four at stride 16. A timm DINOv3 ConvNeXt gives its
-four native stages instead.
+Any supported trunk (DINOv3 or DINOv2, from transformers or timm; see :mod:`dinov3_trunks`). A ViT
+is tapped at four transformer blocks (counted from 1; default: quarters of the depth, (3, 6, 9, 12)
+for ViT-S/B, (6, 12, 18, 24) for ViT-L, (8, 16, 24, 32) for H+, (10, 20, 30, 40) for 7B). Each tapped
+layer goes through the trunk's final LayerNorm (as DINOv3's ``get_intermediate_layers(norm=True)``
+and transformers' ``DINOv3ViTBackbone`` do), loses its CLS and register tokens and is reshaped to a
+[B, D, H/p, W/p] map. ViTDet's simple feature pyramid then turns the four stride-p maps into strides
+p/4, p/2, p, 2p (learnable transposed convolutions up, max-pooling down), or ``pyramid="interpolate"`` resizes them bilinearly (no weights, the trunk's
+width on every level); ``simple=True`` keeps all four at stride p. A timm DINOv3 ConvNeXt gives its four native stages instead.
 
 The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordinates in training
 mode (``pos_embed_rescale``), a pre-training augmentation that only adds noise here, and released
-configs have no dropout. Frozen blocks run under ``torch.no_grad()``.
+configs have no dropout (LoRA's dropout, if any, follows the parent's mode). A frozen trunk runs
+under ``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,19 @@ from torch import nn
 
 from config import Pyramid
 
-# Re-exported: helpers that read a checkpoint's config before anything is built.
-from dinov3_trunks import ViTTrunk, default_layers, load_trunk, read_patch_size, weights_missing_error  # noqa: F401
+# Re-exported: what callers need before and while building.
+from dinov3_trunks import (  # noqa: F401
+    Architecture,
+    LoRA,
+    Trunk,
+    add_lora,
+    default_layers,
+    load_trunk,
+    lora_dropouts,
+    nearest_sizes,
+    read_architecture,
+    weights_missing_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +94,32 @@ PYRAMIDS = {Pyramid.vitdet: SimpleFeaturePyramid, Pyramid.interpolate: Interpola
 
 
 # --------------------------------------------------------------------------- encoder
+def _inputs_in_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
+    """A trainable float32 block behind bf16-stored frozen blocks: without autocast, feed it float32."""
+    dtype = next(module.parameters()).dtype
+    if torch.is_autocast_enabled(next(module.parameters()).device.type):
+        return None
+
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
 class DINOv3Encoder(nn.Module):
     """[B, 3, H, W] RGB in [0, 1] -> list of four [B, C_i, H/s_i, W/s_i] maps (``out_channels``, ``strides``).
 
+    Any :class:`~encoders.trunks.Trunk` (DINOv3 or DINOv2, transformers or timm, ViT or ConvNeXt).
     H and W must be multiples of ``patch_size``. ``weights_dtype`` is the storage dtype of the frozen
-    trunk weights (``torch.bfloat16`` pays off only under bf16 autocast); trainable blocks, the final
-    norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
+    trunk weights (``torch.bfloat16`` pays off only under bf16 autocast); trainable blocks, LoRA, the
+    final norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
+    ``lora``: low-rank adapters on the frozen trunk (:mod:`encoders.lora`); needs ``freeze=True``
+    and no ``trainable_blocks``.
     """
 
     def __init__(
         self,
-        trunk: nn.Module,
+        trunk: Trunk,
         mean: Sequence[float],
         std: Sequence[float],
         layers: Sequence[int] | None = None,
@@ -101,11 +127,11 @@ class DINOv3Encoder(nn.Module):
         freeze: bool = True,
         trainable_blocks: int = 0,
         weights_dtype: torch.dtype = torch.float32,
+        lora: LoRA | None = None,
         pyramid: str = "vitdet",
     ):
         super().__init__()
         self.trunk = trunk
-        self.is_vit = isinstance(trunk, ViTTrunk)
         depth = trunk.depth
         if not 0 <= trainable_blocks <= depth:
             raise ValueError(f"trainable_blocks={trainable_blocks} must be between 0 and the trunk's {depth} blocks")
@@ -113,88 +139,103 @@ class DINOv3Encoder(nn.Module):
             raise ValueError(
                 "trainable_blocks applies to a frozen encoder (freeze=True); freeze=False already trains every block"
             )
+        lora = lora if lora is not None and lora.rank > 0 else None
+        if lora is not None and (not freeze or trainable_blocks):
+            raise ValueError(
+                "LoRA adapts a frozen trunk: use it with freeze=True and trainable_blocks=0 "
+                "(or set model.encoder.lora.rank=0)"
+            )
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = depth - trainable_blocks if freeze else 0
+        self.layers = tuple(int(i) for i in layers) if layers else default_layers(depth)
+        if len(self.layers) != 4 or not all(1 <= i <= depth for i in self.layers):
+            raise ValueError(
+                f"layers {list(self.layers)}: give four block indices in 1..{depth} (blocks count "
+                f"from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)"
+            )
+        if self.frozen_blocks < depth and max(self.layers) < depth:
+            # Trained but unused blocks would get no gradient, which DistributedDataParallel rejects.
+            raise ValueError(
+                f"blocks {max(self.layers) + 1}..{depth} would train but come after the last tapped "
+                f"layer {max(self.layers)}: tap block {depth} last, or keep the encoder frozen"
+            )
         if pyramid not in PYRAMIDS:
             raise ValueError(f"pyramid '{pyramid}' is not one of {', '.join(PYRAMIDS)}")
+        channels, strides = trunk.tap_shapes(self.layers)
         self.pyramid: nn.Module | None = None
-        if self.is_vit:
-            self.layers = tuple(int(i) for i in layers) if layers else default_layers(depth)
-            if len(self.layers) != 4 or not all(1 <= i <= depth for i in self.layers):
-                raise ValueError(
-                    f"layers {list(self.layers)}: give four block indices in 1..{depth} (blocks count "
-                    f"from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)"
-                )
-            if self.frozen_blocks < depth and max(self.layers) < depth:
-                # Trained but unused blocks would get no gradient, which DistributedDataParallel rejects.
-                raise ValueError(
-                    f"blocks {max(self.layers) + 1}..{depth} would train but come after the last tapped "
-                    f"layer {max(self.layers)}: tap block {depth} last, or keep the encoder frozen"
-                )
-            p = self.patch_size
-            if simple:
-                self.out_channels, self.strides = [self.embed_dim] * 4, [p] * 4
-            else:
-                self.pyramid = PYRAMIDS[pyramid](self.embed_dim)
-                self.out_channels, self.strides = self.pyramid.out_channels, [p // 4, p // 2, p, 2 * p]
-        else:
-            if layers or simple:
+        if len(set(strides)) > 1:  # a ConvNeXt: its stages already form the pyramid
+            if simple or (layers and tuple(layers) != default_layers(depth)):
                 raise ValueError(
                     "layers and simple=True apply to ViT trunks; a ConvNeXt gives its four stages "
                     "as they are (leave layers empty, simple=false)"
                 )
-            self.layers, self.out_channels, self.strides = (1, 2, 3, 4), trunk.out_channels, trunk.strides
+            self.out_channels, self.strides = channels, strides
+        elif simple:
+            self.out_channels, self.strides = channels, strides
+        else:
+            p = strides[0]
+            self.pyramid = PYRAMIDS[pyramid](channels[0])
+            self.out_channels, self.strides = self.pyramid.out_channels, [p // 4, p // 2, p, 2 * p]
+
         trunk.requires_grad_(not freeze)
         if freeze and trainable_blocks:
-            trunk.blocks[depth - trainable_blocks :].requires_grad_(True)
-            if self.is_vit:
-                trunk.norm.requires_grad_(True)  # it normalises every tapped layer
+            for m in [*list(trunk.blocks)[depth - trainable_blocks :], trunk.norm]:
+                if m is not None:
+                    m.requires_grad_(True)
+                    m.register_forward_pre_hook(_inputs_in_own_dtype, with_kwargs=True)
         for p in trunk.never_trained():
             p.requires_grad_(False)
-        trunk.eval()
+        if lora is not None:  # before the cast below: peft gives adapters the dtype of the layer they wrap
+            add_lora(trunk, lora, max(self.layers))
+        self._lora_dropouts = lora_dropouts(trunk)
         for p in trunk.parameters():
             if not p.requires_grad and p.is_floating_point():
                 p.data = p.data.to(weights_dtype)
+        self._trunk_trains = any(p.requires_grad for p in trunk.parameters())
+        trunk.eval()
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """The LoRA adapters' weights (empty without LoRA)."""
+        return [p for n, p in self.trunk.named_parameters() if ".lora_" in n]
 
     # -- mode -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DINOv3Encoder:
         super().train(mode)
         self.trunk.eval()  # see the module docstring: train-mode RoPE jitter would only add noise
+        for m in self._lora_dropouts:
+            m.train(mode)
         return self
 
     # -- forward ----------------------------------------------------------------------------------
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got shape {list(x.shape)}")
-        p = self.patch_size
         H, W = x.shape[-2:]
-        if H % p or W % p:
-            fix = lambda s: max(p, round(s / p) * p)  # noqa: E731
+        if H % self.patch_size or W % self.patch_size:
+            fix = lambda s: nearest_sizes(s, self.patch_size)[0]  # noqa: E731
             raise ValueError(
-                f"input size {H}x{W} is not a multiple of the encoder's patch size {p}: "
+                f"input size {H}x{W} is not a multiple of the encoder's patch size {self.patch_size}: "
                 f"resize or pad it, e.g. to {fix(H)}x{fix(W)}"
             )
         return (x.float() - self.pixel_mean) / self.pixel_std
-
-    def _to_map(self, tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """[B, 1 + R + h*w, D] -> [B, D, h, w], CLS and registers dropped."""
-        B, _, D = tokens.shape
-        patches = tokens[:, 1 + self.num_registers :]
-        return patches.reshape(B, H // self.patch_size, W // self.patch_size, D).permute(0, 3, 1, 2).contiguous()
 
     def _out_dtype(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # bf16 trunk weights give bf16 tokens; without autocast the float32 pyramid needs float32.
         return t if torch.is_autocast_enabled(x.device.type) else t.float()
 
+    def _grad(self) -> torch.autograd.grad_mode.set_grad_enabled:
+        # A fully frozen trunk runs under no_grad. Otherwise autograd records from the first
+        # parameter that trains on: frozen blocks before it cost no activation memory.
+        return torch.set_grad_enabled(torch.is_grad_enabled() and self._trunk_trains)
+
     def tapped_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [B, 3, H, W] in [0, 1] -> the four tapped layers as [B, D, H/p, W/p] (ConvNeXt: its stages)."""
         xn = self._normalise(x)
-        if not self.is_vit:
-            return [self._out_dtype(x, m) for m in self.trunk(xn, self.frozen_blocks)]
-        tokens = self.trunk(xn, self.layers, self.frozen_blocks)
-        return [self._out_dtype(x, self._to_map(t, *x.shape[-2:])) for t in tokens]
+        with self._grad():
+            maps = self.trunk(xn, self.layers)
+        return [self._out_dtype(x, m) for m in maps]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: [B, 3, H, W] RGB in [0, 1] -> [B, out_channels[i], H / strides[i], W / strides[i]] for i in 0..3."""
@@ -207,18 +248,8 @@ class DINOv3Encoder(nn.Module):
         A ConvNeXt has no tokens: "cls" is its pooled, normed last stage and "registers" is empty.
         """
         xn = self._normalise(x)
-        if not self.is_vit:
-            last = self.trunk(xn, self.frozen_blocks)[-1]
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_blocks == 0):
-                cls = self.trunk.model.forward_head(last.to(self.trunk.model.head.norm.weight.dtype), pre_logits=True)
-            out = {"cls": cls, "registers": cls.new_zeros(cls.shape[0], 0, cls.shape[1]), "patches": last}
-        else:
-            t = self.trunk(xn, (self.trunk.depth,), self.frozen_blocks)[0]
-            out = {
-                "cls": t[:, 0],
-                "registers": t[:, 1 : 1 + self.num_registers],
-                "patches": self._to_map(t, *x.shape[-2:]),
-            }
+        with self._grad():
+            out = self.trunk.last_tokens(xn)
         return {k: self._out_dtype(x, v) for k, v in out.items()}
 
 
@@ -232,16 +263,19 @@ def build_dinov3_encoder(
     trainable_blocks: int = 0,
     weights_dtype: torch.dtype = torch.float32,
     timm_kwargs: dict | None = None,
+    lora: LoRA | None = None,
     pyramid: str = "vitdet",
 ) -> DINOv3Encoder:
-    """Load a DINOv3 trunk and wrap it; see :class:`DINOv3Encoder` for the forward contract.
+    """Load a trunk of any supported family and wrap it; see :class:`DINOv3Encoder` for the forward contract.
 
     backend "hf": ``pretrained_path`` is a local folder (config.json, model.safetensors,
-    preprocessor_config.json), tried before the hub id ``model_name``. backend "timm": ``model_name``
-    is a timm name (``vit_base_patch16_dinov3``, ``convnext_tiny.dinov3_lvd1689m``, ...),
-    ``pretrained_path`` a Meta-format (or timm) ``.pth``; without one timm's own hub weights are
-    tried. ``layers=None`` taps :func:`default_layers` of the depth. ``timm_kwargs`` go to
-    ``timm.create_model`` (tests use them for tiny architectures).
+    preprocessor_config.json) of a DINOv3 or DINOv2 (with or without registers) model, tried before
+    the hub id ``model_name``. backend "timm": ``model_name`` is a timm name
+    (``vit_base_patch16_dinov3``, ``convnext_tiny.dinov3_lvd1689m``, ``vit_base_patch14_dinov2.lvd142m``,
+    ``vit_base_patch14_reg4_dinov2.lvd142m``, ...), ``pretrained_path`` a Meta-format (or timm)
+    ``.pth``; without one timm's own hub weights are tried. ``layers=None`` taps
+    :func:`default_layers` of the depth. ``timm_kwargs`` go to ``timm.create_model`` (tests use them
+    for tiny architectures).
     """
     trunk, mean, std = load_trunk(model_name, pretrained_path, backend, timm_kwargs)
     enc = DINOv3Encoder(
@@ -253,17 +287,20 @@ def build_dinov3_encoder(
         freeze=freeze,
         trainable_blocks=trainable_blocks,
         weights_dtype=weights_dtype,
+        lora=lora,
         pyramid=pyramid,
     )
     log.info(
-        "DINOv3 encoder %s (%s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s",
+        "encoder %s (%s, %s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s%s",
         model_name,
         backend,
+        trunk.family,
         trunk.depth,
         enc.embed_dim,
         enc.patch_size,
         enc.num_registers,
         list(enc.layers),
         enc.strides,
+        f", LoRA rank {lora.rank} ({sum(p.numel() for p in enc.lora_parameters())} parameters)" if lora else "",
     )
     return enc

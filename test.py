@@ -36,7 +36,7 @@ import re
 import sys
 from pathlib import Path
 
-from config import Amp, ConfigError, check_depth, check_patch_size, load_config
+from config import Amp, ConfigError, check_encoder, load_config
 from evaluation import (
     CODMetrics,
     EvaluationError,
@@ -205,8 +205,6 @@ def load_model(args: argparse.Namespace):
     import torch
 
     import models
-    from dinov3_encoder import read_patch_size
-    from dinov3_trunks import read_depth
     from engine.amp import resolve_precision
     from engine.checkpoint import CheckpointError, load_checkpoint
 
@@ -217,10 +215,8 @@ def load_model(args: argparse.Namespace):
         cfg.train.amp = Amp.auto  # the stored value was resolved for the training machine: pick for this one
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg, device)
-    enc = cfg.model.encoder
     try:
-        check_patch_size(cfg, read_patch_size(enc.name, enc.pretrained_path, enc.backend))
-        check_depth(cfg, read_depth(enc.name, enc.pretrained_path, enc.backend))
+        check_encoder(cfg)
         model = models.build_model(cfg)
     except (ValueError, ImportError) as err:  # how the encoder builder reports impossible settings
         raise ConfigError(f"cannot build the model of this config: {err}") from None

@@ -25,13 +25,12 @@ from torchvision.utils import make_grid
 import datasets
 import evaluation
 import models
-from config import ConfigError, Scheduler, check_depth, check_patch_size, load_config, save_config
-from dinov3_trunks import read_depth, read_patch_size
+from config import ConfigError, Scheduler, check_encoder, load_config, save_config
 from engine.amp import NonFiniteGuard, Precision, resolve_precision, step_optimizer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.distributed import DistEnv, all_gather_objects, cleanup_distributed, setup_distributed
 from engine.logger import RunWriter, setup_logging
-from engine.optim import build_optimizer, build_plateau_scheduler, build_scheduler, steps_per_iteration
+from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for, steps_per_iteration
 from engine.predict import forward_probs, to_uint8
 from engine.resume import BEST_KEYS, RESUME_KEYS, find_resume, restore_training_state, training_state
 from engine.rng import rng_state, seed_everything
@@ -201,18 +200,7 @@ def run(cfg, env: DistEnv) -> None:
     # ---- optimisation: per-iteration schedule over all epochs (train.max_steps only stops early)
     steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
     total_steps = t.epochs * steps_per_epoch
-    # Fine-tuned DINOv3 blocks (the encoder's trunk) learn slower than the new layers.
-    pretrained = getattr(model.encoder, "trunk", model.encoder).parameters()
-    optimizer = build_optimizer(
-        model,
-        t.lr,
-        t.weight_decay,
-        t.betas,
-        t.encoder_lr_scale,
-        pretrained,
-        fused=t.fused_adamw and env.device.type == "cuda",
-        decay_norms=t.decay_norms,
-    )
+    optimizer = optimizer_for(model, t, env.device)  # the pretrained trunk (blocks, LoRA) learns slower
     if t.scheduler == Scheduler.plateau:
         scheduler = build_plateau_scheduler(optimizer, t.plateau_factor, t.plateau_patience, t.min_lr_ratio)
     else:
@@ -310,10 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        enc = cfg.model.encoder
-        # Before anything is built: image sizes must tile into whole patches, tapped blocks must exist.
-        check_patch_size(cfg, read_patch_size(enc.name, enc.pretrained_path, enc.backend))
-        check_depth(cfg, read_depth(enc.name, enc.pretrained_path, enc.backend))
+        check_encoder(cfg)  # before anything is built: sizes tile into patches, tapped blocks exist
     except (ConfigError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,19 +22,20 @@ def param_groups(
     pretrained: Iterable[nn.Parameter] = (),
     decay_norms: bool = False,
 ) -> list[dict]:
-    """Trainable parameters split by (pretrained or new) x (decayed or not); empty groups dropped.
+    """Trainable parameters split by (pretrained, LoRA or new) x (decayed or not); empty groups dropped.
     ``decay_norms``: biases, norm scales and tokens are decayed too (the reference E2Net's AdamW).
 
-    ``pretrained``: the parameters that came with loaded weights (fine-tuned DINOv3 blocks); they get
-    ``lr * pretrained_lr_scale`` so fine-tuning does not wash out what pre-training learned, while new
-    layers (pyramid, CAEM, decoder) train at the full rate. Each group carries ``name`` and ``lr_scale``.
+    ``pretrained``: the parameters of the pretrained trunk (fine-tuned blocks and, named ``lora_``, the
+    LoRA adapters injected into it); they get ``lr * pretrained_lr_scale`` so fine-tuning does not wash
+    out what pre-training learned, while new layers (pyramid, CAEM, decoder) train at the full rate.
+    Each group carries ``name`` (e.g. "lora/decay") and ``lr_scale``.
     """
     pretrained_ids = {id(p) for p in pretrained}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "pretrained" if id(p) in pretrained_ids else "new"
+        part = "new" if id(p) not in pretrained_ids else "lora" if ".lora_" in name else "pretrained"
         decay = "no_decay" if _no_decay(name, p) and not decay_norms else "decay"
         key = f"{part}/{decay}"
         if key not in groups:
@@ -42,7 +43,7 @@ def param_groups(
                 "name": key,
                 "params": [],
                 "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
-                "lr_scale": pretrained_lr_scale if part == "pretrained" else 1.0,
+                "lr_scale": 1.0 if part == "new" else pretrained_lr_scale,
             }
         groups[key]["params"].append(p)
     if not groups:
@@ -65,6 +66,22 @@ def build_optimizer(
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
+
+
+def optimizer_for(model: nn.Module, train_cfg, device: torch.device) -> torch.optim.AdamW:
+    """The optimizer of ``train:`` settings (lr, weight_decay, betas, encoder_lr_scale, fused_adamw,
+    decay_norms) for an ``E2Net``: its encoder's trunk (fine-tuned blocks, LoRA) learns at ``encoder_lr_scale``."""
+    t = train_cfg
+    return build_optimizer(
+        model,
+        t.lr,
+        t.weight_decay,
+        t.betas,
+        t.encoder_lr_scale,
+        model.encoder.trunk.parameters(),
+        fused=t.fused_adamw and device.type == "cuda",
+        decay_norms=t.decay_norms,
+    )
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

@@ -32,7 +32,7 @@ def build_model(cfg: DictConfig) -> E2Net:
     """Encoder + CAEM + decoder from ``cfg.model`` (a full config from ``config.load_config``)."""
     # Imported here: caem.py imports models.blocks, so a top-level import would be circular.
     from caem import CAEM
-    from dinov3_encoder import build_dinov3_encoder
+    from dinov3_encoder import LoRA, build_dinov3_encoder
 
     m, e = cfg.model, cfg.model.encoder
     encoder = build_dinov3_encoder(
@@ -44,6 +44,7 @@ def build_model(cfg: DictConfig) -> E2Net:
         backend=e.backend,
         trainable_blocks=e.trainable_blocks,
         weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
+        lora=LoRA(e.lora.rank, e.lora.alpha, e.lora.dropout, tuple(e.lora.targets)),
         pyramid=e.pyramid,
     )
     levels = len(encoder.out_channels)

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from dinov3_encoder import DINOv3Encoder
-from dinov3_trunks import IMAGENET_MEAN, IMAGENET_STD, _HFViT
+from dinov3_trunks import HFViT
 
 
 def build(
@@ -37,8 +39,9 @@ def build(
         patch_size=16,
     )
     torch.manual_seed(0)
-    trunk = _HFViT(DINOv3ViTModel(cfg))
-    return DINOv3Encoder(trunk, IMAGENET_MEAN, IMAGENET_STD, weights_dtype=weights_dtype).to(device).eval()
+    trunk = HFViT(DINOv3ViTModel(cfg))
+    enc = DINOv3Encoder(trunk, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, weights_dtype=weights_dtype)
+    return enc.to(device).eval()
 
 
 def time_forward(enc: DINOv3Encoder, x: torch.Tensor, amp: bool, runs: int, warmup: int):

@@ -139,7 +139,7 @@ def run_phase(phase: str, spec: dict) -> dict:
     import models
     from config import load_config
     from engine.amp import select_precision
-    from engine.optim import build_optimizer
+    from engine.optim import optimizer_for
 
     cfg = load_config(spec["config"], spec["overrides"])
     precision = select_precision(cfg.train.amp, device)
@@ -165,16 +165,7 @@ def run_phase(phase: str, spec: dict) -> dict:
         loss_fn = models.build_loss(cfg)
         y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
         t = cfg.train
-        pretrained = getattr(model.encoder, "trunk", model.encoder).parameters()
-        optimizer = build_optimizer(
-            model,
-            t.lr,
-            t.weight_decay,
-            t.betas,
-            t.encoder_lr_scale,
-            pretrained,
-            fused=t.fused_adamw and device.type == "cuda",
-        )
+        optimizer = optimizer_for(model, t, device)
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
         def step():

@@ -80,10 +80,19 @@ def test_bad_yaml_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_image_size_must_tile_into_patches():
-    cfg = load_config(None, ["data.image_size=390"])
-    with pytest.raises(ConfigError, match=r"data\.image_size.*384"):
-        config.check_patch_size(cfg, 16)
+def test_image_size_must_tile_into_patches(tiny_dinov3_factory):
+    folder = tiny_dinov3_factory(layers=4)
+    cfg = load_config(None, ["data.image_size=390", f"model.encoder.pretrained_path={folder}"])
+    with pytest.raises(ConfigError, match=r"data\.image_size.*patch size 16 \(try 384 or 400\)"):
+        config.check_encoder(cfg)
+    cfg = load_config(None, ["data.multi_scale=[320,330]", f"model.encoder.pretrained_path={folder}"])
+    with pytest.raises(ConfigError, match=r"data\.multi_scale.*330.*\(try 336 or 320\)"):
+        config.check_encoder(cfg)
+    cfg = load_config(None, ["model.encoder.layers=[1,2,3,5]", f"model.encoder.pretrained_path={folder}"])
+    with pytest.raises(ConfigError, match=r"model\.encoder\.layers.*4 blocks"):
+        config.check_encoder(cfg)
+    cfg = load_config(None, [f"model.encoder.pretrained_path={folder}"])
+    assert config.check_encoder(cfg).patch_size == 16
 
 
 _values = st.one_of(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from dinov3_encoder import build_dinov3_encoder, default_layers, read_patch_size
+from dinov3_encoder import build_dinov3_encoder, default_layers, read_architecture
 
 HUB_ID = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 TIMM_VIT = "vit_base_patch16_dinov3"
@@ -56,6 +56,10 @@ def timm_convnext_pth(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("timm") / "convnext.pth"
     torch.save(timm.create_model(TIMM_CNX, pretrained=False, num_classes=0, **TIMM_CNX_KW).state_dict(), path)
     return path
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
 
 
 # -------------------------------------------------------------------- 1. token layout
@@ -135,11 +139,11 @@ def test_trainable_blocks_train_only_the_last_blocks(tiny_dinov3: Path) -> None:
     assert trainable and all(
         n.startswith(("model.model.layer.10.", "model.model.layer.11.", "model.norm.")) for n in trainable
     )
-    grad_seen = {}
+    recorded = {}
     for i in (0, 9, 10):
-        enc.trunk.blocks[i].register_forward_hook(lambda m, a, o, i=i: grad_seen.update({i: torch.is_grad_enabled()}))
+        enc.trunk.blocks[i].register_forward_hook(lambda m, a, o, i=i: recorded.update({i: _first(o).requires_grad}))
     sum(m.mean() for m in enc(torch.rand(1, 3, 32, 48))).backward()
-    assert grad_seen == {0: False, 9: False, 10: True}  # earlier blocks ran under no_grad
+    assert recorded == {0: False, 9: False, 10: True}  # autograd kept nothing of the frozen blocks
     for n, p in enc.trunk.named_parameters():
         assert (p.grad is not None) == (n in trainable), n
     assert not enc.trunk.training
@@ -238,7 +242,7 @@ def test_missing_weights_error_names_folder_hub_id_license_and_place(tmp_path: P
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         build_dinov3_encoder(TIMM_VIT, str(tmp_path / "nowhere.pth"), backend="timm")
     with pytest.raises(FileNotFoundError, match="DINOv3 license"):
-        read_patch_size(HUB_ID, missing)
+        read_architecture(HUB_ID, missing)
 
 
 def test_old_transformers_error_names_version(tiny_dinov3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,10 +269,13 @@ def test_layer_and_size_errors(tiny_dinov3: Path) -> None:
 
 
 def test_patch_size_and_default_layers(tiny_dinov3_factory, tiny_dinov3: Path) -> None:
-    assert read_patch_size(HUB_ID, str(tiny_dinov3)) == 16
-    assert read_patch_size(HUB_ID, str(tiny_dinov3_factory(patch=8, layers=4))) == 8
-    assert read_patch_size(TIMM_VIT, backend="timm") == 16
-    assert read_patch_size(TIMM_CNX, backend="timm") == 32
+    arch = read_architecture(HUB_ID, str(tiny_dinov3))
+    assert (arch.family, arch.patch_size, arch.depth, arch.width, arch.registers) == ("dinov3_vit", 16, 12, 64, 4)
+    assert read_architecture(HUB_ID, str(tiny_dinov3_factory(patch=8, layers=4))).patch_size == 8
+    arch = read_architecture(TIMM_VIT, backend="timm")
+    assert (arch.family, arch.patch_size, arch.depth, arch.width, arch.registers) == ("dinov3_vit", 16, 12, 768, 4)
+    arch = read_architecture(TIMM_CNX, backend="timm")
+    assert (arch.family, arch.patch_size, arch.depth, arch.registers) == ("dinov3_convnext", 32, 4, 0)
     assert default_layers(12) == (3, 6, 9, 12) and default_layers(24) == (6, 12, 18, 24)
     assert default_layers(40) == (10, 20, 30, 40) and default_layers(4) == (1, 2, 3, 4)
     enc = build_dinov3_encoder(pretrained_path=str(tiny_dinov3_factory(patch=8, layers=4)))
