@@ -2,13 +2,18 @@
 
     python scripts/model_info.py --config e2net_dinov3.yaml [key=value ...] [--size 384 | --size 320 480]
     python scripts/model_info.py model.encoder.pretrained_path=/tmp/vitb model.decoder=linear
+    python scripts/model_info.py --config configs/e2net_dinov2.yaml model.encoder.lora.rank=8
+
+The input size defaults to the config's data.image_size. LoRA adapters (model.encoder.lora.rank > 0)
+are counted on their own line, inside the trainable parameters.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` for one image, which counts matrix
 multiplications, convolutions and attention with a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2);
 norms, activations and resizing are not counted. Attention runs on the math backend here so that
 the CPU kernel, which the counter does not know, is counted as its two matrix products.
-"Frozen" FLOPs are those of encoder modules whose weights are all frozen (the ViT trunk); every
-other FLOP (pyramid, fine-tuned blocks, CAEM, decoder) is "trainable".
+"Frozen" FLOPs are those of encoder modules whose weights are all frozen (the ViT trunk; with LoRA,
+the frozen layers beside the adapters); every other FLOP (pyramid, fine-tuned blocks, LoRA, CAEM,
+decoder) is "trainable".
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
     frozen = frozen_flops(model, root, counts)
     return {
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "lora_params": sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n),
         "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "total": total,
         "frozen": frozen,
+        "encoder": counts.get(f"{root}.encoder", 0),
         "encoder_trainable": counts.get(f"{root}.encoder", 0) - frozen,
         "caem": counts.get(f"{root}.caem", 0),
         "decoder": counts.get(f"{root}.decoder", 0),
@@ -72,20 +79,21 @@ def main(argv: list[str] | None = None) -> None:
         "--size",
         type=int,
         nargs="+",
-        default=[384],
+        default=None,
         metavar="S",
-        help="input size: one value (square) or H W; multiples of the patch size",
+        help="input size: one value (square) or H W; multiples of the patch size (default: data.image_size)",
     )
     p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = p.parse_args(argv)
-    if len(args.size) not in (1, 2):
+    if args.size is not None and len(args.size) not in (1, 2):
         p.error("--size takes one value (square) or two (H W)")
-    size = (args.size[0], args.size[-1])
     try:
         cfg = load_config(args.config, args.overrides)
         resolve_precision(cfg, torch.device("cpu"))  # the frozen weights' storage follows train.amp
     except ConfigError as err:
         p.error(str(err))
+    sizes = args.size or [cfg.data.image_size]
+    size = (sizes[0], sizes[-1])
     torch.manual_seed(0)
     try:
         info = measure(build_model(cfg), size)
@@ -96,14 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     m = cfg.model
     print(
         f"model: decoder={m.decoder} channels={m.channels} simple={m.encoder.simple} "
-        f"trainable_blocks={m.encoder.trainable_blocks} encoder={m.encoder.pretrained_path or m.encoder.name}"
+        f"trainable_blocks={m.encoder.trainable_blocks} lora_rank={m.encoder.lora.rank} "
+        f"encoder={m.encoder.pretrained_path or m.encoder.name}"
     )
     print(f"input: 1x3x{size[0]}x{size[1]}   (GFLOPs: FlopCounterMode, multiply-add = 2 FLOPs)")
     print(f"{'trainable params (M)':38s}{info['trainable_params'] / 1e6:10.2f}")
+    print(f"{'  LoRA adapters (M)':38s}{info['lora_params'] / 1e6:10.3f}")
     print(f"{'frozen params (M)':38s}{info['frozen_params'] / 1e6:10.2f}")
+    print(f"{'encoder forward GFLOPs':38s}{g(info['encoder'])}")
     print(f"{'frozen encoder forward GFLOPs':38s}{g(info['frozen'])}")
     print(f"{'trainable-part forward GFLOPs':38s}{g(info['trainable'])}")
-    print(f"{'  encoder pyramid / fine-tuned blocks':38s}{g(info['encoder_trainable'])}")
+    print(f"{'  encoder pyramid / fine-tuned / LoRA':38s}{g(info['encoder_trainable'])}")
     print(f"{'  CAEM':38s}{g(info['caem'])}")
     print(f"{'  decoder':38s}{g(info['decoder'])}")
     shown = f"{ratio:10.2%}" if info["frozen"] else f"{'n/a':>10s}  (nothing frozen: model.encoder.freeze=false)"

@@ -177,3 +177,23 @@ def test_lora_dropout_follows_the_parent_mode_while_the_trunk_stays_in_eval(tiny
     assert not enc.trunk.model.training and all(m.training for m in dropouts)
     enc.eval()
     assert not any(m.training for m in dropouts)
+
+
+def test_model_info_counts_lora_on_its_own_line(tiny_dinov3_factory, capsys) -> None:
+    from scripts.model_info import main
+
+    folder = tiny_dinov3_factory(**DINOV2, registers=4)
+    common = ["--config", "configs/e2net_dinov2.yaml", f"model.encoder.pretrained_path={folder}"]
+    common += ["model.encoder.layers=[]", "model.channels=16", "model.context_heads=2", "data.image_size=56"]
+    rows = {}
+    for rank in (0, 8):
+        main([*common, f"model.encoder.lora.rank={rank}"])
+        out = capsys.readouterr().out
+        rows[rank] = {line[:38].strip(): line[38:].split()[0] for line in out.splitlines() if len(line) > 38}
+        assert "input: 1x3x56x56" in out  # data.image_size, not a fixed default
+    assert float(rows[0]["LoRA adapters (M)"]) == 0
+    lora = 4 * 4 * 8 * (32 + 32) / 1e6  # 4 blocks x q/k/v/o x rank 8 x (32 in + 32 out)
+    assert float(rows[8]["LoRA adapters (M)"]) == pytest.approx(lora, abs=5e-4)
+    assert float(rows[8]["trainable params (M)"]) == pytest.approx(
+        float(rows[0]["trainable params (M)"]) + lora, abs=0.01
+    )
