@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from config import ConfigError, check_depth, check_patch_size, load_config  # noqa: E402
+from config import ConfigError, check_encoder, load_config  # noqa: E402
 
 log = logging.getLogger("export")
 
@@ -50,17 +50,13 @@ class ProbabilityMap(nn.Module):
 def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tuple[nn.Module, int, int]:
     """Checkpoint -> (float32 model in eval mode on the CPU, its patch size, data.image_size)."""
     import models
-    from dinov3_trunks import read_depth, read_patch_size
     from engine.checkpoint import CheckpointError, load_checkpoint
 
     state = load_checkpoint(ckpt, required=("model",) if config else ("model", "config"))
     # The ONNX graph is float32 whatever the training precision: no autocast, no bfloat16 weights.
     cfg = load_config(config or state["config"], [*overrides, "train.amp=off", "model.encoder.weights_dtype=float32"])
-    enc = cfg.model.encoder
     try:
-        patch = read_patch_size(enc.name, enc.pretrained_path, enc.backend)
-        check_patch_size(cfg, patch)
-        check_depth(cfg, read_depth(enc.name, enc.pretrained_path, enc.backend))
+        patch = check_encoder(cfg).patch_size
         model = models.build_model(cfg)
     except (ValueError, ImportError) as err:
         raise ConfigError(f"cannot build the model of this config: {err}") from None
