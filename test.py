@@ -26,6 +26,9 @@ method; thumbnails in report/, opens from disk). With several --preds, each run'
 and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-max scaled
 per image, masks binarised at > 128); scoring runs in --workers processes (default: all cores)
 and gives identical numbers for any worker count.
+
+Config keys (key=value, eval.tta.* for test-time augmentation, eval.batch_size, data.root, ...):
+config.py holds the schema with a comment on every key; the README's "Config reference" lists them.
 """
 
 from __future__ import annotations
@@ -80,7 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output folder (defaults above)")
     p.add_argument("--workers", type=int, help="scoring processes (default eval.workers; 0 = all cores)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its thumbnails")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --ckpt)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides with --ckpt, e.g. eval.tta.hflip=true (every key: config.py, README 'Config reference')",
+    )
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.preds):
         p.error("give either --ckpt PATH (evaluate a checkpoint) or --preds DIR --data-root ROOT (score saved maps)")

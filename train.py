@@ -5,7 +5,12 @@
 
 The run folder (train.run_dir, default checkpoint/<train.name>) receives config.yaml (the
 resolved config), last.pth (every epoch), best.pth (best validation train.best_metric),
-train.log and tb/ (TensorBoard). The same command continues a killed run (train.resume=auto).
+train.log and tb/ (TensorBoard: losses, validation metrics and loss, labelled image grids, the
+config as text, and test/<Benchmark>/<metric> at the end when data.test_sets names benchmarks).
+The same command continues a killed run (train.resume=auto). View the runs with
+    tensorboard --logdir checkpoint/ --samples_per_plugin images=0
+Every key=value and its meaning: config.py (the schema, a comment per key) and the README's
+"Config reference".
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torchvision.utils import make_grid
 
 import datasets
 import evaluation
 import models
-from config import ConfigError, Scheduler, check_encoder, load_config, save_config
+from config import METRIC_KEYS, ConfigError, Scheduler, check_encoder, load_config, save_config
 from engine.amp import NonFiniteGuard, Precision, resolve_precision, step_optimizer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.distributed import DistEnv, all_gather_objects, cleanup_distributed, setup_distributed
-from engine.logger import RunWriter, setup_logging
+from engine.logger import TENSORBOARD_COMMAND, RunWriter, labelled_grid, setup_logging
 from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for, steps_per_iteration
 from engine.predict import forward_probs, to_uint8
 from engine.resume import BEST_KEYS, RESUME_KEYS, find_resume, restore_training_state, training_state
@@ -149,7 +154,7 @@ def evaluate(
             k = min(grid_images, x.shape[0])
             gray = [batch["mask"][:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
             tiles = torch.stack([x[:k].float(), *(g.expand(-1, 3, -1, -1) for g in gray)], dim=1)
-            grid = make_grid(tiles.flatten(0, 1), nrow=4, padding=2, pad_value=1.0).cpu()
+            grid = labelled_grid(tiles, GRID_COLUMNS)
         for j in range(x.shape[0]):
             gt = evaluation.read_mask(Path(batch["mask_path"][j]))
             if gt is None:  # vanished or damaged since the dataset was built
@@ -157,6 +162,9 @@ def evaluate(
                 continue
             scores.append(evaluation.image_scores(to_uint8(prob[j : j + 1], gt.shape), gt))
     return scores, (float(loss_sum), n_loss), grid
+
+
+GRID_COLUMNS = ("image", "mask", "prediction", "coarse map")
 
 
 def merge_scores(shards: list[list]) -> dict:
@@ -171,6 +179,31 @@ def merge_scores(shards: list[list]) -> dict:
 
 def is_better(value: float, best: float | None, metric: str) -> bool:
     return best is None or (value < best if metric in LOWER_IS_BETTER else value > best)
+
+
+def test_at_end(
+    model, cfg, loss_fn, precision: Precision, writer: RunWriter, env: DistEnv, step: int, best: Path | None
+) -> None:
+    """Score ``data.test_sets`` with the ``best`` checkpoint (the final weights when None) and log
+    ``test/<Benchmark>/<metric>`` at the last step: the table test.py would print, in TensorBoard."""
+    all_gather_objects(None)  # every rank waits until the main process has written best.pth
+    if best is not None:
+        model.load_trainable_state_dict(load_checkpoint(best, required=("model",))["model"])
+    which = best.name if best is not None else "the final weights"
+    for bench, ds in datasets.build_test_sets(cfg).items():
+        loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
+        shard, _, grid = evaluate(model, loader, loss_fn, precision, writer, env.device)
+        metrics = merge_scores(all_gather_objects(shard))
+        writer.scalars(f"test/{bench}", {k: metrics[k] for k in METRIC_KEYS}, step)
+        if grid is not None:
+            writer.image(f"test/{bench}/image_mask_pred_coarse", grid, step)
+        log.info(
+            "test %s (%s, %d images): %s",
+            bench,
+            which,
+            metrics["n_images"],
+            "  ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS),
+        )
 
 
 def run(cfg, env: DistEnv) -> None:
@@ -188,6 +221,8 @@ def run(cfg, env: DistEnv) -> None:
             raise ConfigError(f"config key 'train.run_dir': cannot write '{run_dir / 'config.yaml'}' ({err})") from None
 
     # ---- data and model
+    if cfg.data.test_sets:  # scored after training (test_at_end): a wrong name fails now, not hours later
+        datasets.find_benchmark_dirs(cfg.data.root, list(cfg.data.test_sets))
     train_ds, val_ds = datasets.build_train_val(cfg)
     train_loader = datasets.build_loader(train_ds, cfg, train=True, distributed=env.distributed)
     has_val = val_ds is not None and len(val_ds) > 0
@@ -239,6 +274,7 @@ def run(cfg, env: DistEnv) -> None:
         else model
     )
     writer = RunWriter(run_dir, env.is_main, purge_step=step + 1 if ckpt else None)
+    writer.text("config", OmegaConf.to_yaml(cfg), step)
 
     # ---- loop
     for epoch in range(start_epoch, t.epochs):
@@ -277,8 +313,14 @@ def run(cfg, env: DistEnv) -> None:
             save_checkpoint(run_dir / "last.pth", state)
         if finished:
             break
+    if cfg.data.test_sets:
+        # best is None when no checkpoint was chosen on validation in this run (or the one resumed).
+        test_at_end(
+            model, cfg, loss_fn, precision, writer, env, step, run_dir / "best.pth" if best is not None else None
+        )
     writer.close()
     log.info("done: %d steps; best validation %s = %s; checkpoints in %s", step, t.best_metric, best, run_dir)
+    log.info("TensorBoard: %s", TENSORBOARD_COMMAND.format(logdir=f"{run_dir.parent}/"))
 
 
 def open_run_dir(cfg, run_dir: Path, env: DistEnv) -> None:
@@ -294,7 +336,12 @@ def open_run_dir(cfg, run_dir: Path, env: DistEnv) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="e2net_dinov3.yaml", help="YAML recipe (default: e2net_dinov3.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=2e-4")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.lr=2e-4 (every key: config.py, README 'Config reference')",
+    )
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,6 +47,30 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     root.setLevel(logging.INFO if is_main else logging.WARNING)
 
 
+# TensorBoard keeps only 10 images per tag unless told otherwise; images=0 keeps every grid.
+TENSORBOARD_COMMAND = "tensorboard --logdir {logdir} --samples_per_plugin images=0"
+
+
+def labelled_grid(tiles: torch.Tensor, labels: Sequence[str], padding: int = 2) -> torch.Tensor:
+    """``tiles`` [rows, columns, 3, H, W] in [0, 1] -> one image [3, H', W'] with a header row
+    naming each column (TensorBoard shows images without captions)."""
+    rows, cols, _, h, w = tiles.shape
+    if len(labels) != cols:
+        raise ValueError(f"{len(labels)} labels for {cols} columns")
+    grid = make_grid(tiles.flatten(0, 1).float().clamp(0, 1), nrow=cols, padding=padding, pad_value=1.0).cpu()
+    font, thickness = cv2.FONT_HERSHEY_SIMPLEX, 1
+    # One scale for every label: the widest must fit its column, and no taller than ~14 px.
+    widest = max(cv2.getTextSize(text, font, 1.0, thickness)[0][0] for text in labels)
+    scale = min(0.45, (w - 4) / max(widest, 1))
+    text_h = cv2.getTextSize("Ag", font, scale, thickness)[0][1]
+    header = np.full((text_h + 8, grid.shape[-1], 3), 255, np.uint8)
+    for i, text in enumerate(labels):
+        tw = cv2.getTextSize(text, font, scale, thickness)[0][0]
+        x = padding + i * (w + padding) + max(0, (w - tw) // 2)
+        cv2.putText(header, text, (x, text_h + 3), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return torch.cat([torch.from_numpy(header).permute(2, 0, 1).float() / 255, grid], dim=1)
+
+
 class RunWriter:
     """TensorBoard scalars/images and progress bars that exist only on the main process."""
 
@@ -65,6 +92,11 @@ class RunWriter:
         """``image``: float [3, H, W] in [0, 1]."""
         if self.tb is not None:
             self.tb.add_image(tag, image.clamp(0, 1), step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Preformatted text (shown as a code block by TensorBoard's Markdown renderer)."""
+        if self.tb is not None:
+            self.tb.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
 
     def bar(self, iterable: Iterable, **kwargs) -> tqdm:
         return tqdm(iterable, disable=not self.enabled, dynamic_ncols=True, leave=False, **kwargs)

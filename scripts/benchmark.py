@@ -267,7 +267,11 @@ def _table(out: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. model.channels_last=true")
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides key=value, e.g. model.channels_last=true (every key: config.py, README 'Config reference')",
+    )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--batch", type=int, default=0, help="0: 8 on CUDA, 2 on CPU")
     ap.add_argument("--size", type=int, default=384)

@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="data root holding TrainDataset/ and TestDataset/")
     ap.add_argument("--fast", action="store_true", help="skip the full decode (headers and end markers only)")
-    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train=[TrainDataset]")
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides, e.g. data.train=[TrainDataset] (every key: config.py, README 'Config reference')",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # this script prints its own report
     try:

@@ -132,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="YAML config to use instead of the checkpoint's own")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-3, help="largest allowed |onnxruntime - PyTorch| (default 1e-3)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see config.py)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides (every key: config.py, README 'Config reference')",
+    )
     args = p.parse_args(argv)
     if not args.ckpt.is_file():
         p.error(f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py)")

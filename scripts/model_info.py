@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="S",
         help="input size: one value (square) or H W; multiples of the patch size (default: data.image_size)",
     )
-    p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted key=value config overrides (every key: config.py, README 'Config reference')",
+    )
     args = p.parse_args(argv)
     if args.size is not None and len(args.size) not in (1, 2):
         p.error("--size takes one value (square) or two (H W)")
