@@ -22,8 +22,8 @@ Em_max, Fm_adp, Fm_mean, Fm_max, n_images}}), results.md and results.csv (rows: 
 benchmark x metric; also printed), curves/<benchmark>.png (precision-recall and
 F-measure-vs-threshold), report.html (the table, the curves and a per-image gallery: image | GT |
 each method's map with its S-measure and MAE, sortable worst first, filterable by benchmark and
-method; thumbnails in report/, opens from disk). With several --preds, each run's results.json is in <out>/<run name>/
-and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-max scaled
+method; thumbnails in report/, opens from disk). With several --preds, each run's results.json
+is in <out>/<run name>/ and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-max scaled
 per image, masks binarised at > 128); scoring runs in --workers processes (default: all cores)
 and gives identical numbers for any worker count.
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 from PIL import Image
 
 from config import METRIC_KEYS
@@ -66,17 +67,26 @@ def _slug(text: str) -> str:
 
 
 def _thumbnail(src: str, dst: Path, side: int) -> None:
-    """Write ``dst`` unless it is already newer than ``src``. JPEG sources decode at reduced size."""
+    """Write ``dst`` unless it is already newer than ``src``. Photos (``.jpg`` thumbnails) decode at
+    reduced size; masks and maps (``.png``) are read as the scorer reads them (cv2.IMREAD_GRAYSCALE:
+    colour to grey, 16-bit to its high byte), so the thumbnail shows what was scored."""
     if dst.is_file() and dst.stat().st_mtime >= Path(src).stat().st_mtime:
         return
-    with Image.open(src) as im:
-        im.draft("RGB" if dst.suffix == ".jpg" else "L", (side, side))  # JPEG: DCT scaling, never below side
-        im = im.convert("RGB" if dst.suffix == ".jpg" else "L")
+    if dst.suffix == ".jpg":
+        with Image.open(src) as im:
+            im.draft("RGB", (side, side))  # JPEG: DCT scaling, never below ``side``
+            im = im.convert("RGB")
+            im.thumbnail((side, side), Image.Resampling.BILINEAR)
+    else:
+        grey = cv2.imread(src, cv2.IMREAD_GRAYSCALE)
+        if grey is None:
+            raise ValueError("not readable as an image")
+        im = Image.fromarray(grey)
         im.thumbnail((side, side), Image.Resampling.BILINEAR)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        im.save(tmp, format="JPEG" if dst.suffix == ".jpg" else "PNG", quality=82)
-        tmp.replace(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    im.save(tmp, format="JPEG" if dst.suffix == ".jpg" else "PNG", quality=82)
+    tmp.replace(dst)
 
 
 def _safe_thumbnail(job: tuple[str, Path, int]) -> str | None:

@@ -127,3 +127,17 @@ def test_thumbnails_are_written_once_and_redone_when_the_source_changes(tmp_path
     write_report(out, runs, [], rows, workers=1)
     changed = [p for p in thumbs if p.stat().st_mtime_ns != before[p]]
     assert len(changed) == 1 and np.asarray(Image.open(changed[0])).min() == 255
+
+
+def test_map_thumbnails_show_what_was_scored(tmp_path: Path) -> None:
+    """A 16-bit map is scored by its high byte (cv2.IMREAD_GRAYSCALE); its thumbnail shows the same grey levels."""
+    ramp = (np.arange(64, dtype=np.uint16)[None, :].repeat(32, 0) * 1024 + 300).astype(np.uint16)
+    pred, gt = tmp_path / "pred16.png", tmp_path / "gt.png"
+    cv2.imwrite(str(pred), ramp)
+    cv2.imwrite(str(gt), np.zeros((32, 64), np.uint8))
+    rows = gallery_rows({"m": {"B": [ImageResult("x", str(pred), str(gt), 0.5, 0.1)]}}, {})
+    write_report(tmp_path / "out", {"m": {}}, [], rows, workers=1)
+    thumb = np.asarray(Image.open(tmp_path / "out" / "report" / "B" / "m0_m" / "x.png"))
+    assert thumb.shape == (32, 64)
+    assert np.abs(thumb.astype(int) - cv2.imread(str(pred), cv2.IMREAD_GRAYSCALE)).max() <= 2
+    assert thumb.max() >= 250 and thumb.min() <= 2  # not clipped to white as a plain 16-to-8-bit cast would
