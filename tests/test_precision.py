@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from config import Amp, Backend, ConfigError, Decoder, Norm, WeightsDtype, load_config
 from engine import amp as amp_module
 from engine.amp import resolve_amp, resolve_precision
-from helpers import run_train
+from helpers import load_test_cli, run_train
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -105,7 +105,9 @@ def test_a_resumed_run_keeps_its_precision_unless_told_otherwise(probe):
 
 
 # --------------------------------------------------------------------------- a real run
-def test_training_saves_the_resolved_precision_and_a_resume_keeps_it(tmp_path, tiny_dinov3_factory, probe):
+def test_training_saves_the_resolved_precision_a_resume_keeps_it_and_test_py_picks_again(
+    tmp_path, tiny_dinov3_factory, probe
+):
     from scripts.make_synthetic_cod import generate
 
     data = tmp_path / "data"
@@ -137,6 +139,14 @@ def test_training_saves_the_resolved_precision_and_a_resume_keeps_it(tmp_path, t
     assert saved["train"]["amp"] == "off"  # ... but the run keeps what it started with
     assert "kept from the checkpoint being resumed" in (run / "train.log").read_text()
     assert probe.calls == 1
+
+    # test.py picks for its own machine: the stored choice belonged to the training machine.
+    cli = load_test_cli("e2net_test_cli_precision")
+    cfg, model, _, precision = cli.load_model(cli.parse_args(["--ckpt", str(run / "last.pth")]))
+    assert precision.amp == cfg.train.amp == "bf16" and probe.calls == 2
+    assert {p.dtype for p in model.encoder.trunk.parameters() if not p.requires_grad} == {torch.bfloat16}
+    _, _, _, precision = cli.load_model(cli.parse_args(["--ckpt", str(run / "last.pth"), "train.amp=off"]))
+    assert precision.amp == "off" and probe.calls == 2
 
 
 # --------------------------------------------------------------------------- choice keys

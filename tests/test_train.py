@@ -182,10 +182,11 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")  # the skipped first step
-def test_non_finite_losses_skip_steps_then_stop_the_run():
+@pytest.mark.parametrize("clip", ["train.grad_clip=1.0", "train.grad_clip=0"])  # 0: no clipping, same check
+def test_non_finite_losses_skip_steps_then_stop_the_run(clip):
     images, masks = torch.rand(8, 3, 8, 8), torch.ones(8, 1, 8, 8)
     images[2:4] = float("nan")  # one bad batch: skipped, training goes on
-    model, steps, guard = _one_epoch(_batches(images, masks, 2), ["train.max_nonfinite=2"])
+    model, steps, guard = _one_epoch(_batches(images, masks, 2), ["train.max_nonfinite=2", clip])
     assert steps == 4 and int(guard.total) == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -193,7 +194,7 @@ def test_non_finite_losses_skip_steps_then_stop_the_run():
     model = _PixelNet()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(FloatingPointError, match="2 optimizer steps in a row"):
-        _one_epoch(_batches(images, masks, 2), ["train.max_nonfinite=2"], model=model)
+        _one_epoch(_batches(images, masks, 2), ["train.max_nonfinite=2", clip], model=model)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no NaN reached the weights
 
 
