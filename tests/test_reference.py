@@ -294,3 +294,26 @@ def _scalars(run, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     return EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0}).Reload().Scalars(tag)
+
+
+def test_resuming_with_another_scheduler_is_refused() -> None:
+    from pathlib import Path
+
+    from engine.checkpoint import CheckpointError
+    from engine.optim import build_scheduler
+    from engine.resume import restore_training_state
+
+    class Net(torch.nn.Linear):
+        def load_trainable_state_dict(self, state):
+            self.load_state_dict(state)
+
+    net = Net(2, 2)
+    opt = build_optimizer(net, lr=1.0, weight_decay=0.0)
+    cosine = build_scheduler(opt, total_steps=10, warmup_steps=0, min_ratio=0.1)
+    ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": cosine.state_dict(), "scaler": {}}
+    cfg = load_config(None, ["train.scheduler=plateau", "train.warmup_epochs=0"])
+    plateau = build_plateau_scheduler(opt, 0.5, 1, 0.1)
+    with pytest.raises(CheckpointError, match="train.scheduler=plateau"):
+        restore_training_state(
+            ckpt, Path("last.pth"), cfg, net, opt, plateau, torch.amp.GradScaler("cpu", enabled=False), 0, 1
+        )
