@@ -159,6 +159,13 @@ class LossConfig:
     coarse: float = 0.2
 
 
+class AugmentOn(StrEnum):
+    """Where training augmentation runs (``data.augment_on``)."""
+
+    workers = "workers"  # DataLoader worker processes decode and augment (OpenCV)
+    device = "device"  # decoded once into memory as uint8; warped and jittered on the training device
+
+
 @dataclass
 class DataConfig:
     root: str = "data/COD"  # holds TrainDataset/ (or TrainValDataset/) and TestDataset/
@@ -176,6 +183,7 @@ class DataConfig:
     # Crop up to this fraction of each side independently (the aspect changes), instead of the
     # aspect-keeping area crop of `scale`; 0.125 is the reference's; 0 = off.
     side_crop: float = 0.0
+    augment_on: AugmentOn = AugmentOn.workers  # "device" keeps a fast GPU fed (datasets/device_augment.py)
     cache: bool = False  # decode each training image once, pre-resized to ~1.25x image_size
     cache_dir: str = ""  # where that cache lives; empty = <data.root>/.cache
     max_pixels: int = 100_000_000  # larger images are treated as decompression bombs

@@ -75,8 +75,7 @@ def train_one_epoch(
     micro, images, steps_in_log, tic = 0, 0, 0, time.perf_counter()
     bar = writer.bar(loader, total=n, desc=f"epoch {epoch + 1}/{t.epochs}")
     for i, batch in enumerate(bar):
-        x = batch["image"].to(env.device, non_blocking=True)
-        y = batch["mask"].to(env.device, non_blocking=True)
+        x, y = datasets.training_inputs(batch, env.device)  # data.augment_on=device augments here
         group_size = accum if i < full_groups_end else n - full_groups_end
         last_of_group = (i + 1) % accum == 0 or i + 1 == n
         # DDP all-reduces gradients on every backward; only the last batch of a group needs it.

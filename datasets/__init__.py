@@ -6,6 +6,7 @@ this project uses that library.
 
 from .build import build_test_sets, build_train_val, split_train_val
 from .dataset import CODDataset, Sample
+from .device_augment import training_inputs
 from .layout import KNOWN_BENCHMARKS, find_benchmark_dirs
 from .loader import build_loader, collate, set_epoch
 from .problems import BadFile, DatasetError, Problem
@@ -27,4 +28,5 @@ __all__ = [
     "find_benchmark_dirs",
     "set_epoch",
     "split_train_val",
+    "training_inputs",
 ]

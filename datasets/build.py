@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from config import AugmentOn
 from evaluation.discovery import is_cod10k, select_benchmark_images
 
 from .dataset import CODDataset, Sample
@@ -171,7 +173,13 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
         color_jitter=float(d.color_jitter),
         side_crop=float(d.side_crop),
     )
-    train_ds = CODDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train")
+    if d.augment_on == AugmentOn.device:
+        from .device_augment import DecodedTrainSet
+
+        side = math.ceil(transform.needed_side(max([int(d.image_size), *d.multi_scale])))
+        train_ds = DecodedTrainSet(train, transform, side, int(d.image_size), seed=seed)
+    else:
+        train_ds = CODDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train")
     val_ds = _test_dataset(val_samples, cfg, "val") if val_samples else None
     return train_ds, val_ds
 

@@ -60,9 +60,9 @@ def box_matrix(box: tuple[float, ...], size: int, angle_deg: float, flip: bool) 
     return np.hstack([a, (centre_dst - a @ centre_src)[:, None]]).astype(np.float32)
 
 
-def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast and saturation factors each in [1 - s, 1 + s]; uint8 RGB in and out."""
-    b, c, s = 1.0 + rng.uniform(-strength, strength, size=3)
+def color_jitter(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Brightness, contrast and saturation ``factors`` (b, c, s); uint8 RGB in and out."""
+    b, c, s = (float(f) for f in factors)
     r, g, bl = cv2.mean(image)[:3]
     mean = (0.299 * r + 0.587 * g + 0.114 * bl) * b  # mean grey level after the brightness change
     # brightness then contrast about the mean grey level, folded into one saturating pass
@@ -95,30 +95,40 @@ class TrainTransform:
             return size / (1 - 2 * self.side_crop)
         return size / math.sqrt(self.scale[0])
 
-    def __call__(
-        self, image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 RGB [H, W, 3], uint8 [H, W] (same H, W) -> [3, size, size], [1, size, size]."""
-        h, w = mask.shape
+    def draw(
+        self, height: int, width: int, size: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One sample's random parameters: the 2x3 warp of a ``height`` x ``width`` source onto
+        ``size`` x ``size`` and the colour-jitter factors (None without jitter). The device path
+        (``data.augment_on=device``) draws through here too, so both paths see the same augmentations."""
         if self.side_crop > 0:
-            box = side_crop_box(h, w, tuple(rng.uniform(0, self.side_crop, size=4)))
+            box = side_crop_box(height, width, tuple(rng.uniform(0, self.side_crop, size=4)))
             m = box_matrix(box, size, rng.uniform(-self.rotate, self.rotate), bool(rng.random() < self.hflip))
         else:
             m = affine_matrix(
-                h,
-                w,
+                height,
+                width,
                 size,
                 crop_area=rng.uniform(*self.scale),
                 crop_xy=tuple(rng.random(2)),
                 angle_deg=rng.uniform(-self.rotate, self.rotate),
                 flip=bool(rng.random() < self.hflip),
             )
+        factors = 1.0 + rng.uniform(-self.jitter, self.jitter, size=3) if self.jitter > 0 else None
+        return m, factors
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 RGB [H, W, 3], uint8 [H, W] (same H, W) -> [3, size, size], [1, size, size]."""
+        h, w = mask.shape
+        m, factors = self.draw(h, w, size, rng)
         # replicated borders: no dark rim when upsampling small images, and rotated corners are
         # smeared edge pixels rather than black wedges (reflection costs 1.4x more here)
         image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mask = cv2.warpAffine(mask, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if self.jitter > 0:
-            image = color_jitter(image, self.jitter, rng)
+        if factors is not None:
+            image = color_jitter(image, factors)
         return to_tensors(image, mask)
 
 
