@@ -17,9 +17,11 @@ data.scale [0.75, 1]: 3.2 GB for the 4,040 COD training images); forked DataLoad
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -37,6 +39,21 @@ log = logging.getLogger(__name__)
 
 # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY in the worker path's colour jitter
 _LUMA = (0.299, 0.587, 0.114)
+
+
+@contextlib.contextmanager
+def opencv_pool_stopped() -> Iterator[None]:
+    """Run OpenCV single-threaded inside, and leave its thread pool stopped after.
+
+    A DataLoader worker forked while OpenCV's pool is running hangs in ``cv2.setNumThreads``
+    (which ``datasets.loader.seed_worker`` calls); setting the count in the parent stops the pool.
+    """
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _decode_square(s: Sample, side: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -92,7 +109,8 @@ class DecodedTrainSet(Dataset):
             except (BadFile, OSError, cv2.error) as err:
                 return Problem(s.image_path, f"{err} (skipped)")
 
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV drops the GIL
+        # one image per thread (OpenCV drops the GIL), never OpenCV's own pool: see opencv_pool_stopped
+        with opencv_pool_stopped(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = list(pool.map(work, samples))
         failed = [r for r in results if isinstance(r, Problem)]
         if failed:

@@ -12,6 +12,7 @@ from PIL import Image
 
 import datasets
 from datasets.device_augment import DecodedTrainSet, augment, training_inputs, warp_theta
+from datasets.loader import seed_worker
 from datasets.reading import probe
 from engine.checkpoint import load_checkpoint
 from helpers import run_train
@@ -144,3 +145,14 @@ def test_device_augmentation_on_cuda_matches_cpu(tmp_path):
     x_gpu, y_gpu = training_inputs(batch, torch.device("cuda"))
     assert (x_gpu.cpu() - x_cpu).abs().max() < 1e-3
     assert (y_gpu.cpu() != y_cpu).float().mean() < 1e-3
+
+
+def test_loader_workers_start_after_the_start_up_decode(tmp_path):
+    """OpenCV's thread pool running in the parent makes forked workers hang in cv2.setNumThreads."""
+    cv2.resize(np.zeros((1200, 1600, 3), np.uint8), (444, 444), interpolation=cv2.INTER_AREA)  # starts the pool
+    samples = write_pairs(tmp_path, 4, h=600, w=800)
+    ds = DecodedTrainSet(samples, datasets.TrainTransform(), side=300, default_size=64)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=2, num_workers=1, collate_fn=datasets.collate, worker_init_fn=seed_worker, timeout=30
+    )
+    assert next(iter(loader))["image"].shape == (2, 3, 300, 300)
