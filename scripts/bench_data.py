@@ -7,6 +7,8 @@ make_synthetic_cod.py) in a temporary folder, builds the training dataset throug
 ``datasets.build_train_val`` and times ``dataset[(index, size, epoch)]`` (decode + flip/scale-crop/
 rotation warp + colour jitter + tensor conversion) in this process with one thread: that is
 one worker core. ``--workers K`` also times a K-worker DataLoader (total / K). Goal: >= 150/s.
+``--device cpu|cuda`` also times ``data.augment_on=device``: batches of ``--batch`` uint8 images
+from memory, warped and jittered on that device (:func:`bench_device`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,52 @@ def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: in
     }
 
 
+def bench_device(
+    size: int = 384, n_images: int = 64, seconds: float = 8.0, batch: int = 32, device: str = "cpu"
+) -> dict:
+    """``data.augment_on=device`` throughput: ``{"images_per_s": float, "decode_s": float, ...}``.
+
+    Times what a training step adds on this path: collating ``batch`` items of the decoded set
+    (uint8 copies and the parameter draws) and :func:`datasets.training_inputs` on ``device``
+    (transfer, warp, jitter), synchronised. ``decode_s`` is the one-off start-up decode.
+    """
+    import datasets
+
+    dev = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_jpegs(root, n_images)
+        cfg = load_config(
+            None,
+            [f"data.root={root}", f"data.image_size={size}", "data.val_fraction=0", "data.augment_on=device"],
+        )
+        t0 = time.perf_counter()
+        train, _ = datasets.build_train_val(cfg)
+        decode_s = time.perf_counter() - t0
+
+    def one(epoch: int, b: int) -> None:
+        keys = [((b * batch + j) % len(train), size, epoch) for j in range(batch)]
+        x, _ = datasets.training_inputs(datasets.collate([train[k] for k in keys]), dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for b in range(3):  # warm-up: kernels, allocator
+        one(0, b)
+    done, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        one(1 + done // batch, done // batch)
+        done += batch
+    return {
+        "images_per_s": done / (time.perf_counter() - t0),
+        "images_per_cpu_s": done / (time.process_time() - c0),  # all threads' CPU time
+        "decode_s": decode_s,
+        "batch": batch,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "size": size,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=384)
@@ -111,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many workers")
     ap.add_argument("--cache", action="store_true", help="with data.cache=true (pre-resized copies)")
+    ap.add_argument("--device", default="", help="also time data.augment_on=device on this device (cpu, cuda)")
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the --device timing")
     args = ap.parse_args(argv)
     r = bench(args.size, args.images, args.seconds, args.workers, args.cache)
     print(
@@ -120,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if r["loader_images_per_s_per_worker"] is not None:
         print(f"DataLoader with {args.workers} workers: {r['loader_images_per_s_per_worker']:.0f} images/s per worker")
+    if args.device:
+        d = bench_device(args.size, args.images, args.seconds, args.batch, args.device)
+        print(
+            f"data.augment_on=device on {d['device']} ({d['torch_threads']} threads), batch {d['batch']}: "
+            f"{d['images_per_s']:.0f} images/s ({d['images_per_cpu_s']:.0f} per CPU-second; decoding {args.images} images once took {d['decode_s']:.2f} s)"
+        )
     return 0
 
 

@@ -12,7 +12,10 @@ uses a saved one instead), at ``--size`` px, and measures after warm-up, as medi
   encoder    ``model.encoder(x)`` under no_grad + the config's autocast; FLOP/s from FlopCounterMode
   train      zero_grad, forward + loss under autocast, backward, grad clipping, AdamW step (as train.py)
   infer      ``sigmoid(model(x)[-1])`` under no_grad + autocast (as test.py)
-  loader     training transforms, images/s per worker core (scripts/bench_data.py)
+  loader     training transforms, images/s per worker core (scripts/bench_data.py), and the
+             data.augment_on=device path's images/s on --device (bench_data.bench_device)
+  feed       training steps fed by the real DataLoader (train.num_workers = min(8, cores)), once per
+             data.augment_on: share of the wall time spent waiting for data (scripts/bench_feed.py)
 
 Each phase runs in a fresh subprocess so that its peak memory is its own: CUDA
 ``max_memory_allocated``, CPU peak RSS (VmHWM, reset after the model is built). Ratios in the
@@ -21,6 +24,7 @@ table and in ``--json``: P1 ``encoder_fraction_of_peak``, P2 ``train_step_over_e
 ``encoder_fraction_of_best_peak`` is the encoder against the faster of the two matmul peaks. ``train.amp``
 is resolved once (``auto``: for this device, engine.amp) and the result passed to every phase.
 The load average is recorded with each phase: on a shared CPU, compare runs taken at similar load.
+``--batch 8,16,32`` measures the batch-dependent phases at each size (matmul and loader run once).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PHASES = ("matmul", "encoder", "train", "infer", "loader")
+PHASES = ("matmul", "encoder", "train", "infer", "loader", "feed")
+RATIO_PHASES = PHASES[:5]  # the ratios need these; feed adds the data-waiting shares
+ONCE = ("matmul", "loader")  # independent of --batch
 GOALS = {
     "encoder_fraction_of_peak": (">=", 0.70),
     "train_step_over_encoder": ("<=", 1.6),
@@ -131,10 +137,26 @@ def run_phase(phase: str, spec: dict) -> dict:
     if phase == "matmul":
         return _matmul(device, spec)
     if phase == "loader":
-        from scripts.bench_data import bench
+        from scripts.bench_data import bench, bench_device
 
         r = bench(spec["size"], n_images=32, seconds=spec["loader_seconds"], workers=0)
-        return {"images_per_s_per_worker": r["images_per_s_per_worker"], "images_per_cpu_s": r["images_per_cpu_s"]}
+        d = bench_device(spec["size"], 32, spec["loader_seconds"], spec["augment_batch"], spec["device"])
+        return {
+            "images_per_s_per_worker": r["images_per_s_per_worker"],
+            "images_per_cpu_s": r["images_per_cpu_s"],
+            "device_augment_images_per_s": d["images_per_s"],
+            "device_augment_batch": d["batch"],
+        }
+    if phase == "feed":
+        from scripts.bench_feed import bench_feed
+
+        feed = {"workers": spec["feed_workers"], "steps": spec["feed_steps"], "warmup": spec["warmup"]}
+        return {
+            on: bench_feed(
+                spec["config"], spec["overrides"], spec["device"], spec["batch"], spec["size"], augment_on=on, **feed
+            )
+            for on in ("workers", "device")
+        }
 
     import models
     from config import load_config
@@ -225,7 +247,19 @@ def _ratios(r: dict) -> dict:
         / (mm["fp32_flops_per_cpu_s"] if enc["autocast"] == "off" else mm["bf16_flops_per_cpu_s"]),
         "train_step_over_encoder_cpu": r["train"]["cpu_s"] / enc["cpu_s"],
         "inference_over_encoder_cpu": r["infer"]["cpu_s"] / enc["cpu_s"],
+        **_data_ratios(r),
     }
+
+
+def _data_ratios(r: dict) -> dict:
+    """Whether the data keeps up: the device path's throughput and each path's waiting share."""
+    out = {}
+    if "device_augment_images_per_s" in r.get("loader", {}):
+        out["device_augment_images_per_s"] = r["loader"]["device_augment_images_per_s"]
+    for on, f in r.get("feed", {}).items():
+        out[f"data_wait_share_{on}"] = f["wait_share"]
+        out[f"fed_images_per_s_{on}"] = f["images_per_s"]
+    return out
 
 
 def _table(out: dict) -> str:
@@ -250,6 +284,16 @@ def _table(out: dict) -> str:
         f"  loader   {r['loader']['images_per_s_per_worker']:6.1f} images/s per worker "
         f"({r['loader']['images_per_cpu_s']:.1f} per CPU-s)"
     )
+    if "device_augment_images_per_s" in q:
+        lines.append(
+            f"  data.augment_on=device {q['device_augment_images_per_s']:8.1f} images/s on {out['device']} "
+            f"(batch {r['loader']['device_augment_batch']})"
+        )
+    for on, f in r.get("feed", {}).items():
+        lines.append(
+            f"  fed by {f['workers']} workers, augment_on={on:7s}: {f['images_per_s']:8.1f} images/s, "
+            f"{100 * f['wait_share']:5.1f} % of the time waiting for data"
+        )
     for i, key in zip(("P1", "P2", "P3", "P6", "P4"), GOALS):
         op, goal = GOALS[key]
         ok = q[key] >= goal if op == ">=" else q[key] <= goal
@@ -273,14 +317,16 @@ def main(argv: list[str] | None = None) -> int:
         help="config overrides key=value, e.g. model.channels_last=true (every key: config.py, README 'Config reference')",
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--batch", type=int, default=0, help="0: 8 on CUDA, 2 on CPU")
+    ap.add_argument("--batch", default="0", help="0: 8 on CUDA, 2 on CPU; a list (8,16,32) runs each")
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--repeats", type=int, default=0, help="timed runs per phase after warm-up (0: 20 CUDA, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed runs first (0: 5 CUDA, 1 CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--config", default=str(ROOT / "e2net_dinov3.yaml"), help="recipe to build the model from")
     ap.add_argument("--encoder", default="", help="a saved DINOv3 folder instead of a random ViT-B/16")
-    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset (ratios need all)")
+    ap.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset (ratios need {','.join(RATIO_PHASES)})"
+    )
     ap.add_argument("--quick", action="store_true", help="2048^2 matmul, shorter loader run, 2 repeats")
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
@@ -312,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"benchmark.py: {err}") from None
     with tempfile.TemporaryDirectory(prefix="bench-dinov3-") as tmp:
         encoder = a.encoder
-        if not encoder and set(phases) & {"encoder", "train", "infer"}:
+        if not encoder and set(phases) & {"encoder", "train", "infer", "feed"}:
             from scripts.make_tiny_dinov3 import make_tiny_dinov3
 
             # ViT-B/16 shape (MLP 3072, 4 registers); small init keeps random activations ordinary.
@@ -328,32 +374,58 @@ def main(argv: list[str] | None = None) -> int:
                     init_std=0.02,
                 )
             )
-        spec = {
-            "device": device,
-            "threads": a.threads,
-            "size": a.size,
-            "config": a.config,
-            "batch": a.batch or (8 if cuda else 2),
-            "repeats": a.repeats or (2 if a.quick else 20 if cuda else 3),
-            "warmup": a.warmup or (5 if cuda else 1),
-            "matmul_n": 2048 if a.quick else 4096,
-            "loader_seconds": 3.0 if a.quick else 8.0,
-            "overrides": [
-                f"model.encoder.pretrained_path={encoder}",
-                "model.encoder.name=benchmark-vitb16",
-                f"data.image_size={a.size}",
-                *a.overrides,
-                f"train.amp={precision.amp}",
-            ],
-        }
-        results = {}
-        for phase in phases:
-            print(f"[{phase}] ...", file=sys.stderr, flush=True)
-            results[phase] = _child(phase, spec)
-    name = torch.cuda.get_device_name() if cuda else (_cpu_name() or "CPU")
+        try:
+            batches = [int(b) or (8 if cuda else 2) for b in a.batch.split(",")]
+        except ValueError:
+            raise SystemExit(f"--batch {a.batch}: give a batch size or a comma-separated list (8,16,32)") from None
+        runs, once = [], {}
+        for batch in batches:
+            spec = {
+                "device": device,
+                "threads": a.threads,
+                "size": a.size,
+                "config": a.config,
+                "batch": batch,
+                "repeats": a.repeats or (2 if a.quick else 20 if cuda else 3),
+                "warmup": a.warmup or (5 if cuda else 1),
+                "matmul_n": 2048 if a.quick else 4096,
+                "loader_seconds": 3.0 if a.quick else 8.0,
+                "augment_batch": 32 if cuda else 8,
+                "feed_workers": min(8, os.cpu_count() or 1),
+                "feed_steps": 12 if cuda else 2,
+                "overrides": [
+                    f"model.encoder.pretrained_path={encoder}",
+                    "model.encoder.name=benchmark-vitb16",
+                    f"data.image_size={a.size}",
+                    *a.overrides,
+                    f"train.amp={precision.amp}",
+                ],
+            }
+            results = {}
+            for phase in phases:
+                if phase not in once:
+                    print(f"[{phase}, batch {batch}] ...", file=sys.stderr, flush=True)
+                    results[phase] = _child(phase, spec)
+                    if phase in ONCE:
+                        once[phase] = results[phase]
+                results[phase] = once.get(phase, results[phase])
+            runs.append(_report(a, spec, torch, precision, results))
+            if a.json:  # after every batch size: a run stopped by a time limit keeps what it measured
+                _write(a.json, runs)
+    return 0
+
+
+def _write(path: str, runs: list[dict]) -> None:
+    out = runs[0] if len(runs) == 1 else {"runs": runs, **{k: runs[0][k] for k in ("device", "device_name", "torch")}}
+    Path(path).write_text(json.dumps(out, indent=1))
+
+
+def _report(a, spec: dict, torch, precision, results: dict) -> dict:
+    """One batch size's results, ratios and printed table."""
+    cuda = spec["device"] == "cuda"
     out = {
-        "device": device,
-        "device_name": name,
+        "device": spec["device"],
+        "device_name": torch.cuda.get_device_name() if cuda else (_cpu_name() or "CPU"),
         "threads": a.threads or torch.get_num_threads(),
         "batch": spec["batch"],
         "size": a.size,
@@ -366,15 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "phases": results,
     }
-    if set(PHASES) <= set(phases):
+    if set(RATIO_PHASES) <= set(results):
         out["ratios"] = _ratios(results)
         out.update(out["ratios"])
-        print(_table(out))
+        print(_table(out), flush=True)
     else:
-        print(json.dumps(results, indent=1))
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
-    return 0
+        print(json.dumps(results, indent=1), flush=True)
+    return out
 
 
 def _cpu_name() -> str:
