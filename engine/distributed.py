@@ -25,7 +25,8 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Launched by torchrun (even with one process: DDP and the collectives run as on many)."""
+        return dist.is_available() and dist.is_initialized()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -53,7 +54,8 @@ def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEn
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or {"RANK", "MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys()  # torchrun
+    if launched and not dist.is_initialized():
         if use_cuda:
             # Surface a dead peer as an error in the NCCL watchdog rather than a silent hang.
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
