@@ -251,12 +251,18 @@ def _ratios(r: dict) -> dict:
     }
 
 
+def _feeds(r: dict) -> list[tuple[str, dict]]:
+    """The feed phase's result per data.augment_on path (the phase also holds the load average)."""
+    feed = r.get("feed", {})
+    return [(on, feed[on]) for on in ("workers", "device") if on in feed]
+
+
 def _data_ratios(r: dict) -> dict:
     """Whether the data keeps up: the device path's throughput and each path's waiting share."""
     out = {}
     if "device_augment_images_per_s" in r.get("loader", {}):
         out["device_augment_images_per_s"] = r["loader"]["device_augment_images_per_s"]
-    for on, f in r.get("feed", {}).items():
+    for on, f in _feeds(r):
         out[f"data_wait_share_{on}"] = f["wait_share"]
         out[f"fed_images_per_s_{on}"] = f["images_per_s"]
     return out
@@ -289,7 +295,7 @@ def _table(out: dict) -> str:
             f"  data.augment_on=device {q['device_augment_images_per_s']:8.1f} images/s on {out['device']} "
             f"(batch {r['loader']['device_augment_batch']})"
         )
-    for on, f in r.get("feed", {}).items():
+    for on, f in _feeds(r):
         lines.append(
             f"  fed by {f['workers']} workers, augment_on={on:7s}: {f['images_per_s']:8.1f} images/s, "
             f"{100 * f['wait_share']:5.1f} % of the time waiting for data"

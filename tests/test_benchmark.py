@@ -36,6 +36,17 @@ def test_ratios_follow_the_definitions_of_the_issue():
     assert q["train_step_over_encoder_cpu"] == pytest.approx(1.5)
 
 
+def test_data_ratios_from_the_loader_and_feed_phases():
+    r = _phases("bfloat16")
+    r["loader"]["device_augment_images_per_s"] = 900.0
+    feed = {"wait_share": 0.25, "images_per_s": 300.0}
+    r["feed"] = {"workers": feed, "device": {**feed, "wait_share": 0.0}, "load_avg_1min": [1.0, 1.2]}
+    q = benchmark._ratios(r)
+    assert q["device_augment_images_per_s"] == 900.0
+    assert (q["data_wait_share_workers"], q["data_wait_share_device"]) == (0.25, 0.0)
+    assert "data_wait_share_workers" not in benchmark._ratios(_phases("bfloat16"))  # feed phase left out
+
+
 def test_fp32_encoder_is_compared_with_the_fp32_peak():
     assert benchmark._ratios(_phases("off"))["encoder_fraction_of_peak"] == pytest.approx(1.4)
 
