@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA proof in one command, offline, about 6 minutes on one GPU:
+# The CUDA proof in one command, offline, about 6-8 minutes on one GPU:
 #
 #   bash scripts/gpu_check.sh [OUT]        # default OUT: gpu_check/
 #
@@ -67,7 +67,7 @@ fi
 if [ "$DEVICE" = cuda ]; then
     SIZE=384 N_TRAIN=1000 N_TEST=100 BATCH=16 ENCODER=(--hidden 768 --layers 12 --heads 12)
     MODEL=() BENCH=(--batch 8,16,32 --repeats 10 --warmup 3)
-    LIMITS=(pytest 200 data 60 train 150 test 60 benchmark 300)
+    LIMITS=(pytest 300 data 60 train 150 test 60 benchmark 300)
     WORKERS=$("$PY" -c "import os; print(min(8, os.cpu_count() or 1))")
 else  # dry run: the same stages at sizes a CPU finishes in a few minutes
     SIZE=64 N_TRAIN=24 N_TEST=8 BATCH=4 ENCODER=(--hidden 64 --layers 4 --heads 2)
