@@ -245,9 +245,12 @@ def summary(out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    usage = __doc__.strip().splitlines()[2:5]
+    usage = "usage:\n" + "\n".join(__doc__.strip().splitlines()[2:5])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{usage}\n\n{__doc__.strip()}")
+        return 0
     if not argv or argv[0] not in ("env", "train", "summary"):
-        print("usage:\n" + "\n".join(usage), file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "env":
