@@ -218,7 +218,8 @@ class TrainConfig:
     deterministic: bool = False
     max_nonfinite: int = 5  # consecutive non-finite losses that stop the run
     # Stop after this many optimizer steps (0 = no limit) without changing the LR schedule: an
-    # interruption on purpose (tests of resume); a partial last epoch counts as done.
+    # interruption on purpose. Inside an epoch the position is saved (no validation), and
+    # train.resume=auto continues from that batch.
     max_steps: int = 0
     fused_adamw: bool = True  # on CUDA
 
@@ -343,8 +344,72 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+# Values beyond these are typing slips, not settings: each would overflow, exhaust memory or make
+# every step NaN (e.g. a learning rate or loss weight of 1e308).
+LIMITS = {
+    "model.channels": 4096,
+    "model.context_heads": 256,
+    "model.encoder.trainable_blocks": 1000,
+    "loss.bce": 1e4,
+    "loss.iou": 1e4,
+    "loss.dice": 1e4,
+    "loss.edge": 1e4,
+    "loss.side": 1e4,
+    "loss.sobel": 1e4,
+    "loss.coarse": 1e4,
+    "data.image_size": 8192,
+    "data.max_pixels": 2**40,
+    "train.epochs": 10**6,
+    "train.batch_size": 2**16,
+    "train.lr": 10.0,
+    "train.weight_decay": 10.0,
+    "train.warmup_epochs": 10**6,
+    "train.encoder_lr_scale": 100.0,
+    "train.plateau_patience": 10**6,
+    "train.grad_clip": 1e12,
+    "train.accum_steps": 2**16,
+    "train.seed": 2**63 - 1,
+    "train.num_workers": 1024,
+    "train.log_interval": 2**31,
+    "train.max_nonfinite": 2**31,
+    "train.max_steps": 2**31,
+    "train.val_interval": 10**6,
+    "eval.batch_size": 2**16,
+    "eval.workers": 4096,
+}
+
+
+def _check_leaves(node: Any, key: str = "") -> None:
+    """Every value is a scalar or a flat list of scalars; numbers finite and within :data:`LIMITS`;
+    strings free of control characters (a NUL cannot be in a path, a newline breaks the logs)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_leaves(v, f"{key}.{k}" if key else str(k))
+        return
+    items = node if isinstance(node, list) else [node]
+    for v in items:
+        _require(
+            not isinstance(v, (list, dict)), key, f"{v!r} is a nested container; give a flat list, e.g. [320, 384]"
+        )
+        if isinstance(v, float):
+            _require(math.isfinite(v), key, f"{v} is not a finite number")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and key in LIMITS:
+            limit = LIMITS[key]
+            _require(
+                abs(v) <= limit,
+                key,
+                f"{v} is out of range (at most {limit:g})"
+                if isinstance(limit, float)
+                else f"{v} is out of range (at most {limit})",
+            )
+        if isinstance(v, str):
+            bad = next((c for c in v if ord(c) < 32 or ord(c) == 127), None)
+            _require(bad is None, key, f"contains the control character {bad!r}; remove it")
+
+
 def validate(cfg: DictConfig) -> None:
     """Impossible values, caught before anything is built."""
+    _check_leaves(OmegaConf.to_container(cfg, resolve=True))
     m, d, t, lo = cfg.model, cfg.data, cfg.train, cfg.loss
     _require(all(i >= 1 for i in m.encoder.layers), "model.encoder.layers", "blocks are counted from 1")
     _require(len(m.encoder.layers) in (0, 4), "model.encoder.layers", "give four block indices (or [] for the default)")
@@ -375,7 +440,9 @@ def validate(cfg: DictConfig) -> None:
     _require(sum(lo[name] for name in LossTerm) > 0, "loss", "at least one loss weight must be > 0")
     _require(len(set(lo.coarse_terms)) == len(lo.coarse_terms), "loss.coarse_terms", "lists a term twice")
     _require(d.image_size >= 32, "data.image_size", "must be >= 32")
-    _require(all(s >= 32 for s in d.multi_scale), "data.multi_scale", "sizes must be >= 32")
+    _require(
+        all(32 <= s <= LIMITS["data.image_size"] for s in d.multi_scale), "data.multi_scale", "sizes must be >= 32"
+    )
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
     _require(0.0 <= d.hflip <= 1.0, "data.hflip", "is a probability in [0, 1]")
     _require(d.rotate >= 0, "data.rotate", "must be >= 0 degrees")
@@ -394,6 +461,7 @@ def validate(cfg: DictConfig) -> None:
     _require(math.isfinite(t.lr) and t.lr > 0, "train.lr", "must be a finite number > 0")
     _require(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     _require(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+    _require(t.seed >= 0, "train.seed", "must be >= 0")
     _require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
     _require(t.encoder_lr_scale >= 0, "train.encoder_lr_scale", "must be >= 0")
     _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", "two values in [0, 1)")

@@ -214,7 +214,8 @@ def load_model(args: argparse.Namespace):
 
     import models
     from engine.amp import resolve_precision
-    from engine.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import load_checkpoint
+    from engine.weights import check_fingerprint, encoder_fingerprint, load_weights
 
     state = load_checkpoint(args.ckpt, required=("model",) if args.config else ("model", "config"))
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
@@ -228,13 +229,8 @@ def load_model(args: argparse.Namespace):
         model = models.build_model(cfg)
     except (ValueError, ImportError) as err:  # how the encoder builder reports impossible settings
         raise ConfigError(f"cannot build the model of this config: {err}") from None
-    try:
-        model.load_trainable_state_dict(state["model"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"checkpoint '{args.ckpt}' does not fit the model of this config "
-            f"({str(err).strip().splitlines()[0]}); use the config it was trained with"
-        ) from None
+    check_fingerprint(state, args.ckpt, encoder_fingerprint(model, cfg))
+    load_weights(model, state["model"], args.ckpt)
     log.info("loaded %s (epoch %s, step %s) on %s", args.ckpt, state.get("epoch"), state.get("step"), device)
     return cfg, model.to(device).eval(), device, precision
 

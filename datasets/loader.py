@@ -4,8 +4,8 @@ Training batches come from :class:`SeededBatchSampler`, whose items are ``(index
 keys: the order of an epoch depends only on ``(seed, epoch)`` (via ``DistributedSampler``, also
 with a single process), the size of a batch only on ``(seed, epoch, batch index)`` (the same on
 every rank), and a sample's augmentation only on ``(seed, epoch, index)`` (see dataset.py). A
-resumed run therefore replays exactly what an uninterrupted one would have seen.
-Call :func:`set_epoch` before each epoch.
+resumed run therefore replays exactly what an uninterrupted one would have seen, also from the
+middle of an epoch. Call :func:`set_epoch` before each epoch.
 """
 
 from __future__ import annotations
@@ -23,17 +23,21 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 class SeededBatchSampler(Sampler):
     """Batches of ``(index, size, epoch)`` keys; ``size`` is drawn per batch from ``sizes``.
 
-    Iterating again without :meth:`set_epoch` moves to the next epoch by itself, so a loop that
-    forgets to call it still gets new orders and augmentations (resuming must call it).
+    :meth:`set_epoch` must be called before every pass (iterating twice without it is an error, so
+    a loop that forgets it cannot silently replay or invent an epoch); its ``start`` skips the
+    batches a resumed run already trained on, leaving the rest of the epoch exactly as it was.
     """
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, sizes: Sequence[int], seed: int) -> None:
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-        self.sizes, self.seed, self.epoch = list(sizes), seed, 0
-        self._fresh = True  # set_epoch called (or nothing iterated yet) since the last pass
+        self.sizes, self.seed, self.epoch, self.start = list(sizes), seed, 0, 0
+        self._fresh = False  # set_epoch called since the last pass
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._fresh = epoch, True
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Next pass: epoch ``epoch`` from its batch ``start`` (0 = the whole epoch)."""
+        if not 0 <= start <= self.num_batches:
+            raise ValueError(f"start batch {start} is outside an epoch of {self.num_batches} batches")
+        self.epoch, self.start, self._fresh = epoch, start, True
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
@@ -45,23 +49,28 @@ class SeededBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         if not self._fresh:
-            self.set_epoch(self.epoch + 1)
+            raise RuntimeError("SeededBatchSampler: call set_epoch(epoch) before each pass (datasets.set_epoch)")
         self._fresh = False
         batch: list[int] = []
         b = 0
         for i in self.sampler:
             batch.append(int(i))
             if len(batch) == self.batch_size:
-                size = self.size_at(b)
-                yield [(j, size, self.epoch) for j in batch]
+                if b >= self.start:
+                    yield [(j, self.size_at(b), self.epoch) for j in batch]
                 batch, b = [], b + 1
-        if batch and not self.drop_last:
-            size = self.size_at(b)
-            yield [(j, size, self.epoch) for j in batch]
+        if batch and not self.drop_last and b >= self.start:
+            yield [(j, self.size_at(b), self.epoch) for j in batch]
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
+        """Batches in a whole epoch."""
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches the next pass yields (the whole epoch less the skipped ``start``)."""
+        return self.num_batches - self.start
 
 
 class ShardSampler(Sampler):
@@ -137,8 +146,12 @@ def build_loader(ds: Dataset, cfg, train: bool, distributed: bool = False) -> Da
     return DataLoader(ds, batch_size=int(cfg.eval.batch_size), sampler=sampler, **common)
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Make ``loader`` yield epoch ``epoch``'s order, sizes and augmentations (call every epoch)."""
-    for part in (loader.batch_sampler, loader.sampler):
-        if hasattr(part, "set_epoch"):
-            part.set_epoch(epoch)
+def set_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
+    """Make ``loader`` yield epoch ``epoch``'s order, sizes and augmentations from its batch ``start``
+    (call every epoch; ``start`` > 0 continues a run stopped mid-epoch)."""
+    if isinstance(loader.batch_sampler, SeededBatchSampler):
+        loader.batch_sampler.set_epoch(epoch, start)
+    elif start:
+        raise ValueError("only a training loader (SeededBatchSampler) can start mid-epoch")
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)

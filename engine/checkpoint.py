@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -63,14 +64,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         os_error = _os_error(err)
         if os_error is None:  # not the disk's fault (e.g. an object torch cannot save): a bug, show it all
             raise
-        reason = os_error.strerror or str(os_error)
-        raise CheckpointError(
-            f"cannot write checkpoint '{path}': {reason} (check free disk space and write permission "
-            f"of '{path.parent}'; the previous checkpoint there is untouched)"
-        ) from None
+        raise write_error(path, "checkpoint", os_error) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def write_error(path: Path, what: str, err: OSError) -> CheckpointError:
+    """The one line for a failed write of a run's output (checkpoint, TensorBoard events)."""
+    folder = path.parent if path.suffix else path
+    return CheckpointError(
+        f"cannot write {what} '{path}': {err.strerror or err} (check free disk space and write permission "
+        f"of '{folder}'; checkpoints already saved are untouched)"
+    )
 
 
 def load_checkpoint(
@@ -96,15 +102,17 @@ def load_checkpoint(
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = _unpickling_reason(err)
-        if "global" in reason.lower():
+        unsafe = _unsafe_globals(path)
+        if unsafe:
             # The file asks to import and call something: exactly what weights_only exists to stop.
             raise CheckpointError(
                 f"refusing to load checkpoint '{path}': it asks to build Python objects other than tensors "
-                f"and plain containers ({reason}); a checkpoint must never run code, so it is not "
+                f"and plain containers ({', '.join(unsafe[:5])}); a checkpoint must never run code, so it is not "
                 f"unpickled - use a checkpoint written by train.py"
             ) from None
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({reason})") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({first_line(err)})"
+        ) from None
     except (
         RuntimeError,
         EOFError,
@@ -118,7 +126,7 @@ def load_checkpoint(
         MemoryError,
     ) as err:
         raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt ({_first_line(err)}); it cannot be used - "
+            f"checkpoint '{path}' is truncated or corrupt ({first_line(err)}); it cannot be used - "
             f"take another checkpoint (e.g. the run's best.pth) or train again"
         ) from None
     if not isinstance(state, dict):
@@ -146,7 +154,7 @@ def _damaged_record(path: Path) -> str | None:
     return f"checksum mismatch in record '{bad}'" if bad else None
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     """First sentence of an exception's message (torch's run to several paragraphs)."""
     text = str(err).strip()
     if not text:
@@ -162,12 +170,26 @@ def _os_error(err: BaseException | None) -> OSError | None:
     return err
 
 
-def _unpickling_reason(err: BaseException) -> str:
-    """The informative line of torch's long weights_only message (e.g. 'Unsupported global: ...')."""
-    for line in str(err).splitlines():
-        if "nsupported" in line:
-            return line.strip().removeprefix("WeightsUnpickler error:").strip().split(". ")[0][:200]
-    return _first_line(err)
+def _unsafe_globals(path: Path) -> list[str]:
+    """The functions/classes a refused file names: torch's own scan for its zip format, the pickle's
+    GLOBAL opcodes for a bare pickle ([] when it is not a readable pickle at all)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, OSError, zipfile.BadZipFile):
+        pass
+    found, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError, OSError, pickle.UnpicklingError):
+        pass
+    return [g for g in found if not g.startswith(("torch.", "collections.OrderedDict"))]
 
 
 def _remove_stale_temps(path: Path) -> None:

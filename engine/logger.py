@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,27 +18,23 @@ import torch
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from engine.checkpoint import write_error
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Prints through tqdm so log lines do not tear the progress bars."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # logging must never crash training
-            self.handleError(record)
-
-
 def setup_logging(run_dir: Path | None, is_main: bool) -> None:
-    """Console (and ``<run_dir>/train.log``, appended across resumes) on rank 0; warnings only elsewhere."""
+    """Console (and ``<run_dir>/train.log``, appended across resumes) on rank 0; warnings only elsewhere.
+
+    Wrap the loop in ``tqdm.contrib.logging.logging_redirect_tqdm()`` so console lines do not tear
+    the progress bars.
+    """
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_e2net", False):
             root.removeHandler(h)
             h.close()
-    handlers: list[logging.Handler] = [_TqdmHandler()]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if is_main and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "train.log", encoding="utf-8"))
@@ -71,36 +69,79 @@ def labelled_grid(tiles: torch.Tensor, labels: Sequence[str], padding: int = 2) 
     return torch.cat([torch.from_numpy(header).permute(2, 0, 1).float() / 255, grid], dim=1)
 
 
+def error_line(err: BaseException) -> str:
+    """The message of ``err``; for an error re-raised from a DataLoader worker, the original one
+    (the worker's message carries its whole traceback)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 class RunWriter:
-    """TensorBoard scalars/images and progress bars that exist only on the main process."""
+    """TensorBoard scalars/images and progress bars that exist only on the main process.
+
+    A failed event write (its background thread re-raises the ``OSError``, e.g. a full disk) stops
+    the run with the same one-line :class:`CheckpointError` a failed checkpoint save gives.
+    """
 
     def __init__(self, run_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
         self.enabled = enabled
         self.tb = None
+        self.folder = run_dir / "tb" if run_dir is not None else None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
+            _quiet_writer_thread_errors()
             # purge_step drops events a killed run wrote after its last checkpoint.
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
+            with self._writing():
+                self.tb = SummaryWriter(str(self.folder), purge_step=purge_step)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as err:
+            raise write_error(self.folder, "TensorBoard events", err) from None
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            with self._writing():
+                for k, v in values.items():
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
 
     def image(self, tag: str, image: torch.Tensor, step: int) -> None:
         """``image``: float [3, H, W] in [0, 1]."""
         if self.tb is not None:
-            self.tb.add_image(tag, image.clamp(0, 1), step)
+            with self._writing():
+                self.tb.add_image(tag, image.clamp(0, 1), step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Preformatted text (shown as a code block by TensorBoard's Markdown renderer)."""
         if self.tb is not None:
-            self.tb.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
+            with self._writing():
+                self.tb.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
 
     def bar(self, iterable: Iterable, **kwargs) -> tqdm:
         return tqdm(iterable, disable=not self.enabled, dynamic_ncols=True, leave=False, **kwargs)
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
+            tb, self.tb = self.tb, None
+            with self._writing():
+                tb.close()
+
+
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard's writer thread keeps its exception for the next ``add_*`` call (reported there as
+    one line) and then lets it escape, so ``threading`` would print a traceback as well: drop that copy."""
+    previous = threading.excepthook
+    if getattr(previous, "e2net", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.e2net = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

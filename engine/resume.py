@@ -1,117 +1,238 @@
-"""What a training checkpoint holds, and putting it back: the two halves of an exact resume.
+"""Training state as one object: what a checkpoint holds, and putting it back for an exact resume.
 
 Only the trainable weights are stored (``E2Net.trainable_state_dict()``); the frozen DINOv3 is read
-again from ``model.encoder.pretrained_path``, which the stored config names.
+again from ``model.encoder.pretrained_path``, which the stored config names, and a fingerprint of
+it (:func:`encoder_fingerprint`) tells when another encoder sits there now.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from config import ConfigError, to_dict
-from engine.checkpoint import CheckpointError, library_versions
-from engine.rng import set_rng_state
+from engine.checkpoint import CheckpointError, first_line, library_versions
+from engine.distributed import DistEnv, all_gather_objects
+from engine.rng import rng_state, set_rng_state
+from engine.weights import check_fingerprint, encoder_fingerprint, load_weights
 
 log = logging.getLogger(__name__)
 
 # What train.py needs from a checkpoint to continue (best.pth holds only the weights and metrics).
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step")
-BEST_KEYS = ("model", "config", "epoch", "step", "best", "metrics", "versions")
+BEST_KEYS = ("model", "config", "encoder", "epoch", "step", "best", "metrics", "versions")
+# More optimizer steps than this is not a run of this framework (a corrupt or hand-edited file).
+MAX_STEPS = 2**31
 
 
-def training_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    cfg,
-    epoch: int,
-    step: int,
-    best: float | None,
-    metrics: dict | None,
-    rng: list[dict],
-) -> dict[str, Any]:
-    """Everything a resume needs. ``epoch``: epochs completed; ``rng``: every rank's generator states."""
-    return {
-        "model": model.trainable_state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "best": best,
-        "metrics": metrics,
-        "config": to_dict(cfg),
-        "rng": rng,
-        "versions": library_versions(),
-    }
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+@dataclass
+class TrainState:
+    """Everything an exact resume needs, saved and restored as one ``state_dict()``.
+
+    ``model`` is the unwrapped model (its trainable weights are saved); ``optimizer``, ``scheduler``,
+    ``scaler`` and every entry of ``extra`` are anything with ``state_dict()`` / ``load_state_dict()``,
+    saved under their own names; ``env`` says which process this is. Position: ``epoch`` epochs
+    are complete and ``batch`` batches of the next one are done (0 at an epoch boundary); ``step``
+    optimizer steps in all.
+    """
+
+    cfg: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Stateful
+    scaler: torch.amp.GradScaler
+    env: DistEnv = field(default_factory=lambda: DistEnv(0, 1, 0, torch.device("cpu"), True))
+    extra: dict[str, Stateful] = field(default_factory=dict)
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float | None = None
+    metrics: dict | None = None
+    _encoder: dict | None = field(default=None, init=False, repr=False)
+
+    @property
+    def encoder(self) -> dict:
+        """The frozen encoder's fingerprint, computed once (its weights never change)."""
+        if self._encoder is None:
+            self._encoder = encoder_fingerprint(self.model, self.cfg)
+        return self._encoder
+
+    @property
+    def position(self) -> str:
+        return f"epoch {self.epoch} + {self.batch} batches (step {self.step})"
+
+    @property
+    def parts(self) -> dict[str, Stateful]:
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler, **self.extra}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Collective under DDP (every rank's generator states are gathered): call it on every rank."""
+        return {
+            "model": self.model.trainable_state_dict(),
+            **{name: part.state_dict() for name, part in self.parts.items()},
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "best": self.best,
+            "metrics": self.metrics,
+            "rng": all_gather_objects(rng_state()),
+            "config": to_dict(self.cfg),
+            "encoder": self.encoder,
+            "versions": library_versions(),
+        }
+
+    def load_state_dict(self, ckpt: Mapping[str, Any], path: Path, batches_per_epoch: int) -> None:
+        """Put a :meth:`state_dict` back into freshly built objects; anything that does not fit
+        (another model or config, a malformed entry, counters out of range) raises
+        :class:`CheckpointError` naming the file."""
+        old_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        epochs = old_cfg.get("train", {}).get("epochs") if isinstance(old_cfg.get("train"), dict) else None
+        epochs = epochs if isinstance(epochs, int) else self.cfg.train.epochs
+        self.epoch, self.batch, self.step = _counters(ckpt, path, batches_per_epoch, epochs)
+        best = ckpt.get("best")
+        if best is not None and not (isinstance(best, (int, float)) and math.isfinite(best)):
+            raise CheckpointError(f"checkpoint '{path}': entry 'best' is {best!r}, not a finite number or None")
+        self.best, self.metrics = best, ckpt.get("metrics")
+        changed = changed_keys(old_cfg, to_dict(self.cfg))
+        if changed:
+            log.warning("resuming with config keys that differ from the checkpoint's: %s", ", ".join(changed))
+        check_fingerprint(ckpt, path, self.encoder)
+        load_weights(self.model, ckpt["model"], path)
+        configured = [dict(g) for g in self.optimizer.param_groups]  # the hyperparameters of this config
+        for name, part in self.parts.items():
+            fresh = part.state_dict()
+            if not fresh:
+                continue  # disabled in this run (e.g. the loss scaler without float16)
+            if name not in ckpt or ckpt[name] == {}:  # e.g. a scaler the saving run did not use
+                log.warning("checkpoint '%s' has no '%s' state: it starts fresh", path, name)
+                continue
+            try:
+                _check_like(ckpt[name], fresh)
+                part.load_state_dict(ckpt[name])
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+                key = self.cfg.train.get(name)  # e.g. train.scheduler names the kind of scheduler
+                setting = f", this config has train.{name}={key}" if key is not None else ""
+                raise CheckpointError(
+                    f"checkpoint '{path}': its '{name}' entry does not fit this model/config "
+                    f"({first_line(err)}{setting}); "
+                    f"resume with the config it was trained with (config.yaml beside it) or start fresh with "
+                    f"train.resume="
+                ) from None
+        rebase_hyperparameters(self.optimizer, configured, self.parts.values())
+        rng = ckpt.get("rng") or []
+        if not isinstance(rng, list) or len(rng) != self.env.world_size:
+            n = len(rng) if isinstance(rng, list) else "no"
+            log.warning(
+                "checkpoint has random states for %s process(es), this run has %d: not restored", n, self.env.world_size
+            )
+            return
+        try:
+            set_rng_state(rng[self.env.rank])
+        except (TypeError, KeyError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+            raise CheckpointError(f"checkpoint '{path}': its 'rng' entry is malformed ({first_line(err)})") from None
+
+
+def _check_like(saved: Any, fresh: dict) -> None:
+    """A saved state must have the shape of a fresh one: a dict with the same keys, each value of
+    the same kind (torch's loaders accept nearly anything and fail steps later)."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"a {type(saved).__name__}, not a state dict")
+    if set(saved) != set(fresh):  # e.g. a cosine schedule's state for a plateau run (train.scheduler)
+        raise ValueError(
+            f"another kind of object saved it (keys {', '.join(sorted(map(str, saved)))}; "
+            f"this config's has {', '.join(sorted(map(str, fresh)))})"
+        )
+    for k, v in fresh.items():
+        kinds = [(bool,), (int, float), (list, tuple), (dict,), (torch.Tensor,), (str,)]
+        kind = next((c for c in kinds if isinstance(v, c)), None)
+        if kind and v is not None and saved[k] is not None and not isinstance(saved[k], kind):
+            raise TypeError(f"'{k}' is a {type(saved[k]).__name__}, expected a {type(v).__name__}")
+
+
+def _counters(ckpt: Mapping[str, Any], path: Path, batches_per_epoch: int, epochs: int) -> tuple[int, int, int]:
+    """``epoch``, ``batch``, ``step`` of a checkpoint, each within what the run that wrote it
+    (``epochs`` of its config) and this run's data (``batches_per_epoch``) allow."""
+    limits = {"epoch": epochs, "batch": batches_per_epoch, "step": MAX_STEPS}
+    values = {k: ckpt.get(k, 0) for k in limits}
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limits[k]:
+            hint = (
+                "the training data or train.batch_size changed since; resume with the ones it was trained with"
+                if k == "batch" and isinstance(v, int) and v > 0
+                else "the file is damaged or was not written by train.py"
+            )
+            raise CheckpointError(
+                f"checkpoint '{path}': entry '{k}' is {v!r}, outside [0, {limits[k]}] ({hint}); "
+                f"or start fresh with train.resume="
+            )
+    return values["epoch"], values["batch"], values["step"]
+
+
+def rebase_hyperparameters(optimizer: torch.optim.Optimizer, configured: list[dict], parts) -> None:
+    """After loading, the optimizer holds the checkpoint's learning rates and weight decay: apply this
+    config's instead, so a changed ``train.lr`` / ``weight_decay`` / ``encoder_lr_scale`` takes effect.
+
+    The schedule continues at the same point, scaled to the new base rate (a scheduler's ``base_lrs``
+    are re-based; a running rate, e.g. one a plateau scheduler lowered, is scaled by new / old).
+    """
+    ratios = []
+    for group, new in zip(optimizer.param_groups, configured):
+        old_base = group.get("initial_lr", group["lr"])
+        new_base = new.get("initial_lr", new["lr"])
+        ratios.append(new_base / old_base if old_base > 0 else 1.0)
+        if old_base != new_base:
+            group["lr"] = group["lr"] * ratios[-1] if old_base > 0 else new_base
+            log.info("group %s: base learning rate %.4g -> %.4g", group.get("name", "?"), old_base, new_base)
+        for key in ("initial_lr", "weight_decay", "betas"):
+            if key in new:
+                group[key] = new[key]
+    for part in parts:
+        if hasattr(part, "base_lrs"):
+            part.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        if isinstance(getattr(part, "min_lrs", None), list):  # a plateau scheduler's floors
+            part.min_lrs = [m * r for m, r in zip(part.min_lrs, ratios)]
 
 
 def find_resume(resume: str, run_dir: Path) -> Path | None:
-    """``train.resume``: "auto" -> <run>/last.pth if present; "" -> start fresh; else a path that must exist."""
-    if resume == "auto":
-        last = run_dir / "last.pth"
-        return last if last.is_file() else None
-    if resume and not Path(resume).is_file():
+    """``train.resume``: "auto" -> <run>/last.pth if present; "" -> start fresh; else a path that must exist.
+
+    Anything at the path that is not a regular file (a folder, a broken link) is an error: starting
+    fresh would overwrite the run's checkpoints.
+    """
+    path = run_dir / "last.pth" if resume == "auto" else Path(resume) if resume else None
+    if path is None or (resume == "auto" and not path.is_symlink() and not path.exists()):
+        return None
+    if not path.is_symlink() and not path.exists():
         raise ConfigError(
             f"config key 'train.resume': checkpoint '{resume}' not found "
             f"(give an existing .pth, 'auto', or '' to start fresh)"
         )
-    return Path(resume) if resume else None
-
-
-def restore_training_state(
-    ckpt: dict,
-    path: Path,
-    cfg,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    rank: int,
-    world_size: int,
-) -> None:
-    """Load a :func:`training_state` into freshly built objects; a checkpoint that does not fit the
-    model or optimizer raises :class:`CheckpointError` naming the file."""
-    changed = changed_keys(ckpt.get("config") or {}, to_dict(cfg))
-    if changed:
-        log.warning("resuming with config keys that differ from the checkpoint's: %s", ", ".join(changed))
-    try:
-        model.load_trainable_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        msg = str(err).strip().splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint '{path}' does not fit this model/config ({msg}); resume with the "
-            f"config it was trained with (config.yaml beside it) or start fresh with "
-            f"train.resume="
-        ) from None
-    if set(ckpt["scheduler"]) != set(scheduler.state_dict()):  # e.g. a cosine checkpoint for a plateau run
-        raise CheckpointError(
-            f"checkpoint '{path}' holds another learning-rate scheduler than train.scheduler="
-            f"{cfg.train.scheduler}; resume with the config it was trained with or start fresh with train.resume="
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "a broken link" if path.is_symlink() else "not a regular file"
+        raise ConfigError(
+            f"config key 'train.resume': checkpoint '{path}' is {what}; give an existing .pth file, remove "
+            f"or rename what is there, or set train.resume='' with another train.run_dir to start fresh"
         )
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt["scaler"] and scaler.is_enabled():  # empty when the run that wrote it did not use float16
-        scaler.load_state_dict(ckpt["scaler"])
-    rng = ckpt.get("rng") or []
-    if len(rng) == world_size:
-        set_rng_state(rng[rank])
-    else:
-        log.warning(
-            "checkpoint has random states for %d process(es), this run has %d: not restored", len(rng), world_size
-        )
+    return path
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     """``["train.lr: 0.001 -> 0.002", ...]`` for the leaves of two nested dicts that differ."""
     out = []
-    for k in sorted(set(old) | set(new)):
+    for k in sorted(set(old) | set(new), key=str):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += changed_keys(a, b, f"{prefix}{k}.")

@@ -50,7 +50,8 @@ class ProbabilityMap(nn.Module):
 def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tuple[nn.Module, int, int]:
     """Checkpoint -> (float32 model in eval mode on the CPU, its patch size, data.image_size)."""
     import models
-    from engine.checkpoint import CheckpointError, load_checkpoint
+    from engine.checkpoint import load_checkpoint
+    from engine.weights import load_weights
 
     state = load_checkpoint(ckpt, required=("model",) if config else ("model", "config"))
     # The ONNX graph is float32 whatever the training precision: no autocast, no bfloat16 weights.
@@ -60,13 +61,7 @@ def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tu
         model = models.build_model(cfg)
     except (ValueError, ImportError) as err:
         raise ConfigError(f"cannot build the model of this config: {err}") from None
-    try:
-        model.load_trainable_state_dict(state["model"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"checkpoint '{ckpt}' does not fit the model of this config "
-            f"({str(err).strip().splitlines()[0]}); use the config it was trained with"
-        ) from None
+    load_weights(model, state["model"], ckpt)  # refuses non-finite or dropped weights, naming them
     return model.float().eval(), patch, int(cfg.data.image_size)
 
 

@@ -50,6 +50,20 @@ def test_dict_round_trip(tmp_path):
         ("model.decoder=unet", "model.decoder"),
         ("model.encoder=3", "model.encoder"),
         ("train.best_metric=accuracy", "train.best_metric"),
+        ("data.multi_scale=[[64]]", "data.multi_scale"),
+        ("model.encoder.layers=[[1],2,3,4]", "model.encoder.layers"),
+        ("train.betas=[[0.9],0.9]", "train.betas"),
+        ("data.scale=[{a: 1}, 1]", "data.scale"),
+        ('train.name="run\\0x"', "train.name"),
+        ('data.root="data\\nCOD"', "data.root"),
+        ("train.lr=1e308", "train.lr"),
+        ("train.weight_decay=1e30", "train.weight_decay"),
+        ("train.encoder_lr_scale=.inf", "train.encoder_lr_scale"),
+        ("train.warmup_epochs=.inf", "train.warmup_epochs"),
+        ("train.grad_clip=.inf", "train.grad_clip"),
+        ("loss.bce=1e308", "loss.bce"),
+        ("train.seed=1180591620717411303424", "train.seed"),
+        ("model.channels=65536", "model.channels"),
     ],
 )
 def test_bad_override_names_the_key(override, key):
@@ -95,13 +109,22 @@ def test_image_size_must_tile_into_patches(tiny_dinov3_factory):
     assert config.check_encoder(cfg).patch_size == 16
 
 
-_values = st.one_of(
+_scalars = st.one_of(
     st.integers(-(10**12), 10**12),
+    st.integers(-(2**80), 2**80),
     st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, -1e308, 1e30, 2.0**63, 5e-324]),
     st.booleans(),
     st.none(),
-    st.text(max_size=12),
+    st.text(max_size=12),  # control characters and NUL included
+)
+_values = st.one_of(
+    _scalars,
     st.lists(st.integers(-5, 500), max_size=5),
+    st.lists(
+        st.one_of(_scalars, st.lists(_scalars, max_size=2), st.dictionaries(st.text(max_size=3), _scalars, max_size=2)),
+        max_size=4,
+    ),
     st.sampled_from(["bf16", "fp16", "off", "auto", "hf", "timm", "e2net", "linear", "gn", "Sm", "MAE", "[]", "{}"]),
 )
 _keys = st.one_of(
@@ -128,6 +151,29 @@ def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
         return
     config.validate(cfg)  # a config that loads is a valid one
     assert cfg.train.lr > 0 and cfg.train.batch_size >= 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_keys, _values), min_size=1, max_size=3))
+def test_hostile_overrides_through_train_py_are_exit_2_without_traceback(tiny_dinov3, pairs):
+    """The same values through train.py's entry point: a clean exit 2 naming the key, or a config
+    that passes (which then stops at the missing data, exit 1), never an exception escaping."""
+    import contextlib
+    import io
+    import tempfile
+
+    from helpers import run_train
+
+    base = [f"model.encoder.pretrained_path={tiny_dinov3}", "data.image_size=32", "data.root=/nonexistent"]
+    # run_dir comes last (never randomised): a valid config writes only into a temporary folder.
+    overrides = [f"{k}={_render(v)}" for k, v in pairs if not k.startswith("train.run_dir")]
+    err = io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(err):
+        rc = run_train(["--config", str(ROOT / "e2net_dinov3.yaml"), *base, *overrides, f"train.run_dir={tmp}/run"])
+    assert rc in (1, 2), (rc, overrides)
+    assert "Traceback" not in err.getvalue(), err.getvalue()[-2000:]
+    if rc == 2:
+        assert err.getvalue().startswith("error: "), err.getvalue()[-2000:]
 
 
 def test_off_stays_a_string(tmp_path):

@@ -179,9 +179,23 @@ def test_multi_scale_batches_are_seeded_and_one_size_each(twelve: list[Sample]) 
     again = datasets.build_loader(ds, cfg, train=True)
     b0, b1 = run_epoch(again, 2)[0], run_epoch(loader, 2)[0]
     assert b0["name"] == b1["name"] and torch.equal(b0["image"], b1["image"])
-    # a loop that forgets set_epoch still moves on: the next pass is epoch 3
-    following = [n for b in loader for n in b["name"]]
-    assert following == [n for b in run_epoch(again, 3) for n in b["name"]]
+    # a loop that forgets set_epoch is stopped, not handed a replayed or invented epoch
+    with pytest.raises(RuntimeError, match="set_epoch"):
+        next(iter(loader))
+
+
+def test_a_resumed_epoch_skips_exactly_the_batches_done(twelve: list[Sample]) -> None:
+    cfg = loader_cfg("data.multi_scale=[32,48,64]", "train.num_workers=0")
+    ds = CODDataset(twelve, datasets.TrainTransform(), 32, seed=5)
+    loader = datasets.build_loader(ds, cfg, train=True)
+    whole = run_epoch(loader, 2)
+    datasets.set_epoch(loader, 2, start=1)
+    assert len(loader) == len(whole) - 1
+    rest = list(loader)
+    assert [b["name"] for b in rest] == [b["name"] for b in whole[1:]]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(rest, whole[1:]))  # same sizes, same warps
+    with pytest.raises(ValueError, match="outside an epoch"):
+        datasets.set_epoch(loader, 2, start=len(whole) + 1)
 
 
 def test_workers_do_not_repeat_augmentations_and_do_not_change_them(twelve: list[Sample]) -> None:

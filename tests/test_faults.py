@@ -277,6 +277,45 @@ def test_dead_ddp_worker_stops_the_whole_run(tmp_path, run_args):
     _checked_state(run)  # whatever was saved still loads
 
 
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path, run_args):
+    """A preemption notice that reaches one rank only: the ranks agree at the next logging step,
+    save one last.pth holding both ranks' random states and the position, and exit cleanly."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train.py"),
+        *run_args,
+        f"train.run_dir={run}",
+        "train.epochs=200",
+        "train.batch_size=2",
+    ]
+    with open(tmp_path / "torchrun.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: "step 3 " in _text(run / "train.log"), 150, "three training steps")
+            workers = _children(proc.pid)
+            rank1 = next(w for w in workers if b"LOCAL_RANK=1\0" in Path(f"/proc/{w}/environ").read_bytes())
+            os.kill(rank1, signal.SIGTERM)
+            rc = proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log_text = _text(run / "train.log")
+    assert rc == 0 and "stopped by SIGTERM" in log_text, (rc, log_text[-2000:])
+    last = load_checkpoint(run / "last.pth", required=RESUME_KEYS)
+    assert len(last["rng"]) == 2 and f"holds epoch {last['epoch']} + {last['batch']} batches" in log_text
+    assert not (run / "train.lock").exists()
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 SURVIVOR = r"""
 import os, sys, time
 sys.path.insert(0, os.getcwd())

@@ -301,9 +301,15 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
 
     from engine.checkpoint import CheckpointError
     from engine.optim import build_scheduler
-    from engine.resume import restore_training_state
+    from engine.resume import TrainState
 
     class Net(torch.nn.Linear):
+        def frozen_keys(self):
+            return set()
+
+        def trainable_state_dict(self):
+            return self.state_dict()
+
         def load_trainable_state_dict(self, state):
             self.load_state_dict(state)
 
@@ -313,7 +319,6 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
     ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": cosine.state_dict(), "scaler": {}}
     cfg = load_config(None, ["train.scheduler=plateau", "train.warmup_epochs=0"])
     plateau = build_plateau_scheduler(opt, 0.5, 1, 0.1)
+    state = TrainState(cfg, net, opt, plateau, torch.amp.GradScaler("cpu", enabled=False))
     with pytest.raises(CheckpointError, match="train.scheduler=plateau"):
-        restore_training_state(
-            ckpt, Path("last.pth"), cfg, net, opt, plateau, torch.amp.GradScaler("cpu", enabled=False), 0, 1
-        )
+        state.load_state_dict(ckpt, Path("last.pth"), batches_per_epoch=1)

@@ -129,8 +129,9 @@ def _pixel_loss(outputs, mask):
 
 def _one_epoch(batches, overrides, model=None):
     from config import load_config
-    from engine.distributed import DistEnv
     from engine.logger import RunWriter
+    from engine.resume import TrainState
+    from engine.stop import StopRequest
     from train import train_one_epoch
 
     cfg = load_config(None, ["train.amp=off", "train.log_interval=1", *overrides])
@@ -138,23 +139,10 @@ def _one_epoch(batches, overrides, model=None):
     opt = build_optimizer(model, lr=0.1, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     precision = select_precision("off", torch.device("cpu"))
-    env = DistEnv(0, 1, 0, torch.device("cpu"), True)
-    guard = NonFiniteGuard(cfg.train.max_nonfinite, env.device)
-    step = train_one_epoch(
-        model,
-        batches,
-        _pixel_loss,
-        opt,
-        sched,
-        precision.grad_scaler(),
-        precision,
-        guard,
-        RunWriter(None, enabled=False),
-        cfg,
-        env,
-        epoch=0,
-        step=0,
-    )
+    state = TrainState(cfg, model, opt, sched, precision.grad_scaler())
+    guard = NonFiniteGuard(cfg.train.max_nonfinite, torch.device("cpu"))
+    train_one_epoch(model, batches, _pixel_loss, state, precision, guard, RunWriter(None, False), StopRequest())
+    step = state.step
     return model, step, guard
 
 

@@ -1,0 +1,164 @@
+"""Stopping and sharing a run: SIGTERM / SIGUSR1 / Ctrl-C stop at a step boundary with the position
+inside the epoch saved, the resumed run ends bit-identical to one never stopped, and a run folder
+has one writer at a time (a live second writer is refused, a dead one's lock is taken over)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from engine.checkpoint import load_checkpoint
+from helpers import ROOT, run_train
+
+BATCHES = 4  # per epoch: 8 training images at batch 2
+
+
+@pytest.fixture(scope="module")
+def args(tmp_path_factory, tiny_dinov3_factory) -> list[str]:
+    from scripts.make_synthetic_cod import generate
+
+    data = tmp_path_factory.mktemp("synth")
+    generate(data, n_train=12, n_test=0, size=48, seed=0)
+    return [
+        "--config",
+        str(ROOT / "e2net_dinov3.yaml"),
+        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.channels=16",
+        "model.context_heads=2",
+        f"data.root={data}",
+        "data.image_size=32",
+        "data.val_fraction=0.34",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "train.log_interval=3",
+        "train.warmup_epochs=1",
+        "train.deterministic=true",
+        "train.amp=off",
+        "train.lr=1e-3",
+        "train.epochs=2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, args):
+    run = tmp_path_factory.mktemp("straight")
+    assert run_train([*args, f"train.run_dir={run}"]) == 0
+    return load_checkpoint(run / "last.pth")
+
+
+def _signal_during_batches(monkeypatch, signum: int, *batches: int) -> None:
+    """Deliver a real ``signum`` to this process while the training loss of these batches (counted
+    from 1 over the run; a batch given twice gets it twice) is computed; train.py's handler receives
+    it like one from `kill`."""
+    build_loss = models.build_loss
+
+    def build(cfg):
+        loss_fn, seen = build_loss(cfg), [0]
+
+        def loss(outputs, mask):
+            seen[0] += torch.is_grad_enabled()  # training batches only, not the validation loss
+            for _ in range(batches.count(seen[0]) if torch.is_grad_enabled() else 0):
+                signal.raise_signal(signum)
+            return loss_fn(outputs, mask)
+
+        return loss
+
+    monkeypatch.setattr(models, "build_loss", build)
+
+
+def _same_training(a: dict, b: dict) -> None:
+    assert (a["epoch"], a["batch"], a["step"]) == (b["epoch"], b["batch"], b["step"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa and sa.keys() == sb.keys()
+    for i in sa:
+        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
+    assert a["scheduler"] == b["scheduler"] and a["best"] == b["best"] and a["metrics"] == b["metrics"]
+
+
+@pytest.mark.parametrize(
+    "signum, batch, position",
+    [
+        (signal.SIGTERM, 6, (1, 2, 6)),  # mid-epoch: epoch 1 done, 2 batches of epoch 2
+        (signal.SIGUSR1, 4, (0, BATCHES, 4)),  # at the last batch of epoch 1: validated after the resume
+    ],
+)
+def test_stop_signal_then_resume_is_bit_identical(
+    tmp_path, monkeypatch, capsys, args, straight, signum, batch, position
+):
+    run = tmp_path / "run"
+    _signal_during_batches(monkeypatch, signum, batch)
+    assert run_train([*args, f"train.run_dir={run}"]) == 0  # an orderly stop
+    stopped = load_checkpoint(run / "last.pth")
+    assert (stopped["epoch"], stopped["batch"], stopped["step"]) == position
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"stopped by {signal.Signals(signum).name}" in err
+    assert f"stopped by {signal.Signals(signum).name}" in (run / "train.log").read_text()
+
+    monkeypatch.undo()
+    assert run_train([*args, f"train.run_dir={run}", "train.resume=auto"]) == 0
+    _same_training(straight, load_checkpoint(run / "last.pth"))
+    assert not (run / "train.lock").exists()
+
+
+def test_ctrl_c_stops_at_a_safe_point_and_twice_at_once(tmp_path, monkeypatch, capsys, args):
+    run = tmp_path / "run"
+    _signal_during_batches(monkeypatch, signal.SIGINT, 3)
+    assert run_train([*args, f"train.run_dir={run}"]) == 130
+    last = load_checkpoint(run / "last.pth")
+    assert (last["epoch"], last["batch"], last["step"]) == (0, 3, 3)
+    lines = [x for x in capsys.readouterr().err.splitlines() if " WARNING " in x or " ERROR " in x]
+    assert (
+        len(lines) == 1
+        and "stopped by SIGINT" in lines[0]
+        and "last.pth holds epoch 0 + 3 batches (step 3)" in lines[0]
+    )
+
+    again = tmp_path / "again"
+    _signal_during_batches(monkeypatch, signal.SIGINT, 2, 2)  # the second Ctrl-C quits at once
+    assert run_train([*args, f"train.run_dir={again}"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted by a second Ctrl-C" in err
+    assert not (again / "last.pth").exists() and not (again / "train.lock").exists()
+
+
+LOCK_HOLDER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from engine.run_folder import RunLock
+RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_live_writer_is_refused_a_dead_ones_lock_is_taken_over(tmp_path, capsys, args):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(run), str(ROOT)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run_train([*args, f"train.run_dir={run}"]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "in use by another train.py" in err
+        assert f"PID {holder.pid} on host {socket.gethostname()}" in err
+        assert {p.name for p in run.iterdir()} == {"train.lock"}  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing (SIGKILL): its lock is stale and taken over with a warning.
+    assert run_train([*args, f"train.run_dir={run}", "data.root=/nonexistent"]) == 1
+    text = (run / "train.log").read_text()
+    assert f"took over the lock of PID {holder.pid}" in text
+    assert not (run / "train.lock").exists()  # released when the run ended
