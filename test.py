@@ -5,17 +5,20 @@
       config stored in the checkpoint unless --config is given; key=value overrides either,
       e.g. data.root=/data/COD eval.batch_size=16). Maps are predicted at data.image_size,
       resized to each mask's original size (bilinear) and written as 8-bit PNGs to
-      <out>/preds/<benchmark>/, then scored. Default --out: <checkpoint folder>/test/<checkpoint name>/.
+      <out>/preds/<benchmark>/, then scored. Default --out: <run folder>/test/<checkpoint name>/
+      when the checkpoint is in train.py's run folder (beside its config.yaml), else
+      outputs/test/<checkpoint name>/.
 
   python test.py --preds maps/SINetV2 [--preds maps/Ours ...] --data-root data/COD
       Scores saved maps, no model: each DIR holds one folder of maps per benchmark
-      (DIR/CAMO/*.png, ...) named like the masks. Missing, extra, colour, 16-bit and
+      (DIR/CAMO/*.png, ...) named like the masks (only the masks are read: GT/ without Imgs/
+      is enough; two maps for one image, e.g. x.jpg and x.png, are an error). Missing, extra, colour, 16-bit and
       wrongly sized maps are reported by file name. Several --preds make one comparison.
       Default --out: outputs/scores/.
 
   python test.py --ckpt best.pth --images my_photos/ [--out DIR]
       Masks and side-by-side overlays for images of any size and format, no metrics.
-      Default --out: <checkpoint folder>/predict/<images folder name>/.
+      Default --out: <run folder>/predict/<images folder name>/ (outputs/predict/... as above).
 
 Outputs of a scoring run in --out: results.json ({benchmark: {Sm, wFm, MAE, Em_adp, Em_mean,
 Em_max, Fm_adp, Fm_mean, Fm_max, n_images}}), results.md and results.csv (rows: runs, columns:
@@ -39,6 +42,7 @@ import re
 import sys
 from pathlib import Path
 
+from cod_benchmarks import list_images
 from config import Amp, ConfigError, check_encoder, load_config
 from evaluation import (
     CODMetrics,
@@ -54,7 +58,7 @@ from evaluation import (
     write_results_json,
     write_tables,
 )
-from evaluation.maps import MapIssues, list_images
+from evaluation.maps import MapIssues
 from evaluation.report import gallery_rows, write_report
 
 # torch, models and datasets are imported inside the functions that need them: the scoring
@@ -103,7 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         from engine.predict import list_own_images
 
         if not list_own_images(args.images):
-            p.error(f"--images '{args.images}' holds no images (.jpg, .png, .bmp, .tif, .webp, ...)")
+            from cod_benchmarks import IMAGE_EXTS
+
+            p.error(f"--images '{args.images}' holds no images ({' '.join(IMAGE_EXTS)})")
     if args.preds:
         if args.data_root is None:
             p.error("--preds needs --data-root ROOT, the folder holding TestDataset/<Benchmark>/GT")
@@ -134,6 +140,13 @@ def run_names(folders: list[Path]) -> dict[str, Path]:
 
 
 Scored = dict[str, dict[str, tuple[CODMetrics, list[ImageResult]]]]  # {run: {benchmark: (metrics, per image)}}
+
+
+def default_out(ckpt: Path, kind: str, name: str) -> Path:
+    """``<run folder>/<kind>/<name>`` for a checkpoint in train.py's run folder (it holds the
+    run's config.yaml), else ``outputs/<kind>/<name>`` (git-ignored): never a folder beside the code."""
+    base = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else Path("outputs")
+    return base / kind / name
 
 
 def write_outputs(
@@ -174,7 +187,8 @@ def score_saved_maps(args: argparse.Namespace) -> None:
     """--preds mode: pair each folder's maps with the benchmark masks and score them."""
     import datasets
 
-    bench_dirs = datasets.find_benchmark_dirs(args.data_root)
+    # Maps are scored against masks only: a benchmark with GT/ and no Imgs/ is enough.
+    bench_dirs = datasets.find_benchmark_dirs(args.data_root, need_images=False)
     gt_dirs = {b: mask_dir for b, (_, mask_dir) in bench_dirs.items()}
     scored: Scored = {}
     with Scorer(args.workers or 0) as scorer:
@@ -201,7 +215,7 @@ def score_saved_maps(args: argparse.Namespace) -> None:
             "(maps must be DIR/<Benchmark>/<mask file stem>.png)"
         )
     images = {
-        b: {name: str(p) for name, p in list_images(img_dir).items()} if img_dir else {}
+        b: {name: str(files[0]) for name, files in list_images(img_dir).items()} if img_dir else {}
         for b, (img_dir, _) in bench_dirs.items()
         if any(b in per_run for per_run in scored.values())
     }
@@ -263,7 +277,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
     cfg, model, device, precision = load_model(args)
     model, tta = with_tta(model, cfg)
-    out = args.out or args.ckpt.parent / "test" / "_".join(filter(None, (args.ckpt.stem, tta)))
+    out = args.out or default_out(args.ckpt, "test", "_".join(filter(None, (args.ckpt.stem, tta))))
     test_sets = datasets.build_test_sets(cfg)
     predicted = {}
     for bench, ds in test_sets.items():
@@ -277,7 +291,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     run = f"{args.ckpt.parent.name}/{args.ckpt.stem}" if args.ckpt.parent.name else args.ckpt.stem
     run += f"+{tta}" if tta else ""
     scored = {}
-    # The data package already holds each benchmark to its definition (COD10K: '-CAM-' only).
+    # The data package already holds each benchmark to its definition (COD10K: camouflaged images only).
     with Scorer(cfg.eval.workers if args.workers is None else args.workers) as scorer:
         for bench, written in predicted.items():
             result = score_benchmark(scorer, written, MapIssues(), bench)
@@ -296,7 +310,7 @@ def predict_own_images(args: argparse.Namespace) -> None:
 
     cfg, model, device, precision = load_model(args)
     model, _ = with_tta(model, cfg)
-    out = args.out or args.ckpt.parent / "predict" / args.images.resolve().name
+    out = args.out or default_out(args.ckpt, "predict", args.images.resolve().name)
     paths = list_own_images(args.images)
     n = predict_images(
         model,

@@ -7,7 +7,7 @@ this project uses that library.
 from .build import build_test_sets, build_train_val, split_train_val
 from .dataset import CODDataset, Sample
 from .device_augment import training_inputs
-from .layout import KNOWN_BENCHMARKS, find_benchmark_dirs
+from .layout import find_benchmark_dirs
 from .loader import build_loader, collate, set_epoch
 from .problems import BadFile, DatasetError, Problem
 from .transforms import TestTransform, TrainTransform
@@ -16,7 +16,6 @@ __all__ = [
     "BadFile",
     "CODDataset",
     "DatasetError",
-    "KNOWN_BENCHMARKS",
     "Problem",
     "Sample",
     "TestTransform",

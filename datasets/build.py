@@ -8,8 +8,8 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cod_benchmarks import CAMOUFLAGED_MARK, is_camouflaged, is_cod10k, select_benchmark_images
 from config import AugmentOn
-from evaluation.discovery import is_cod10k, select_benchmark_images
 
 from .dataset import CODDataset, Sample
 from .layout import find_benchmark_dirs, pair_files, resolve_train_dirs
@@ -68,15 +68,15 @@ def scan(
 
 
 def cod10k_camouflaged(name: str, samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
-    """COD10K's test benchmark is its camouflaged images ('-CAM-' in the name); drop the rest."""
+    """COD10K's test benchmark is its camouflaged images (:mod:`cod_benchmarks`); drop the rest."""
     cam, rest = select_benchmark_images(name, samples, key=lambda s: s.name)
     if not is_cod10k(name):
         return samples, []
-    if samples and not any("-CAM-" in s.name for s in samples):
+    if samples and not any(is_camouflaged(s.name) for s in samples):
         return samples, [
             Problem(
                 name,
-                "no file name contains '-CAM-', so camouflaged and non-camouflaged "
+                f"no file name contains '{CAMOUFLAGED_MARK}', so camouflaged and non-camouflaged "
                 "images cannot be told apart; all are used",
             )
         ]
@@ -86,7 +86,7 @@ def cod10k_camouflaged(name: str, samples: list[Sample]) -> tuple[list[Sample], 
     return cam, [
         Problem(
             name,
-            f"{len(rest)} non-camouflaged image(s) without '-CAM-' in the name excluded "
+            f"{len(rest)} non-camouflaged image(s) without '{CAMOUFLAGED_MARK}' in the name excluded "
             f"(e.g. {examples}); the benchmark is the camouflaged images only",
         )
     ]
@@ -115,7 +115,10 @@ def split_train_val(samples: list[Sample], fraction: float, seed: int, root: Pat
 
 
 def _test_dataset(samples: list[Sample], cfg, name: str) -> CODDataset:
-    return CODDataset(samples, TestTransform(), int(cfg.data.image_size), on_error="blank", name=name)
+    d = cfg.data
+    return CODDataset(
+        samples, TestTransform(), int(d.image_size), max_pixels=int(d.max_pixels), on_error="blank", name=name
+    )
 
 
 def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
@@ -179,7 +182,9 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
         side = math.ceil(transform.needed_side(max([int(d.image_size), *d.multi_scale])))
         train_ds = DecodedTrainSet(train, transform, side, int(d.image_size), seed=seed)
     else:
-        train_ds = CODDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train")
+        train_ds = CODDataset(
+            train, transform, int(d.image_size), max_pixels=int(d.max_pixels), seed=seed, on_error="next", name="train"
+        )
     val_ds = _test_dataset(val_samples, cfg, "val") if val_samples else None
     return train_ds, val_ds
 

@@ -19,8 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from config import DataConfig
+
 from .problems import BadFile
-from .reading import decode_image, decode_mask, reduction
+from .reading import read_image, read_mask
+from .transforms import TestTransform
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,24 @@ class Sample:
     mask_width: int
 
 
+def eval_input(path: str, size: int, max_pixels: int) -> torch.Tensor:
+    """How the model sees an image file outside training: float32 [3, size, size] RGB in [0, 1].
+
+    The same steps as :meth:`CODDataset.load` with :class:`TestTransform` (validation and
+    ``test.py --ckpt``), so ``test.py --images`` gives the same map for the same file.
+    """
+    transform = TestTransform()
+    return transform.image(read_image(path, max_pixels, transform.needed_side(size)), size)
+
+
 class CODDataset(Dataset):
     """Image/mask pairs with a paired transform.
 
     ``on_error``: what a file that fails to decode at load time (missed by the build-time check,
     or changed since) turns into: ``"next"`` loads the next sample instead (training), ``"blank"``
     returns a black image with this sample's name, size and mask path, so predictions and
-    ground truth stay aligned (evaluation). Both log a warning naming the file.
+    ground truth stay aligned (evaluation). Both log a warning naming the file. ``max_pixels``
+    (``data.max_pixels``) is checked again at every load, before a file is decoded.
     """
 
     def __init__(
@@ -57,11 +71,12 @@ class CODDataset(Dataset):
         seed: int = 0,
         on_error: str = "next",
         name: str = "",
+        max_pixels: int = DataConfig.max_pixels,
     ) -> None:
         if on_error not in ("next", "blank"):
             raise ValueError(f"on_error must be 'next' or 'blank', got {on_error!r}")
         self.samples, self.transform, self.default_size = list(samples), transform, default_size
-        self.seed, self.on_error, self.name = seed, on_error, name
+        self.max_pixels, self.seed, self.on_error, self.name = max_pixels, seed, on_error, name
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,13 +103,10 @@ class CODDataset(Dataset):
 
     def load(self, i: int, size: int, rng: np.random.Generator) -> dict:
         s = self.samples[i]
-        r = reduction(s.height, s.width, self.transform.needed_side(size))
-        image = decode_image(s.image_path, r)
-        if (s.mask_height, s.mask_width) == (s.height, s.width):
-            mask = decode_mask(s.mask_path, r)
-        else:  # reported at build time; nearest keeps the mask binary
-            mask = decode_mask(s.mask_path)
-        if mask.shape != image.shape[:2]:
+        needed = self.transform.needed_side(size)
+        image = read_image(s.image_path, self.max_pixels, needed)
+        mask = read_mask(s.mask_path, self.max_pixels, needed)
+        if mask.shape != image.shape[:2]:  # reported at build time; nearest keeps the mask binary
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         img, msk = self.transform(image, mask, size, rng)
         return {

@@ -4,6 +4,7 @@ Accepted (no renaming needed):
 - SINet-V2: ``TrainDataset/{Imgs,GT}`` (or ``TrainValDataset/``), ``TestDataset/<name>/{Imgs,GT}``;
 - CamoFormer: ``TrainDataset/{Image,GT}``; also ``images/``/``masks/``, ``Mask/``.
 Folder names match case-insensitively; files pair by stem whatever their extension's case.
+Which files count as images and masks, and the benchmarks' order: :mod:`cod_benchmarks`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cod_benchmarks import IMAGE_EXTS, MASK_EXTS, list_files, sort_benchmarks
+
 from .problems import DatasetError, Problem
-from .reading import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
 
 IMAGE_DIRS = ("imgs", "image", "images", "img")
 MASK_DIRS = ("gt", "mask", "masks", "gts")
 TEST_DIR = "TestDataset"
-KNOWN_BENCHMARKS = ("CAMO", "CHAMELEON", "COD10K", "NC4K")  # the papers' column order
-_MASK_EXT_PREFERENCE = (".png", ".bmp", ".jpg", ".jpeg")  # lossless first
 
 
 def _subdir(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -48,27 +48,22 @@ def _layout_hint(folder: Path) -> str:
     )
 
 
-def _list_images(folder: Path) -> tuple[dict[str, list[Path]], list[Problem]]:
-    """stem -> files with an image extension (hidden files such as macOS '._x.jpg' ignored)."""
-    by_stem: dict[str, list[Path]] = {}
-    other = 0
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.suffix.lower() in IMAGE_EXTS:
-            by_stem.setdefault(p.stem, []).append(p)
-        elif not p.is_dir():
-            other += 1
+def _list(folder: Path, exts: tuple[str, ...]) -> tuple[dict[str, list[Path]], list[Problem]]:
+    """stem -> files (preferred first); an empty folder is a problem, other files are counted in the log."""
+    by_stem = list_files(folder, exts)
+    other = sum(1 for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()) - sum(
+        len(f) for f in by_stem.values()
+    )
     if other:
-        log.info("%s: ignored %d file(s) without an image extension (%s)", folder, other, " ".join(IMAGE_EXTS))
-    problems = [] if by_stem else [Problem(str(folder), "empty folder: no .jpg/.jpeg/.png/.bmp files")]
+        log.info("%s: ignored %d file(s) without an image extension (%s)", folder, other, " ".join(exts))
+    problems = [] if by_stem else [Problem(str(folder), f"empty folder: no {'/'.join(exts)} files")]
     return by_stem, problems
 
 
 def pair_files(img_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path, Path]], list[Problem]]:
     """Pair images and masks by stem. Unpaired or duplicated stems are problems (and skipped)."""
-    images, problems = _list_images(img_dir)
-    masks, mask_problems = _list_images(gt_dir)
+    images, problems = _list(img_dir, IMAGE_EXTS)
+    masks, mask_problems = _list(gt_dir, MASK_EXTS)
     problems += mask_problems
     pairs = []
     for stem in sorted(images):
@@ -80,7 +75,7 @@ def pair_files(img_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path, Path]], li
         if stem not in masks:
             problems.append(Problem(str(files[0]), f"image without a mask (no {stem}.* in {gt_dir})"))
             continue
-        cands = sorted(masks[stem], key=lambda m: (_MASK_EXT_PREFERENCE.index(m.suffix.lower()), m.name))
+        cands = masks[stem]  # the preferred format first
         if len(cands) > 1:
             problems += [
                 Problem(str(m), f"another mask has the same name ({cands[0].name}); using that one") for m in cands[1:]
@@ -119,34 +114,44 @@ def _missing(folder: Path, root: Path, what: str, key: str) -> str:
     return f"{what} {folder} not found; {root} holds: {', '.join(subs) or 'nothing'} (set {key} or data.root)"
 
 
-def _benchmark_order(name: str) -> tuple[int, str]:
-    up = name.upper()
-    return (KNOWN_BENCHMARKS.index(up) if up in KNOWN_BENCHMARKS else len(KNOWN_BENCHMARKS), up)
-
-
-def find_benchmark_dirs(root: str | Path, names: list[str] | None = None) -> dict[str, tuple[Path, Path]]:
+def find_benchmark_dirs(
+    root: str | Path, names: list[str] | None = None, need_images: bool = True
+) -> dict[str, tuple[Path | None, Path]]:
     """Benchmarks under ``root/TestDataset`` (or ``root`` itself if it is that folder).
 
     Returns ``{name: (image dir, mask dir)}`` in the papers' order (CAMO, CHAMELEON, COD10K, NC4K,
     then others by name). ``names`` picks benchmarks by folder name (case-insensitive) or by path
     (absolute, or relative to ``root``); a name that is not found raises :class:`DatasetError`.
+    ``need_images=False`` (scoring saved maps, which never reads an image) also accepts a
+    benchmark with a mask folder only; its image dir is then None.
     """
     root = Path(root)
     base = root / TEST_DIR if (root / TEST_DIR).is_dir() else root
-    found: dict[str, tuple[Path, Path]] = {}
+    holds = "Imgs/ and GT/" if need_images else "GT/"
+
+    def dirs_of(folder: Path) -> tuple[Path | None, Path] | None:
+        if not folder.is_dir():
+            return None
+        if need_images:
+            return split_dirs(folder)
+        gt = _subdir(folder, MASK_DIRS)
+        return (_subdir(folder, IMAGE_DIRS), gt) if gt else None
+
+    found: dict[str, tuple[Path | None, Path]] = {}
     if base.is_dir():
-        for sub in sorted(base.iterdir(), key=lambda p: _benchmark_order(p.name)):
-            dirs = split_dirs(sub) if sub.is_dir() else None
+        for sub in sorted(base.iterdir()):
+            dirs = dirs_of(sub)
             if dirs:
                 found[sub.name] = dirs
+    found = {b: found[b] for b in sort_benchmarks(found)}
     if not names:
         if not found:
             raise DatasetError(
-                f"no test benchmarks under {base}: "
-                f"expected {base}/<name>/{{Imgs,GT}} (e.g. CAMO, CHAMELEON, COD10K, NC4K)"
+                f"no test benchmarks under {base}: expected {base}/<name>/ holding {holds} "
+                "(e.g. CAMO, CHAMELEON, COD10K, NC4K)"
             )
         return found
-    picked: dict[str, tuple[Path, Path]] = {}
+    picked: dict[str, tuple[Path | None, Path]] = {}
     by_lower = {k.lower(): k for k in found}
     for name in names:
         if name.lower() in by_lower:
@@ -154,12 +159,12 @@ def find_benchmark_dirs(root: str | Path, names: list[str] | None = None) -> dic
             picked[key] = found[key]
             continue
         folder = Path(name) if Path(name).is_absolute() else root / name
-        dirs = split_dirs(folder) if folder.is_dir() else None
+        dirs = dirs_of(folder)
         if dirs is None:
             raise DatasetError(
                 f"test benchmark '{name}' not found: {base} holds "
                 f"{', '.join(found) or 'no benchmarks'}; name one of them or give a folder "
-                f"with Imgs/ and GT/ (data.test_sets / data.val_set)"
+                f"with {holds} (data.test_sets / data.val_set)"
             )
         picked[folder.name] = dirs
     return picked

@@ -144,3 +144,7 @@ class TestTransform:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
         return to_tensors(image, mask)
+
+    def image(self, image: np.ndarray, size: int) -> torch.Tensor:
+        """The image part of ``__call__`` alone (no mask): float32 [3, size, size]."""
+        return self(image, np.zeros(image.shape[:2], np.uint8), size)[0]

@@ -2,9 +2,9 @@
 
 Probability maps are resized bilinearly to the mask's (or image's) original size and
 stored as 8-bit PNGs (``round(255 * p)``), the form PySODMetrics and every published COD
-evaluation reads. Preprocessing of one's own images is the test transform of the data
-package (square resize to ``data.image_size``), so a photo is seen exactly as a
-benchmark image is.
+evaluation reads. One's own images go through the data package's
+:func:`datasets.dataset.eval_input`, the very steps of validation and ``--ckpt`` (square
+resize to ``data.image_size``), so a photo gives exactly the map it would as a benchmark image.
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cod_benchmarks import list_images
+from datasets.dataset import eval_input
 from datasets.problems import BadFile
 from datasets.reading import decode_image, probe
-from datasets.transforms import TestTransform
 from engine.amp import Precision
 
 log = logging.getLogger(__name__)
-
-# Formats OpenCV decodes; checked case-insensitively.
-OWN_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
 
 
 def forward_probs(model: nn.Module, x: Tensor, precision: Precision) -> tuple[list[Tensor], Tensor]:
@@ -78,18 +76,17 @@ def predict_loader(
 
 
 def list_own_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in OWN_IMAGE_EXTS
-    )
+    """Image files directly in ``folder`` (``cod_benchmarks.IMAGE_EXTS``; hidden files skipped), sorted by name."""
+    return sorted(p for files in list_images(folder).values() for p in files)
 
 
-def _decoded(paths: list[Path], max_pixels: int) -> Iterator[tuple[Path, np.ndarray]]:
-    """RGB uint8 images; unreadable files, non-images and decompression bombs are skipped with a warning."""
+def _inputs(paths: list[Path], size: int, max_pixels: int) -> Iterator[tuple[Path, torch.Tensor]]:
+    """Each file as the model sees it (:func:`datasets.dataset.eval_input`, as in validation and
+    ``--ckpt``); unreadable files, non-images and decompression bombs are skipped with a warning."""
     for path in paths:
         try:
             probe(path, max_pixels)
-            yield path, decode_image(path)
+            yield path, eval_input(str(path), size, max_pixels)
         except BadFile as err:
             log.warning("skipping %s: %s", path, err)
 
@@ -122,14 +119,19 @@ def predict_images(
     model.eval()
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    transform, stems, count = TestTransform(), set(), 0
-    batch: list[tuple[Path, np.ndarray]] = []
+    stems, count = set(), 0
+    batch: list[tuple[Path, torch.Tensor]] = []
 
     def flush() -> None:
         nonlocal count
-        x = torch.stack([transform(img, np.zeros(img.shape[:2], np.uint8), size)[0] for _, img in batch])
+        x = torch.stack([x for _, x in batch])
         _, prob = forward_probs(model, x.to(device), precision)
-        for j, (path, img) in enumerate(batch):
+        for j, (path, _) in enumerate(batch):
+            try:
+                img = decode_image(path)  # full size, for the overlay
+            except BadFile as err:  # changed since it was read a moment ago
+                log.warning("skipping %s: %s", path, err)
+                continue
             stem = path.stem if path.stem not in stems else f"{path.stem}_{path.suffix.lstrip('.')}"
             stems.add(stem)
             mask = to_uint8(prob[j : j + 1], img.shape[:2])
@@ -140,7 +142,7 @@ def predict_images(
             count += 1
         batch.clear()
 
-    for item in tqdm(_decoded(paths, max_pixels), total=len(paths), desc="predict", unit="image", disable=None):
+    for item in tqdm(_inputs(paths, size, max_pixels), total=len(paths), desc="predict", unit="image", disable=None):
         batch.append(item)
         if len(batch) == batch_size:
             flush()

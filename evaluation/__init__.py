@@ -4,19 +4,13 @@
   ``config.METRIC_KEYS`` plus ``n_images``; ``.curves()`` -> mean PR / F / E curves.
 - :func:`score_folder`: a folder of maps against a folder of masks, in a process pool.
 - :class:`Scorer`: the pool itself, for scoring many benchmarks and runs with one pool.
+- Which files a benchmark holds, and its name order: :mod:`cod_benchmarks`.
 - :mod:`evaluation.tables`, :mod:`evaluation.curves`: results.json / .md / .csv, PNG curves.
 """
 
 from .curves import plot_benchmark, plot_curves
-from .discovery import (
-    EvaluationError,
-    find_pred_dirs,
-    is_cod10k,
-    match_benchmarks,
-    select_benchmark_images,
-    sort_benchmarks,
-)
-from .maps import IMAGE_EXTS, MapIssues, list_images, read_map, read_mask
+from .discovery import EvaluationError, find_pred_dirs, match_benchmarks, one_map_per_image
+from .maps import MapIssues, read_map, read_mask
 from .metrics import CODMetrics, Curves, ImageScores, image_scores
 from .scoring import ImageResult, Scorer, available_cores, log_issues, pair_folder, score_benchmark, score_folder
 from .tables import format_markdown, format_table, write_results_json, write_tables
@@ -35,13 +29,9 @@ __all__ = [
     "log_issues",
     "EvaluationError",
     "find_pred_dirs",
-    "is_cod10k",
     "match_benchmarks",
-    "select_benchmark_images",
-    "sort_benchmarks",
-    "IMAGE_EXTS",
+    "one_map_per_image",
     "MapIssues",
-    "list_images",
     "read_map",
     "read_mask",
     "format_markdown",

@@ -1,50 +1,34 @@
-"""Which files make a benchmark, and which folder of maps belongs to which benchmark.
+"""Which folder of maps belongs to which benchmark, and which map belongs to which mask.
 
 Maps: one folder per benchmark, ``PREDS/<Benchmark>/*.png``, named like the masks (file
 stems match; extensions may differ). Mask folders are found by the data package
-(``datasets.find_benchmark_dirs``), which knows the field's layouts.
-
-COD10K's benchmark is its 2,026 camouflaged test images, the files with ``-CAM-`` in
-their names; scoring the whole COD10K-v3 test folder (which also holds non-camouflaged
-images) gives numbers nobody can compare with.
+(``datasets.find_benchmark_dirs``), which knows the field's layouts; which files a
+benchmark scores is :mod:`cod_benchmarks`' rule.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .maps import list_images
-
-BENCHMARK_ORDER = ("CAMO", "CHAMELEON", "COD10K", "NC4K")  # the papers' column order
+from cod_benchmarks import list_masks, sort_benchmarks
 
 
 class EvaluationError(ValueError):
     """A user-fixable problem with the folders or files given for evaluation."""
 
 
-def sort_benchmarks(names) -> list[str]:
-    """The four standard benchmarks in the papers' order, then any others alphabetically."""
-    rank = {b: i for i, b in enumerate(BENCHMARK_ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n.upper(), len(rank)), n.upper()))
-
-
-def is_cod10k(benchmark: str) -> bool:
-    return benchmark.upper().startswith("COD10K")
-
-
-def select_benchmark_images(benchmark: str, names: list, key=str) -> tuple[list, list]:
-    """Split file names (or items whose ``key(item)`` is the name) into (scored, excluded) by the
-    benchmark's definition. The one place that defines COD10K's benchmark, for every mode.
-
-    COD10K: only ``-CAM-`` files are the benchmark. A COD10K folder with no ``-CAM-`` file
-    at all does not use COD10K's naming (e.g. a generated set), so everything is kept.
-    """
-    if not is_cod10k(benchmark):
-        return list(names), []
-    cam = [n for n in names if "-CAM-" in key(n)]
-    if not cam:
-        return list(names), []
-    return cam, [n for n in names if "-CAM-" not in key(n)]
+def one_map_per_image(folder: str | Path) -> dict[str, Path]:
+    """``{stem: map file}`` of a folder of prediction maps; two maps for one image (``x.jpg``
+    and ``x.png``: which one is current?) raise :class:`EvaluationError` naming both."""
+    maps = list_masks(folder)
+    doubles = [files for files in maps.values() if len(files) > 1]
+    if doubles:
+        shown = "; ".join(" and ".join(p.name for p in files) for files in doubles[:5])
+        more = f" (and {len(doubles) - 5} more)" if len(doubles) > 5 else ""
+        raise EvaluationError(
+            f"{folder}: two maps for one image: {shown}{more}; remove the stale file(s) so each image has one map"
+        )
+    return {stem: files[0] for stem, files in maps.items()}
 
 
 def find_pred_dirs(preds: str | Path) -> dict[str, Path]:
@@ -55,10 +39,10 @@ def find_pred_dirs(preds: str | Path) -> dict[str, Path]:
             f"--preds folder '{preds}' does not exist (give a folder with one "
             "sub-folder of maps per benchmark, e.g. maps/CAMO/*.png)"
         )
-    found = {sub.name: sub for sub in sorted(preds.iterdir()) if sub.is_dir() and list_images(sub)}
+    found = {sub.name: sub for sub in sorted(preds.iterdir()) if sub.is_dir() and list_masks(sub)}
     if found:
         return {b: found[b] for b in sort_benchmarks(found)}
-    if list_images(preds):
+    if list_masks(preds):
         raise EvaluationError(
             f"--preds folder '{preds}' holds maps directly; put them in one sub-folder "
             f"per benchmark named like the data's (e.g. '{preds}/CAMO/*.png')"

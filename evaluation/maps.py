@@ -1,10 +1,12 @@
 """Reading prediction maps and masks the way the reference scripts do, and saying what was odd.
 
 The reference convention is ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``: colour maps become
-grey (libpng / libjpeg conversion), 16-bit maps keep their high byte. Maps that need such a
-conversion, or that do not have the mask's size (then resized bilinearly, as a model's
-probability map would be), are reported by file name so that a user scoring someone
-else's maps learns what the files actually held.
+grey (libpng / libjpeg conversion), 16-bit maps keep their high byte. A 16-bit file whose
+values stay within 0..255 is read as those values instead (the high byte would make it all
+black; :func:`cod_benchmarks.mask_levels`). Maps that need such a conversion, or that do not
+have the mask's size (then resized bilinearly, as a model's probability map would be), are
+reported by file name so that a user scoring someone else's maps learns what the files
+actually held.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Extensions tried when looking for maps and masks (matched case-insensitively).
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from cod_benchmarks import CAMOUFLAGED_MARK, mask_levels
 
 
 @dataclass
@@ -27,7 +28,9 @@ class MapIssues:
     extra: list[str] = field(default_factory=list)  # maps with no mask (ignored)
     unreadable: list[str] = field(default_factory=list)  # map or mask files that do not decode (not scored)
     colour: list[str] = field(default_factory=list)  # 3/4-channel maps, read as grey
-    high_depth: list[str] = field(default_factory=list)  # 16-bit maps, high byte kept
+    high_depth: list[str] = field(default_factory=list)  # 16-bit maps (see mask_levels)
+    too_small: list[str] = field(default_factory=list)  # masks below MIN_SIDE (not scored)
+    unscorable: list[str] = field(default_factory=list)  # "name (why)": the metrics are not finite (not scored)
     resized: list[str] = field(default_factory=list)  # "name (HxW -> HxW)"
     excluded: list[str] = field(default_factory=list)  # COD10K non-camouflaged masks (not the benchmark)
 
@@ -42,10 +45,12 @@ class MapIssues:
             "extra": "maps have no mask (ignored)",
             "unreadable": "files could not be read as images (not scored)",
             "colour": "maps are colour images (read as greyscale, like cv2.IMREAD_GRAYSCALE)",
-            "high_depth": "maps are 16-bit (reduced to 8 bits like cv2.IMREAD_GRAYSCALE: high byte)",
+            "high_depth": "maps are 16-bit (values above 255: high byte kept, like cv2.IMREAD_GRAYSCALE)",
+            "too_small": "masks are too small to score (not scored)",
+            "unscorable": "images give metrics that are not finite numbers in [0, 1] (not scored)",
             "resized": "maps differ in size from their masks (resized bilinearly to the mask size)",
-            "excluded": "COD10K files are not camouflaged images (no '-CAM-' in the name): they are not part "
-            "of the COD10K benchmark and are not scored",
+            "excluded": f"COD10K files are not camouflaged images (no '{CAMOUFLAGED_MARK}' in the name): "
+            "they are not part of the COD10K benchmark and are not scored",
         }
         lines = []
         for key, text in what.items():
@@ -59,39 +64,36 @@ class MapIssues:
         return {name: list(getattr(self, name)) for name in self.__dataclass_fields__}
 
 
-def list_images(folder: Path) -> dict[str, Path]:
-    """``{file stem: path}`` of the image files directly in ``folder``, sorted by file name
-    (hidden files such as macOS's ``._x.png`` skipped)."""
-    files = sorted(
-        p
-        for p in Path(folder).iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
-    )
-    out: dict[str, Path] = {}
-    for p in files:
-        out.setdefault(p.stem, p)  # "a.png" and "a.jpg": the first by name wins
-    return out
-
-
 def read_mask(path: Path) -> np.ndarray | None:
-    """uint8 [H, W] mask (binarised later by the metrics at > 128), or None if unreadable."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    return mask if mask is not None and mask.size > 0 else None
+    """uint8 [H, W] mask (binarised later by the metrics at > 128), or None if unreadable.
+
+    16-bit masks are read by their own range (0/255 and 0/65535 alike), see
+    :func:`cod_benchmarks.mask_levels`."""
+    raw = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH)
+    if raw is None or raw.size == 0:
+        return None
+    try:
+        return mask_levels(raw)
+    except ValueError:
+        return None
 
 
 def read_map(path: Path, size: tuple[int, int], issues: MapIssues) -> np.ndarray | None:
     """uint8 [H, W] prediction map at ``size`` = (H, W), or None if unreadable.
 
-    Plain 8-bit greyscale files are decoded once; anything else is reported in ``issues``
-    and decoded again with the reference flag so the grey values are the reference ones.
+    Greyscale files are decoded once (16-bit ones by :func:`cod_benchmarks.mask_levels`);
+    colour files are reported in ``issues`` and decoded again with the reference flag so the
+    grey values are the reference ones.
     """
     name = Path(path).name
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.size == 0:
         issues.unreadable.append(name)
         return None
-    if raw.ndim == 2 and raw.dtype == np.uint8:
-        pred = raw
+    if raw.ndim == 2 and raw.dtype in (np.uint8, np.uint16):
+        if raw.dtype != np.uint8:
+            issues.high_depth.append(name)
+        pred = mask_levels(raw)
     else:
         if raw.ndim == 3:
             issues.colour.append(name)

@@ -11,16 +11,25 @@ order, and any number of workers gives bit-identical results.
 Conventions (the library's): maps and masks are uint8 greyscale; masks are binarised at
 ``> 128``; each map is min-max scaled to [0, 1] unless it is constant; F-measure uses
 beta^2 = 0.3, weighted F-measure beta = 1.
+
+Range guard (ours): no number leaves [0, 1]. Images smaller than ``cod_benchmarks.MIN_SIDE``
+on a side, and images whose metrics are not finite (e.g. S-measure of a mask whose only object
+pixel sits on the border), are refused with ValueError; the scorer lists them and scores the
+rest. The library divides the E-measure's alignment sum by ``H*W - 1``, so a perfect map scores
+``H*W / (H*W - 1)``; E-measure values are clipped to 1 (a change of at most ``1 / (H*W - 1)``,
+and none at all wherever the library's value is in range).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import py_sod_metrics as sod
 from py_sod_metrics.utils import prepare_data
 
+from cod_benchmarks import too_small
 from config import METRIC_KEYS
 
 N_THRESHOLDS = 256
@@ -78,6 +87,9 @@ def check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
             f"prediction {pred.shape} and mask {gt.shape} differ in size; resize the "
             "prediction to the mask's size first (bilinear)"
         )
+    reason = too_small(*gt.shape)
+    if reason:
+        raise ValueError(f"mask {reason}")
 
 
 def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
@@ -87,21 +99,36 @@ def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
     # handed to every metric with normalize=False instead of being repeated five times.
     pred_n, gt_b = prepare_data(pred, gt)
     sm, em, wfm, mae, fm = sod.Smeasure(), sod.Emeasure(), sod.WeightedFmeasure(), sod.MAE(), _fmeasure_v2()
-    for metric in (sm, em, wfm, mae, fm):
-        metric.step(pred_n, gt_b, normalize=False)
+    with warnings.catch_warnings():  # degenerate images warn here; the range guard below refuses them
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for metric in (sm, em, wfm, mae, fm):
+            metric.step(pred_n, gt_b, normalize=False)
     # get_results() of a one-image accumulator is that image's value, exactly (x / 1).
     em_r, fm_r = em.get_results()["em"], fm.get_results()
-    return ImageScores(
+    scores = ImageScores(
         sm=float(sm.get_results()["sm"]),
         wfm=float(wfm.get_results()["wfm"]),
         mae=float(mae.get_results()["mae"]),
-        em_adp=float(em_r["adp"]),
+        em_adp=min(float(em_r["adp"]), 1.0),
         fm_adp=float(fm_r["fm"]["adaptive"]),
-        em_curve=np.asarray(em_r["curve"], dtype=np.float64),
+        em_curve=np.minimum(np.asarray(em_r["curve"], dtype=np.float64), 1.0),
         fm_curve=np.asarray(fm_r["fm"]["dynamic"], dtype=np.float64),
         precision=np.asarray(fm_r["pre"]["dynamic"], dtype=np.float64),
         recall=np.asarray(fm_r["rec"]["dynamic"], dtype=np.float64),
     )
+    _check_range(scores)
+    return scores
+
+
+def _check_range(scores: ImageScores) -> None:
+    """Raise ValueError naming every metric of one image that is not a number in [0, 1]."""
+    bad = []
+    for name in ImageScores.__dataclass_fields__:
+        values = np.asarray(getattr(scores, name), dtype=np.float64)
+        if not (np.all(np.isfinite(values)) and values.min() >= 0.0 and values.max() <= 1.0):
+            bad.append(name)
+    if bad:
+        raise ValueError(f"metrics not in [0, 1] or not finite: {', '.join(bad)}")
 
 
 def _mean(values: list) -> np.ndarray:
@@ -152,7 +179,8 @@ class CODMetrics:
             "Fm_max": fm_curve.max(),
         }
         assert tuple(out) == METRIC_KEYS
-        return {**{k: float(v) for k, v in out.items()}, "n_images": len(ims)}
+        # Means of per-image values in [0, 1]: the clip only absorbs float rounding at the ends.
+        return {**{k: float(np.clip(v, 0.0, 1.0)) for k, v in out.items()}, "n_images": len(ims)}
 
     def curves(self) -> Curves:
         """Dataset-mean precision, recall, F-measure and E-measure against threshold 0..255."""

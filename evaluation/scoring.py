@@ -24,8 +24,10 @@ from typing import NamedTuple
 import cv2
 from tqdm import tqdm
 
-from .discovery import EvaluationError, select_benchmark_images
-from .maps import MapIssues, list_images, read_map, read_mask
+from cod_benchmarks import list_masks, select_benchmark_images, too_small
+
+from .discovery import EvaluationError, one_map_per_image
+from .maps import MapIssues, read_map, read_mask
 from .metrics import CODMetrics, ImageScores, image_scores
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,11 @@ def available_cores() -> int:
 
 def pair_folder(pred_dir: str | Path, gt_dir: str | Path, benchmark: str) -> tuple[list[Pair], MapIssues]:
     """Match maps to masks by file stem. Returns the pairs (sorted by mask file name) and
-    the missing / extra / excluded files by name."""
-    masks, maps = list_images(Path(gt_dir)), list_images(Path(pred_dir))
+    the missing / extra / excluded files by name. Two maps for one image raise
+    :class:`EvaluationError`; of two masks for one image the preferred format is used, as
+    in training (``cod_benchmarks.MASK_EXTS``)."""
+    masks = {stem: files[0] for stem, files in list_masks(gt_dir).items()}
+    maps = one_map_per_image(pred_dir)
     kept, excluded = select_benchmark_images(benchmark, list(masks))
     issues = MapIssues(excluded=[masks[n].name for n in excluded])
     issues.missing = [masks[n].name for n in kept if n not in maps]
@@ -81,8 +86,18 @@ def _score_pair(pair: Pair) -> tuple[ImageScores | None, MapIssues]:
     if gt is None:
         issues.unreadable.append(Path(gt_path).name)
         return None, issues
+    reason = too_small(*gt.shape)
+    if reason:
+        issues.too_small.append(f"{Path(gt_path).name} ({gt.shape[0]}x{gt.shape[1]})")
+        return None, issues
     pred = read_map(Path(pred_path), gt.shape, issues)
-    return (image_scores(pred, gt) if pred is not None else None), issues
+    if pred is None:
+        return None, issues
+    try:
+        return image_scores(pred, gt), issues
+    except ValueError as err:  # the range guard in image_scores
+        issues.unscorable.append(f"{Path(gt_path).name} ({err})")
+        return None, issues
 
 
 class Scorer:
@@ -161,7 +176,7 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, workers: int = 0, ben
     """Score every map in ``pred_dir`` against the same-named mask in ``gt_dir``.
 
     ``benchmark`` (default: the mask folder's parent folder name) selects the benchmark's
-    images (COD10K: '-CAM-' files only). Returns the metrics dict of :meth:`CODMetrics.results`.
+    images (COD10K: its camouflaged files only). Returns the metrics dict of :meth:`CODMetrics.results`.
     """
     benchmark = benchmark or Path(gt_dir).resolve().parent.name
     pairs, issues = pair_folder(pred_dir, gt_dir, benchmark)

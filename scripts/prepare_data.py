@@ -35,8 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datasets.reading import IMAGE_EXTS  # noqa: E402
-from evaluation.discovery import BENCHMARK_ORDER, select_benchmark_images  # noqa: E402
+from cod_benchmarks import BENCHMARKS, CAMOUFLAGED_MARK, list_images, list_masks, select_benchmark_images  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -106,13 +105,9 @@ def _first(folder: Path, candidates: tuple[str, ...]) -> Path | None:
     return next((d for d in (_child(folder, c) for c in candidates) if d is not None), None)
 
 
-def _files(folder: Path) -> dict[str, Path]:
-    """``{stem: path}`` of image files (hidden files such as macOS's ``._x.jpg`` skipped)."""
-    out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS:
-            out.setdefault(p.stem, p)
-    return out
+def _files(folder: Path, masks: bool = False) -> dict[str, Path]:
+    """``{stem: path}`` of the images (or masks: the preferred format) in ``folder``, as training reads them."""
+    return {stem: files[0] for stem, files in (list_masks if masks else list_images)(folder).items()}
 
 
 def find_archive(downloads: Path, archive: Archive) -> Path | None:
@@ -149,7 +144,7 @@ def build_part(source: Path, part: Part, img_out: Path, gt_out: Path, copy: bool
             report.problems.append(f"no {what} folder ({' or '.join(candidates)}) in {source}")
     if img_dir is None or gt_dir is None:
         return report
-    images, masks = _files(img_dir), _files(gt_dir)
+    images, masks = _files(img_dir), _files(gt_dir, masks=True)
     kept, excluded = select_benchmark_images(part.benchmark, list(images))
     report.excluded = len(excluded)
     no_mask = [images[n].name for n in kept if n not in masks]
@@ -188,7 +183,7 @@ def format_report(reports: list[PartReport]) -> tuple[str, int]:
     lines = [f"{'split':<6} {'benchmark':<10} {'found':>6} {'published':>9}  status"]
     differences = 0
     # Training parts first, then the papers' benchmark order.
-    reports = sorted(reports, key=lambda r: (r.part.split != "train", BENCHMARK_ORDER.index(r.part.benchmark)))
+    reports = sorted(reports, key=lambda r: (r.part.split != "train", BENCHMARKS.index(r.part.benchmark)))
     for r in reports:
         p = r.part
         if r.source is None:
@@ -211,7 +206,8 @@ def format_report(reports: list[PartReport]) -> tuple[str, int]:
     for r in reports:
         if r.excluded:
             lines.append(
-                f"{r.part.benchmark} {r.part.split}: {r.excluded} non-camouflaged images left out (no '-CAM-')"
+                f"{r.part.benchmark} {r.part.split}: {r.excluded} non-camouflaged images left out "
+                f"(no '{CAMOUFLAGED_MARK}')"
             )
         for problem in r.problems:
             lines.append(f"{r.part.benchmark} {r.part.split}: {problem}")

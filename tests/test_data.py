@@ -240,6 +240,50 @@ def test_file_broken_after_build_never_crashes_an_epoch(tmp_path: Path, caplog: 
     assert "s1" in caplog.text and "t1" in caplog.text
 
 
+def test_max_pixels_holds_at_every_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(2):
+        write_pair(tmp_path / "TrainDataset", f"s{i}")
+        write_pair(tmp_path / "TestDataset" / "CAMO", f"t{i}")
+    cfg = cfg_for(tmp_path, "data.max_pixels=10000")  # 40x60 passes; 200x300 does not
+    train, _ = datasets.build_train_val(cfg)
+    test = datasets.build_test_sets(cfg)["CAMO"]
+    big = np.full((200, 300, 3), 200, np.uint8)  # swapped in after the build-time check
+    cv2.imwrite(train.samples[0].image_path, big)
+    cv2.imwrite(test.samples[0].image_path, big)
+    with caplog.at_level(logging.WARNING):
+        assert train[0]["name"] == "s1"  # the next sample stands in
+        blank = test[0]
+    assert blank["name"] == "t0" and float(blank["image"].abs().sum()) == 0.0
+    assert caplog.text.count("data.max_pixels=10,000") == 2
+
+
+@pytest.mark.parametrize("peak", [255, 65535])
+def test_16_bit_masks_are_read_by_their_own_range(tmp_path: Path, peak: int) -> None:
+    from evaluation.maps import read_mask as scoring_mask
+
+    write_pair(tmp_path / "TrainDataset", "deep")
+    _, mp = write_pair(tmp_path / "TestDataset" / "CAMO", "deep")
+    eight = cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
+    assert cv2.imwrite(str(mp), (eight > 0).astype(np.uint16) * peak)
+    assert cv2.imread(str(mp), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert np.array_equal(scoring_mask(mp), eight)  # what --ckpt and --preds score against
+    test = datasets.build_test_sets(cfg_for(tmp_path, "data.image_size=40"))["CAMO"]
+    mask = test[0]["mask"][0].numpy()  # what validation sees
+    assert mask.sum() == pytest.approx((eight > 0).sum() * 40 * 40 / eight.size, rel=0.1)
+
+
+def test_images_too_small_to_score_are_bad_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cod_benchmarks import MIN_SIDE
+
+    write_pair(tmp_path / "TestDataset" / "CAMO", "fine")
+    write_pair(tmp_path / "TestDataset" / "CAMO", "dot", h=1, w=1)
+    write_pair(tmp_path / "TestDataset" / "CAMO", "sliver", h=MIN_SIDE - 1, w=60)
+    with caplog.at_level(logging.WARNING):
+        test = datasets.build_test_sets(cfg_for(tmp_path))["CAMO"]
+    assert [s.name for s in test.samples] == ["fine"]
+    assert "dot.jpg: too small (1x1)" in caplog.text and f"sliver.jpg: too small ({MIN_SIDE - 1}x60)" in caplog.text
+
+
 def test_mask_of_another_size_is_resized_with_a_note(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, mp = write_pair(tmp_path / "TrainDataset", "half", h=40, w=60, mask_shape=(20, 30))
     with caplog.at_level(logging.WARNING):

@@ -14,6 +14,7 @@ import numpy as np
 import py_sod_metrics as sod
 import pytest
 
+from cod_benchmarks import select_benchmark_images
 from config import METRIC_KEYS
 from evaluation import (
     CODMetrics,
@@ -25,7 +26,6 @@ from evaluation import (
     pair_folder,
     plot_curves,
     score_folder,
-    select_benchmark_images,
     write_results_json,
     write_tables,
 )
@@ -46,8 +46,12 @@ REFERENCE_KEYS = {
 }
 
 
-def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The oracle: PySODMetrics' own classes over all pairs, reduced as its README does."""
+def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]], clip_em: bool = False) -> dict:
+    """The oracle: PySODMetrics' own classes over all pairs, reduced as its README does.
+
+    ``clip_em`` (one pair only): the E-measure values clipped to 1, as ours are (the library
+    gives N / (N - 1) where the map matches the mask exactly)."""
+    assert not clip_em or len(pairs) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Fmeasure's deprecation notice
         sm, em, wfm, fm, mae = sod.Smeasure(), sod.Emeasure(), sod.WeightedFmeasure(), sod.Fmeasure(), sod.MAE()
@@ -55,6 +59,8 @@ def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         for m in (sm, em, wfm, fm, mae):
             m.step(pred, gt)
     e, f = em.get_results()["em"], fm.get_results()["fm"]
+    if clip_em:
+        e = {"adp": min(e["adp"], 1.0), "curve": np.minimum(e["curve"], 1.0)}
     return {
         "Sm": sm.get_results()["sm"],
         "wFm": wfm.get_results()["wfm"],
@@ -164,8 +170,8 @@ def test_edge_cases_match_the_library(case: str) -> None:
     m = CODMetrics()
     m.step(pred, gt)
     results = m.results()
-    assert all(np.isfinite(results[k]) for k in METRIC_KEYS)
-    assert_close(results, library_scores([(pred, gt)]))
+    assert all(0.0 <= results[k] <= 1.0 for k in METRIC_KEYS)
+    assert_close(results, library_scores([(pred, gt)], clip_em=True))
 
 
 def test_perfect_maps_score_perfectly() -> None:
@@ -173,10 +179,8 @@ def test_perfect_maps_score_perfectly() -> None:
         m = CODMetrics()
         m.step(gt.copy(), gt)
         r = m.results()
-        # The library divides the E-measure sum by (N - 1): a perfect map scores N / (N - 1).
-        assert (
-            r["Sm"] == pytest.approx(1.0) and r["MAE"] == 0.0 and r["Em_max"] == pytest.approx(gt.size / (gt.size - 1))
-        )
+        # The library divides the E-measure sum by (N - 1), so it gives N / (N - 1); ours stays in range.
+        assert r["Sm"] == pytest.approx(1.0) and r["MAE"] == 0.0 and r["Em_max"] == 1.0
     m = CODMetrics()
     m.step(_blob(), _blob())
     assert m.results()["Fm_max"] == pytest.approx(1.0) and m.results()["wFm"] == pytest.approx(1.0, abs=1e-6)
@@ -190,6 +194,31 @@ def test_curves_run_over_ascending_thresholds() -> None:
     assert c.recall[0] == 1.0  # threshold 0: everything is foreground
     assert c.precision[0] == pytest.approx((gt > 128).mean())
     assert np.all(np.diff(c.recall) <= 0)  # recall falls as the threshold rises
+
+
+def test_no_metric_leaves_its_range_and_tiny_images_are_refused(tmp_path: Path, caplog) -> None:
+    from cod_benchmarks import MIN_SIDE
+
+    with pytest.raises(ValueError, match="too small"):
+        image_scores(np.full((1, 1), 255, np.uint8), np.full((1, 1), 255, np.uint8))
+    dot = np.zeros((40, 50), np.uint8)
+    dot[39, 20] = 255  # a one-pixel object on the bottom row: the library's S-measure is NaN
+    with pytest.raises(ValueError, match="sm"):
+        image_scores(np.zeros((40, 50), np.uint8), dot)
+    # In a folder: both are listed and skipped, the rest is scored, everything stays in [0, 1].
+    pairs = random_pairs(3, seed=5)
+    write_pairs(pairs, tmp_path / "maps", tmp_path / "GT", ["a", "b", "c"])
+    cv2.imwrite(str(tmp_path / "GT" / "tiny.png"), np.full((1, 1), 255, np.uint8))
+    cv2.imwrite(str(tmp_path / "maps" / "tiny.png"), np.full((1, 1), 255, np.uint8))
+    cv2.imwrite(str(tmp_path / "GT" / "thin.png"), np.full((MIN_SIDE - 1, 30), 255, np.uint8))
+    cv2.imwrite(str(tmp_path / "maps" / "thin.png"), np.full((MIN_SIDE - 1, 30), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "GT" / "dot.png"), dot)
+    cv2.imwrite(str(tmp_path / "maps" / "dot.png"), np.zeros((40, 50), np.uint8))
+    with caplog.at_level(logging.WARNING):
+        results = score_folder(tmp_path / "maps", tmp_path / "GT", workers=1, benchmark="bench")
+    assert results["n_images"] == 3 and all(0.0 <= results[k] <= 1.0 for k in METRIC_KEYS)
+    assert "too small to score" in caplog.text and "tiny.png" in caplog.text and "thin.png" in caplog.text
+    assert "not finite" in caplog.text and "dot.png" in caplog.text
 
 
 def test_bad_inputs_are_refused_with_a_reason() -> None:

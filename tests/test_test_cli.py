@@ -135,16 +135,14 @@ def test_bad_checkpoint_fails_with_one_line(cli, tmp_path: Path, capsys) -> None
 
 
 # ---------------------------------------------------------------- --ckpt (needs the model, data and engine parts)
-def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, capsys) -> None:
+def make_checkpoint(path: Path, tiny_dinov3: Path, data: Path, run_folder: bool) -> Path:
+    """A checkpoint of a tiny random model at ``path``; ``run_folder``: beside a config.yaml, as train.py writes."""
     import torch
 
     import models
-    from config import load_config, to_dict
+    from config import load_config, save_config, to_dict
     from engine.checkpoint import save_checkpoint
-    from scripts.make_synthetic_cod import generate
 
-    data = tmp_path / "data"
-    generate(data, n_train=0, n_test=5, size=72, seed=0)
     cfg = load_config(
         None,
         [
@@ -159,20 +157,21 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
     )
     torch.manual_seed(0)
     model = models.build_model(cfg)
-    ckpt = tmp_path / "run" / "best.pth"
-    save_checkpoint(
-        ckpt,
-        {
-            "model": model.trainable_state_dict(),
-            "config": to_dict(cfg),
-            "epoch": 1,
-            "step": 3,
-            "best": None,
-            "versions": {},
-        },
-    )
+    state = {"model": model.trainable_state_dict(), "config": to_dict(cfg), "epoch": 1, "step": 3, "best": None}
+    save_checkpoint(path, {**state, "versions": {}})
+    if run_folder:
+        save_config(cfg, path.parent / "config.yaml")
+    return path
 
-    # (a) evaluate: default output folder <ckpt folder>/test/<ckpt name>/
+
+def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, capsys) -> None:
+    from scripts.make_synthetic_cod import generate
+
+    data = tmp_path / "data"
+    generate(data, n_train=0, n_test=5, size=72, seed=0)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pth", tiny_dinov3, data, run_folder=True)
+
+    # (a) evaluate: default output folder <run folder>/test/<ckpt name>/
     assert cli.main(["--ckpt", str(ckpt), "--workers", "1"]) == 0
     out = tmp_path / "run" / "test" / "best"
     results = json.loads((out / "results.json").read_text())
@@ -217,3 +216,88 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
     wide = cv2.imread(str(tmp_path / "pred" / "overlays" / "wide.jpg"))
     assert cv2.imread(str(tmp_path / "pred" / "masks" / "wide.png"), cv2.IMREAD_UNCHANGED).shape == (40, 130)
     assert wide.shape == (40, 260, 3)  # image | overlay
+
+
+def write_any(path: Path, array: np.ndarray) -> None:
+    """cv2.imwrite for every extension: PPM files hold colour, PGM files grey."""
+    if path.suffix == ".ppm" and array.ndim == 2:
+        array = cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    elif path.suffix == ".pgm" and array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2GRAY)
+    assert cv2.imwrite(str(path), array), path
+
+
+def test_every_supported_format_is_seen_alike_by_ckpt_preds_and_images(
+    cli, tmp_path: Path, tiny_dinov3: Path, monkeypatch
+) -> None:
+    """One benchmark holding every image extension (and every mask extension): --ckpt predicts
+    them all, --preds scores them all (maps in every mask format too), and --images gives
+    byte-identical maps from the same files. Outputs default to outputs/, not beside the code."""
+    from cod_benchmarks import IMAGE_EXTS, MASK_EXTS
+
+    rng = np.random.default_rng(0)
+    bench = tmp_path / "data" / "TestDataset" / "ALL"
+    (bench / "Imgs").mkdir(parents=True)
+    (bench / "GT").mkdir()
+    stems = []
+    for i, ext in enumerate(IMAGE_EXTS):
+        stem = f"img{i:02d}_{ext[1:]}"
+        h, w = 150 + 7 * i, 170 - 5 * i  # large enough for a reduced JPEG decode at 64 px
+        mask = np.zeros((h, w), np.uint8)
+        cv2.circle(mask, (w // 2 + i, h // 2), 30 + i, 255, -1)
+        image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 2)
+        image[mask > 0] //= 2
+        write_any(bench / "Imgs" / f"{stem}{ext}", image)
+        write_any(bench / "GT" / f"{stem}{MASK_EXTS[i % len(MASK_EXTS)]}", mask)
+        stems.append(stem)
+    ckpt = make_checkpoint(tmp_path / "best.pth", tiny_dinov3, tmp_path / "data", run_folder=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    # --ckpt: every format found; a checkpoint outside a run folder writes under outputs/
+    assert cli.main(["--ckpt", str(ckpt), "--workers", "1", "eval.batch_size=1"]) == 0
+    out = cwd / "outputs" / "test" / "best"
+    assert json.loads((out / "results.json").read_text())["ALL"]["n_images"] == len(IMAGE_EXTS)
+    assert sorted(p.stem for p in (out / "preds" / "ALL").iterdir()) == stems
+    assert sorted(p.name for p in cwd.iterdir()) == ["outputs"]
+
+    # --preds: the same masks found, and maps in every mask format
+    maps = tmp_path / "maps" / "ALL"
+    maps.mkdir(parents=True)
+    for i, stem in enumerate(stems):
+        pred = cv2.imread(str(out / "preds" / "ALL" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        write_any(maps / f"{stem}{MASK_EXTS[(i + 3) % len(MASK_EXTS)]}", pred)
+    for folder in (out / "preds", tmp_path / "maps"):
+        again = tmp_path / "scores" / folder.parent.name
+        assert cli.main(["--preds", str(folder), "--data-root", str(tmp_path / "data"), "--out", str(again)]) == 0
+        assert json.loads((again / "results.json").read_text())["ALL"]["n_images"] == len(IMAGE_EXTS)
+
+    # --images: the same files give the same maps, byte for byte
+    assert cli.main(["--ckpt", str(ckpt), "--images", str(bench / "Imgs"), "eval.batch_size=1"]) == 0
+    own = cwd / "outputs" / "predict" / "Imgs" / "masks"
+    for stem in stems:
+        a = cv2.imread(str(own / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(out / "preds" / "ALL" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert a.shape == b.shape and np.array_equal(a, b), stem
+
+
+def test_preds_mode_needs_masks_only_and_refuses_two_maps_for_one_image(cli, tmp_path: Path, capsys) -> None:
+    gt = tmp_path / "data" / "TestDataset" / "CAMO" / "GT"  # no Imgs/: scoring maps never reads an image
+    gt.mkdir(parents=True)
+    maps = tmp_path / "maps" / "CAMO"
+    maps.mkdir(parents=True)
+    mask = np.zeros((24, 32), np.uint8)
+    mask[6:18, 8:20] = 255
+    for stem in ("a", "b"):
+        cv2.imwrite(str(gt / f"{stem}.png"), mask)
+        cv2.imwrite(str(maps / f"{stem}.png"), cv2.GaussianBlur(mask, (0, 0), 3))
+    argv = ["--preds", str(tmp_path / "maps"), "--data-root", str(tmp_path / "data"), "--workers", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["CAMO"]["n_images"] == 2
+
+    cv2.imwrite(str(maps / "b.jpg"), np.zeros((24, 32), np.uint8))  # a stale export beside b.png
+    assert cli.main([*argv, "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two maps for one image" in err[0] and "b.png and b.jpg" in err[0]
+    assert not (tmp_path / "out2" / "results.json").exists()
