@@ -20,6 +20,8 @@ import math
 import os
 import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,22 +78,12 @@ def probe(path: str | Path, max_pixels: int) -> ImageInfo:
         raise BadFile("not a regular file")
     if st.st_size == 0:
         raise BadFile("zero-byte file")
-    try:
-        with open(path, "rb") as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(f) as im:
-                width, height = im.size
-                fmt, mode = im.format or "?", im.mode
-            f.seek(max(0, st.st_size - _TAIL))
-            tail = f.read()
-    except Image.DecompressionBombError as err:
-        raise BadFile(f"decompression bomb ({err}); raise data.max_pixels only if you trust it") from None
-    except UnidentifiedImageError:
-        raise BadFile("not an image (contents are not a known image format)") from None
-    except OSError as err:
-        raise BadFile(f"cannot be read: {err.strerror or err}") from None
-    except Exception as err:  # PIL's header parsers raise assorted errors on garbage
-        raise BadFile(f"unreadable image header ({type(err).__name__}: {err})") from None
+    with _header_errors(), open(path, "rb") as f:
+        with Image.open(f) as im:
+            width, height = im.size
+            fmt, mode = im.format or "?", im.mode
+        f.seek(max(0, st.st_size - _TAIL))
+        tail = f.read()
     _check_size(height, width, max_pixels)
     if fmt in ("JPEG", "MPO", "PNG"):
         # Entropy-coded JPEG data never holds 0xFFD9 (0xFF is always stuffed), so a missing EOI in
@@ -111,6 +103,25 @@ def probe(path: str | Path, max_pixels: int) -> ImageInfo:
     return ImageInfo(height, width, fmt, mode)
 
 
+@contextmanager
+def _header_errors() -> Iterator[None]:
+    """Reading a header: PIL's errors (and its bomb warning) become one :class:`BadFile` saying why."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except Image.DecompressionBombError as err:
+        raise BadFile(f"decompression bomb ({err}); raise data.max_pixels only if you trust it") from None
+    except FileNotFoundError:
+        raise BadFile("cannot be read: missing or a broken link") from None
+    except UnidentifiedImageError:
+        raise BadFile("not an image (contents are not a known image format)") from None
+    except OSError as err:
+        raise BadFile(f"cannot be read: {err.strerror or err}") from None
+    except Exception as err:  # PIL's header parsers raise assorted errors on garbage
+        raise BadFile(f"unreadable image header ({type(err).__name__}: {err})") from None
+
+
 def _check_size(height: int, width: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise BadFile(f"declares an empty size {width}x{height}")
@@ -127,21 +138,8 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
 def header_size(path: str | Path, max_pixels: int) -> tuple[int, int]:
     """(H, W) as the file's header declares it, checked against ``max_pixels`` before any
     pixel is decoded; raise :class:`BadFile` saying why a file cannot be used."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(str(path)) as im:
-                width, height = im.size
-    except Image.DecompressionBombError as err:
-        raise BadFile(f"decompression bomb ({err}); raise data.max_pixels only if you trust it") from None
-    except FileNotFoundError:
-        raise BadFile("cannot be read: missing or a broken link") from None
-    except UnidentifiedImageError:
-        raise BadFile("not an image (contents are not a known image format)") from None
-    except OSError as err:
-        raise BadFile(f"cannot be read: {err.strerror or err}") from None
-    except Exception as err:  # PIL's header parsers raise assorted errors on garbage
-        raise BadFile(f"unreadable image header ({type(err).__name__}: {err})") from None
+    with _header_errors(), Image.open(str(path)) as im:
+        width, height = im.size
     _check_size(height, width, max_pixels)
     return height, width
 
