@@ -42,7 +42,7 @@ import re
 import sys
 from pathlib import Path
 
-from cod_benchmarks import list_images
+from cod_benchmarks import IMAGE_EXTS, list_images
 from config import Amp, ConfigError, check_encoder, load_config
 from evaluation import (
     CODMetrics,
@@ -104,11 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.images:
         if not args.images.is_dir():
             p.error(f"--images '{args.images}' is not a folder")
-        from engine.predict import list_own_images
-
-        if not list_own_images(args.images):
-            from cod_benchmarks import IMAGE_EXTS
-
+        if not list_images(args.images):
             p.error(f"--images '{args.images}' holds no images ({' '.join(IMAGE_EXTS)})")
     if args.preds:
         if args.data_root is None:

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 from PIL import Image
 
 from config import METRIC_KEYS
 
 from .discovery import sort_benchmarks
+from .maps import read_mask
 from .scoring import ImageResult, available_cores
 from .tables import LEGEND, LOWER_IS_BETTER
 
@@ -68,8 +68,8 @@ def _slug(text: str) -> str:
 
 def _thumbnail(src: str, dst: Path, side: int) -> None:
     """Write ``dst`` unless it is already newer than ``src``. Photos (``.jpg`` thumbnails) decode at
-    reduced size; masks and maps (``.png``) are read as the scorer reads them (cv2.IMREAD_GRAYSCALE:
-    colour to grey, 16-bit to its high byte), so the thumbnail shows what was scored."""
+    reduced size; masks and maps (``.png``) are read as the scorer reads them (``evaluation.maps.read_mask``:
+    colour to grey, 16-bit by its own range), so the thumbnail shows what was scored."""
     if dst.is_file() and dst.stat().st_mtime >= Path(src).stat().st_mtime:
         return
     if dst.suffix == ".jpg":
@@ -78,7 +78,7 @@ def _thumbnail(src: str, dst: Path, side: int) -> None:
             im = im.convert("RGB")
             im.thumbnail((side, side), Image.Resampling.BILINEAR)
     else:
-        grey = cv2.imread(src, cv2.IMREAD_GRAYSCALE)
+        grey = read_mask(Path(src))  # the scorer's reader
         if grey is None:
             raise ValueError("not readable as an image")
         im = Image.fromarray(grey)
