@@ -197,3 +197,12 @@ def test_model_info_counts_lora_on_its_own_line(tiny_dinov3_factory, capsys) -> 
     assert float(rows[8]["trainable params (M)"]) == pytest.approx(
         float(rows[0]["trainable params (M)"]) + lora, abs=0.01
     )
+
+
+def test_weight_loading_draws_no_progress_bar_into_a_redirected_log(tiny_dinov3_factory, capfd) -> None:
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    build_dinov3_encoder(pretrained_path=str(tiny_dinov3_factory(layers=4)))  # stderr is captured: not a terminal
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the global switch is left as it was
