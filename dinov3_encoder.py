@@ -107,7 +107,8 @@ def _inputs_in_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
 
 
 class DINOv3Encoder(nn.Module):
-    """[B, 3, H, W] RGB in [0, 1] -> list of four [B, C_i, H/s_i, W/s_i] maps (``out_channels``, ``strides``).
+    """[B, 3, H, W] RGB in [0, 1] -> list of four [B, C_i, H/s_i, W/s_i] maps (``out_channels``, ``strides``;
+    a stride is fractional when the patch is not a multiple of 4, e.g. 3.5 for DINOv2's 14).
 
     Any :class:`~encoders.trunks.Trunk` (DINOv3 or DINOv2, transformers or timm, ViT or ConvNeXt).
     H and W must be multiples of ``patch_size``. ``weights_dtype`` is the storage dtype of the frozen
@@ -177,7 +178,9 @@ class DINOv3Encoder(nn.Module):
         else:
             p = strides[0]
             self.pyramid = PYRAMIDS[pyramid](channels[0])
-            self.out_channels, self.strides = self.pyramid.out_channels, [p // 4, p // 2, p, 2 * p]
+            # Patch 14: strides 3.5, 7, 14, 28 (the 4x level of a 28x28 grid is 112x112 at 392 px).
+            strides = [p / 4, p / 2, p, 2 * p]
+            self.out_channels, self.strides = self.pyramid.out_channels, [int(s) if s % 1 == 0 else s for s in strides]
 
         trunk.requires_grad_(not freeze)
         if freeze and trainable_blocks:

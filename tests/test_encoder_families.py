@@ -52,7 +52,10 @@ def test_dinov2_architecture_and_size_errors(dinov2: Path) -> None:
     assert (arch.patch_size, arch.depth, arch.width, arch.registers) == (14, 4, 32, R)
     assert arch.family == ("dinov2_with_registers" if R else "dinov2")
     enc = build_dinov3_encoder(pretrained_path=str(dinov2))
-    assert enc.strides == [3, 7, 14, 28]
+    assert enc.strides == [3.5, 7, 14, 28]
+    with torch.no_grad():
+        maps = enc(torch.rand(1, 3, 56, 84))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(56 / s, 84 / s) for s in enc.strides]
     with pytest.raises(ValueError, match=r"384x384 is not a multiple of the encoder's patch size 14.*378x378"):
         enc(torch.rand(1, 3, 384, 384))
 
