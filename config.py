@@ -15,11 +15,14 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+if TYPE_CHECKING:
+    from dinov3_trunks import Architecture
 
 
 class ConfigError(ValueError):
@@ -540,7 +543,7 @@ METRIC_KEYS = ("Sm", "wFm", "MAE", "Em_adp", "Em_mean", "Em_max", "Fm_adp", "Fm_
 BEST_METRIC_KEYS = (*METRIC_KEYS, "loss")
 
 
-def check_encoder(cfg: DictConfig):
+def check_encoder(cfg: DictConfig) -> Architecture:
     """Read the encoder's architecture once (its config.json, or timm's model on the meta device)
     and check ``cfg`` against it: image sizes tile into whole patches, tapped and fine-tuned blocks
     exist. Returns the ``dinov3_trunks.Architecture``; raises :class:`ConfigError`."""

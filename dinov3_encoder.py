@@ -96,9 +96,10 @@ PYRAMIDS = {Pyramid.vitdet: SimpleFeaturePyramid, Pyramid.interpolate: Interpola
 # --------------------------------------------------------------------------- encoder
 def _inputs_in_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
     """A trainable float32 block behind bf16-stored frozen blocks: without autocast, feed it float32."""
-    dtype = next(module.parameters()).dtype
-    if torch.is_autocast_enabled(next(module.parameters()).device.type):
+    weight = next(module.parameters())
+    if torch.is_autocast_enabled(weight.device.type):
         return None
+    dtype = weight.dtype
 
     def cast(t):
         return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
