@@ -19,7 +19,7 @@ uses a saved one instead), at ``--size`` px, and measures after warm-up, as medi
 
 Each phase runs in a fresh subprocess so that its peak memory is its own: CUDA
 ``max_memory_allocated``, CPU peak RSS (VmHWM, reset after the model is built). Ratios in the
-table and in ``--json``: P1 ``encoder_fraction_of_peak``, P2 ``train_step_over_encoder``, P3
+table and in ``--json`` (ids and goals: the table in docs/performance.md): P1 ``encoder_fraction_of_peak``, P2 ``train_step_over_encoder``, P3
 ``inference_over_encoder``, P6 ``train_mem_over_inference_mem``, P4 ``loader_images_per_s_per_worker``;
 ``encoder_fraction_of_best_peak`` is the encoder against the faster of the two matmul peaks. ``train.amp``
 is resolved once (``auto``: for this device, engine.amp) and the result passed to every phase.
