@@ -29,3 +29,19 @@ def load_test_cli(module_name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_model_args(data: Path, encoder: Path) -> list[str]:
+    """train.py arguments for a seconds-long model: the default recipe on a 4-block tiny DINOv3
+    (``tiny_dinov3_factory(layers=4)``), width 16, 32-px images from ``data``. Append the run's own
+    ``key=value`` overrides (a later value for the same key wins)."""
+    return [
+        "--config",
+        str(ROOT / "e2net_dinov3.yaml"),
+        f"model.encoder.pretrained_path={encoder}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.channels=16",
+        "model.context_heads=2",
+        f"data.root={data}",
+        "data.image_size=32",
+    ]

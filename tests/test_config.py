@@ -1,7 +1,6 @@
 """The config loader: typed sections, dotted overrides, errors that name the key."""
 
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,8 +9,8 @@ from hypothesis import strategies as st
 
 import config
 from config import ConfigError, load_config
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 VALID_KEYS = config._valid_keys(config.Config)
 
 

@@ -20,9 +20,9 @@ from config import load_config
 from engine.amp import select_precision, step_optimizer
 from engine.checkpoint import load_checkpoint
 from engine.optim import build_optimizer
+from helpers import ROOT
 
 pytestmark = pytest.mark.cuda
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

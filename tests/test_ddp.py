@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
 from engine.checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, tiny_model_args
 
 
 def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory):
@@ -27,14 +25,7 @@ def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory):
         "--standalone",
         "--nproc_per_node=2",
         "train.py",
-        "--config",
-        "e2net_dinov3.yaml",
-        f"model.encoder.pretrained_path={encoder}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, encoder),
         "data.val_fraction=0.34",
         "train.batch_size=2",
         "train.num_workers=0",

@@ -15,7 +15,7 @@ from datasets.device_augment import DecodedTrainSet, augment, training_inputs, w
 from datasets.loader import seed_worker
 from datasets.reading import probe
 from engine.checkpoint import load_checkpoint
-from helpers import run_train
+from helpers import run_train, tiny_model_args
 
 
 def smooth_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +108,7 @@ def test_train_with_device_augmentation(tmp_path, tiny_dinov3_factory):
     data, run = tmp_path / "data", tmp_path / "run"
     generate(data, n_train=6, n_test=0, size=48, seed=0)
     common = [
-        "--config",
-        "e2net_dinov3.yaml",
-        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
         "data.val_fraction=0.34",
         "train.batch_size=2",
         "train.num_workers=0",

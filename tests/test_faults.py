@@ -21,8 +21,8 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.resume import RESUME_KEYS
+from helpers import ROOT, tiny_model_args
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(
     os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
 )
@@ -38,14 +38,7 @@ def run_args(tmp_path_factory, tiny_dinov3_factory) -> list[str]:
     generate(data, n_train=10, n_test=0, size=48, seed=0)
     encoder = tiny_dinov3_factory(layers=4)
     return [
-        "--config",
-        str(ROOT / "e2net_dinov3.yaml"),
-        f"model.encoder.pretrained_path={encoder}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, encoder),
         "data.val_fraction=0.2",
         "train.batch_size=4",
         "train.num_workers=0",

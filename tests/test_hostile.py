@@ -16,9 +16,7 @@ import pytest
 import torch
 
 from engine.checkpoint import save_checkpoint
-from helpers import load_test_cli, run_train
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, load_test_cli, run_train
 
 
 @pytest.fixture(scope="module")

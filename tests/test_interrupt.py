@@ -14,7 +14,7 @@ import torch
 
 import models
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, run_train
+from helpers import ROOT, run_train, tiny_model_args
 
 BATCHES = 4  # per epoch: 8 training images at batch 2
 
@@ -26,14 +26,7 @@ def args(tmp_path_factory, tiny_dinov3_factory) -> list[str]:
     data = tmp_path_factory.mktemp("synth")
     generate(data, n_train=12, n_test=0, size=48, seed=0)
     return [
-        "--config",
-        str(ROOT / "e2net_dinov3.yaml"),
-        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
         "data.val_fraction=0.34",
         "train.batch_size=2",
         "train.num_workers=0",

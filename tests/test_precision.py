@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from config import Amp, Backend, ConfigError, Decoder, Norm, WeightsDtype, load_config
 from engine import amp as amp_module
 from engine.amp import resolve_amp, resolve_precision
-from helpers import load_test_cli, run_train
+from helpers import load_test_cli, run_train, tiny_model_args
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -114,14 +114,7 @@ def test_training_saves_the_resolved_precision_a_resume_keeps_it_and_test_py_pic
     generate(data, n_train=4, n_test=0, size=40, seed=0)
     run = tmp_path / "run"
     args = [
-        "--config",
-        "e2net_dinov3.yaml",
-        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
         "data.val_fraction=0",
         "train.batch_size=2",
         "train.num_workers=0",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.logger import labelled_grid
-from helpers import run_train
+from helpers import run_train, tiny_model_args
 
 
 def test_grid_has_a_header_naming_each_column() -> None:
@@ -34,14 +34,7 @@ def test_training_logs_config_and_test_metrics(tmp_path: Path, tiny_dinov3_facto
     generate(data, n_train=8, n_test=3, size=48, seed=0)
     run = tmp_path / "checkpoint" / "run"
     args = [
-        "--config",
-        "e2net_dinov3.yaml",
-        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
         "data.val_fraction=0.25",
         "data.test_sets=[SynthCOD]",
         "train.batch_size=4",

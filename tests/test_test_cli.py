@@ -13,9 +13,8 @@ import pytest
 from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
 from config import METRIC_KEYS
-from helpers import load_test_cli
+from helpers import ROOT, load_test_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 # The S-measure paper's demo: two masks and six published methods' maps (BSD-3-Clause; tests/data/README.md).
 DEMO = ROOT / "tests" / "data" / "smeasure-demo"
 METHODS = ("DCL", "DISC", "MDF", "dhsnet", "mc", "rfcn")

@@ -11,7 +11,7 @@ from torch import nn
 
 from engine.amp import NonFiniteGuard, select_precision, step_optimizer
 from engine.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
-from helpers import run_train
+from helpers import run_train, tiny_model_args
 
 
 class _Toy(nn.Module):
@@ -196,14 +196,7 @@ def tiny_run_args(tmp_path_factory, tiny_dinov3_factory):
     generate(data, n_train=12, n_test=0, size=48, seed=0)
     encoder = tiny_dinov3_factory(layers=4)
     return [
-        "--config",
-        "e2net_dinov3.yaml",
-        f"model.encoder.pretrained_path={encoder}",
-        "model.encoder.layers=[1,2,3,4]",
-        "model.channels=16",
-        "model.context_heads=2",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, encoder),
         "data.val_fraction=0.34",
         "train.batch_size=4",
         "train.num_workers=0",
