@@ -117,7 +117,11 @@ def check_parity(model: nn.Module, path: Path, shapes: list[tuple[int, int, int]
 
 def check_shapes(patch: int, size: int) -> list[tuple[int, int, int]]:
     """Batch sizes 1..3, the trained size, a wide and a tall input: none the export saw."""
-    return [(1, size, size), (3, size + 2 * patch, size - 2 * patch), (2, max(patch, size // 2), size + 4 * patch)]
+    return [
+        (1, size, size),
+        (3, size + 2 * patch, max(patch, size - 2 * patch)),
+        (2, max(patch, size // 2), size + 4 * patch),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
