@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # ImageNet statistics, what the LVD-1689M and LVD-142M checkpoints ship in their preprocessor_config.json.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
 FAMILIES = ("dinov3", "dinov2")
 
 
