@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -45,3 +46,8 @@ def tiny_model_args(data: Path, encoder: Path) -> list[str]:
         f"data.root={data}",
         "data.image_size=32",
     ]
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The command that launches ``nproc`` local processes of a script the way users run DDP."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]

@@ -21,6 +21,7 @@ from engine.amp import select_precision, step_optimizer
 from engine.checkpoint import load_checkpoint
 from engine.optim import build_optimizer
 from helpers import ROOT
+from helpers import torchrun as torchrun_cmd
 
 pytestmark = pytest.mark.cuda
 
@@ -150,7 +151,7 @@ def test_channels_last_and_compile_match_the_plain_model(tiny_dinov3_factory, de
 
 
 def _train_cmd(encoder: Path, data: Path, run: Path, epochs: int, torchrun: bool = False) -> list[str]:
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if torchrun else []
+    launcher = torchrun_cmd(1)[1:] if torchrun else []
     return [
         sys.executable,
         *launcher,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import torch
 
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, tiny_model_args
+from helpers import ROOT, tiny_model_args, torchrun
 
 
 def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory):
@@ -19,11 +18,7 @@ def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory):
     generate(data, n_train=12, n_test=0, size=48, seed=0)
     encoder = tiny_dinov3_factory(layers=4)
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *torchrun(2),
         "train.py",
         *tiny_model_args(data, encoder),
         "data.val_fraction=0.34",

@@ -21,7 +21,7 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.resume import RESUME_KEYS
-from helpers import ROOT, tiny_model_args
+from helpers import ROOT, tiny_model_args, torchrun
 
 ENV = dict(
     os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
@@ -234,11 +234,7 @@ def test_dead_ddp_worker_stops_the_whole_run(tmp_path, run_args):
     """torchrun, 2 CPU processes (gloo): SIGKILL rank 1 mid-training; rank 0 must not wait for it."""
     run = tmp_path / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *torchrun(2),
         str(ROOT / "train.py"),
         *run_args,
         f"train.run_dir={run}",
@@ -275,11 +271,7 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path, run
     save one last.pth holding both ranks' random states and the position, and exit cleanly."""
     run = tmp_path / "run"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+        *torchrun(2),
         str(ROOT / "train.py"),
         *run_args,
         f"train.run_dir={run}",

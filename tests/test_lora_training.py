@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, load_test_cli, run_train
+from helpers import ROOT, load_test_cli, run_train, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ def test_lora_trains_under_ddp(tmp_path, lora_args):
     """Two gloo processes: every LoRA weight gets a gradient, or DDP's reducer stops the run."""
     run = tmp_path / "run"
     args = [a for a in lora_args if not a.startswith(("train.epochs", "train.deterministic"))]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    cmd = [*torchrun(2), "train.py"]
     cmd += [*args, "train.batch_size=2", "train.epochs=1", f"train.run_dir={run}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
