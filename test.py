@@ -44,20 +44,11 @@ from pathlib import Path
 
 from cod_benchmarks import IMAGE_EXTS, list_images
 from config import Amp, ConfigError, check_encoder, load_config
-from evaluation import (
-    CODMetrics,
-    EvaluationError,
-    ImageResult,
-    Scorer,
-    find_pred_dirs,
-    format_table,
-    match_benchmarks,
-    pair_folder,
-    plot_curves,
-    score_benchmark,
-    write_results_json,
-    write_tables,
-)
+from evaluation.curves import plot_curves
+from evaluation.discovery import EvaluationError, find_pred_dirs, match_benchmarks
+from evaluation.metrics import CODMetrics
+from evaluation.scoring import ImageResult, Scorer, pair_folder, score_benchmark
+from evaluation.tables import format_table, write_results_json, write_tables
 from evaluation.maps import MapIssues
 from evaluation.report import gallery_rows, write_report
 

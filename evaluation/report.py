@@ -20,12 +20,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from config import METRIC_KEYS
 
 from .discovery import sort_benchmarks
 from .maps import read_mask
 from .scoring import ImageResult, available_cores
-from .tables import LEGEND, LOWER_IS_BETTER
+from .names import LOWER_IS_BETTER, METRIC_KEYS
+from .tables import LEGEND
 
 log = logging.getLogger(__name__)
 

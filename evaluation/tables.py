@@ -13,11 +13,10 @@ import csv
 import json
 from pathlib import Path
 
-from config import METRIC_KEYS
+from .names import LOWER_IS_BETTER, METRIC_KEYS
 
 from .discovery import sort_benchmarks
 
-LOWER_IS_BETTER = {"MAE", "loss"}  # "loss": the validation loss, a possible train.best_metric
 LEGEND = (
     "Sm: S-measure (alpha 0.5). wFm: weighted F-measure (beta 1). MAE: mean absolute error (lower is "
     "better). Em/Fm: E-measure / F-measure (beta^2 0.3) at the adaptive threshold (adp, 2 x mean of the "

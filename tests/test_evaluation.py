@@ -15,20 +15,12 @@ import py_sod_metrics as sod
 import pytest
 
 from cod_benchmarks import select_benchmark_images
-from config import METRIC_KEYS
-from evaluation import (
-    CODMetrics,
-    MapIssues,
-    Scorer,
-    format_markdown,
-    format_table,
-    image_scores,
-    pair_folder,
-    plot_curves,
-    score_folder,
-    write_results_json,
-    write_tables,
-)
+from evaluation.names import METRIC_KEYS
+from evaluation.curves import plot_curves
+from evaluation.maps import MapIssues
+from evaluation.metrics import CODMetrics, image_scores
+from evaluation.scoring import Scorer, pair_folder, score_folder
+from evaluation.tables import format_markdown, format_table, write_results_json, write_tables
 
 # PySODMetrics' example maps and the scores its own tests assert (MIT; tests/data/README.md).
 EXAMPLES = Path(__file__).resolve().parent / "data" / "pysodmetrics-examples"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation import image_scores
+from evaluation.metrics import image_scores
 from evaluation.report import gallery_rows, write_report
 from evaluation.scoring import ImageResult
 from helpers import load_test_cli

@@ -1,0 +1,59 @@
+"""Config keys that are valid alone but contradict each other.
+
+Run by ``build.check_config`` (with the encoder's own checks) before anything is built, and by
+``build.build_model``; :func:`config.load_config` checks each key alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from config import CaemAlign, ConfigError, Decoder, LossTerm, Pyramid, Scheduler
+
+
+def _levels(c: DictConfig) -> int:
+    return len(c.model.encoder.layers) or 4
+
+
+# Keys that are valid alone but contradict each other: (the key to change, holds when, why).
+RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
+    ("model.encoder.layers", lambda c: _levels(c) == 4 or c.model.encoder.simple,
+     "a pyramid (model.encoder.simple=false) is built from four tapped blocks; give four or []"),
+    ("model.encoder.trainable_blocks", lambda c: c.model.encoder.freeze or c.model.encoder.trainable_blocks == 0,
+     "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block"),
+    ("model.encoder.lora.rank",
+     lambda c: c.model.encoder.lora.rank == 0 or (c.model.encoder.freeze and c.model.encoder.trainable_blocks == 0),
+     "LoRA adapts a frozen trunk: set model.encoder.freeze=true and model.encoder.trainable_blocks=0"),
+    ("model.encoder.pyramid", lambda c: not c.model.encoder.simple or c.model.encoder.pyramid == Pyramid.vitdet,
+     "has no effect with model.encoder.simple=true (all levels at stride p): set simple=false or leave it at vitdet"),
+    ("model.channels", lambda c: c.model.channels % 8 == 0, "must be a multiple of 8"),
+    ("model.context_heads", lambda c: c.model.channels % c.model.context_heads == 0, "must divide model.channels"),
+    ("model.decoder", lambda c: c.model.decoder != Decoder.e2net or _levels(c) == 4,
+     "e2net wires exactly 4 levels (strides 4/8/16/32): model.encoder.layers must give four"),
+    ("model.decoder", lambda c: c.model.decoder != Decoder.e2net_ref or _levels(c) >= 2,
+     "e2net_ref needs at least 2 levels (the finest as CCM query, the deepest for LFSM)"),
+    ("model.caem_align", lambda c: c.model.decoder != Decoder.linear or c.model.caem_align == CaemAlign.own,
+     "applies to the decoders with a CAEM (model.decoder=e2net or e2net_ref), not linear"),
+    ("loss", lambda c: sum(c.loss[t] for t in LossTerm) > 0, "at least one loss term weight must be > 0"),
+    ("loss.coarse_terms", lambda c: len(set(c.loss.coarse_terms)) == len(c.loss.coarse_terms), "lists a term twice"),
+    ("loss.coarse_terms", lambda c: not c.loss.coarse_terms or c.model.decoder != Decoder.linear,
+     "model.decoder=linear has no coarse map: leave loss.coarse_terms empty"),
+    ("data.scale", lambda c: len(c.data.scale) == 2 and c.data.scale[0] <= c.data.scale[1],
+     "must be [min, max] with min <= max"),
+    ("data.train", lambda c: len(c.data.train) > 0, "list at least one training folder (relative to data.root)"),
+    ("train.betas", lambda c: len(c.train.betas) == 2, "give two values, e.g. [0.9, 0.999]"),
+    ("train.scheduler", lambda c: c.train.scheduler != Scheduler.plateau or c.data.val_fraction > 0 or c.data.val_set,
+     "plateau steps on the validation loss, but there is no validation split: set data.val_fraction > 0 "
+     "(or data.val_set), or use train.scheduler=cosine"),
+    ("train.warmup_epochs", lambda c: c.train.scheduler != Scheduler.plateau or c.train.warmup_epochs == 0,
+     "warm-up belongs to train.scheduler=cosine; set it to 0 with plateau"),
+]  # fmt: skip
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first of :data:`RULES` that ``cfg`` breaks."""
+    for key, holds, why in RULES:
+        if not holds(cfg):
+            raise ConfigError(f"config key '{key}': {why}")
