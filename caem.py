@@ -49,6 +49,7 @@ class CAEM(nn.Module):
     def __init__(
         self,
         in_channels: int | Sequence[int] = 768,
+        *,
         out_channels: int = 128,
         norm: str = "gn",
         num_levels: int = 4,

@@ -1,6 +1,6 @@
 """The encoder: an image in [0, 1] -> four feature maps at strides (4, 8, 16, 32).
 
-Any supported trunk (DINOv3 or DINOv2, from transformers or timm; see :mod:`dinov3_trunks`). A ViT
+Any supported trunk (DINOv3 or DINOv2, from transformers or timm; see :mod:`encoders`). A ViT
 is tapped at four transformer blocks (counted from 1; default: quarters of the depth, (3, 6, 9, 12)
 for ViT-S/B, (6, 12, 18, 24) for ViT-L, (8, 16, 24, 32) for H+, (10, 20, 30, 40) for 7B). Each tapped
 layer goes through the trunk's final LayerNorm (as DINOv3's ``get_intermediate_layers(norm=True)``
@@ -25,20 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Pyramid
-
-# Re-exported: what callers need before and while building.
-from dinov3_trunks import (  # noqa: F401
-    Architecture,
-    LoRA,
-    Trunk,
-    add_lora,
-    default_layers,
-    load_trunk,
-    lora_dropouts,
-    nearest_sizes,
-    read_architecture,
-    weights_missing_error,
-)
+from encoders.loading import default_layers, load_trunk, nearest_sizes
+from encoders.lora import LoRA, add_lora, lora_dropouts, lora_parameters
+from encoders.trunks import Trunk
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +96,12 @@ def _inputs_in_own_dtype(module: nn.Module, args: tuple, kwargs: dict):
     return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
-class DINOv3Encoder(nn.Module):
+class PyramidEncoder(nn.Module):
     """[B, 3, H, W] RGB in [0, 1] -> list of four [B, C_i, H/s_i, W/s_i] maps (``out_channels``, ``strides``;
     a stride is fractional when the patch is not a multiple of 4, e.g. 3.5 for DINOv2's 14).
 
-    Any :class:`~encoders.trunks.Trunk` (DINOv3 or DINOv2, transformers or timm, ViT or ConvNeXt).
+    Wraps any :class:`~encoders.trunks.Trunk` (DINOv3 or DINOv2, transformers or timm, ViT or ConvNeXt)
+    with its normalisation, the choice of tapped blocks, freezing and the pyramid.
     H and W must be multiples of ``patch_size``. ``weights_dtype`` is the storage dtype of the frozen
     trunk weights (``torch.bfloat16`` pays off only under bf16 autocast); trainable blocks, LoRA, the
     final norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
@@ -122,6 +112,7 @@ class DINOv3Encoder(nn.Module):
     def __init__(
         self,
         trunk: Trunk,
+        *,
         mean: Sequence[float],
         std: Sequence[float],
         layers: Sequence[int] | None = None,
@@ -152,10 +143,10 @@ class DINOv3Encoder(nn.Module):
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = depth - trainable_blocks if freeze else 0
         self.layers = tuple(int(i) for i in layers) if layers else default_layers(depth)
-        if len(self.layers) != 4 or not all(1 <= i <= depth for i in self.layers):
+        if (len(self.layers) != 4 and not simple) or not all(1 <= i <= depth for i in self.layers):
             raise ValueError(
-                f"layers {list(self.layers)}: give four block indices in 1..{depth} (blocks count "
-                f"from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)"
+                f"layers {list(self.layers)}: give {'block indices' if simple else 'four block indices'} in "
+                f"1..{depth} (blocks count from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)"
             )
         if self.frozen_blocks < depth and max(self.layers) < depth:
             # Trained but unused blocks would get no gradient, which DistributedDataParallel rejects.
@@ -202,10 +193,10 @@ class DINOv3Encoder(nn.Module):
 
     def lora_parameters(self) -> list[nn.Parameter]:
         """The LoRA adapters' weights (empty without LoRA)."""
-        return [p for n, p in self.trunk.named_parameters() if ".lora_" in n]
+        return lora_parameters(self.trunk)
 
     # -- mode -------------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> DINOv3Encoder:
+    def train(self, mode: bool = True) -> PyramidEncoder:
         super().train(mode)
         self.trunk.eval()  # see the module docstring: train-mode RoPE jitter would only add noise
         for m in self._lora_dropouts:
@@ -258,6 +249,7 @@ class DINOv3Encoder(nn.Module):
 
 
 def build_dinov3_encoder(
+    *,
     model_name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m",
     pretrained_path: str | None = None,
     freeze: bool = True,
@@ -269,8 +261,8 @@ def build_dinov3_encoder(
     timm_kwargs: dict | None = None,
     lora: LoRA | None = None,
     pyramid: str = "vitdet",
-) -> DINOv3Encoder:
-    """Load a trunk of any supported family and wrap it; see :class:`DINOv3Encoder` for the forward contract.
+) -> PyramidEncoder:
+    """Load a trunk of any supported family and wrap it; see :class:`PyramidEncoder` for the forward contract.
 
     backend "hf": ``pretrained_path`` is a local folder (config.json, model.safetensors,
     preprocessor_config.json) of a DINOv3 or DINOv2 (with or without registers) model, tried before
@@ -282,10 +274,10 @@ def build_dinov3_encoder(
     for tiny architectures).
     """
     trunk, mean, std = load_trunk(model_name, pretrained_path, backend, timm_kwargs)
-    enc = DINOv3Encoder(
+    enc = PyramidEncoder(
         trunk,
-        mean,
-        std,
+        mean=mean,
+        std=std,
         layers=layers,
         simple=simple,
         freeze=freeze,

@@ -43,16 +43,16 @@ import sys
 from pathlib import Path
 
 from cod_benchmarks import IMAGE_EXTS, list_images
-from config import Amp, ConfigError, check_encoder, load_config
+from engine.cli import LOG_FORMAT, add_config_arguments, error_line
 from evaluation.curves import plot_curves
 from evaluation.discovery import EvaluationError, find_pred_dirs, match_benchmarks
+from evaluation.maps import MapIssues
 from evaluation.metrics import CODMetrics
+from evaluation.report import gallery_rows, write_report
 from evaluation.scoring import ImageResult, Scorer, pair_folder, score_benchmark
 from evaluation.tables import format_table, write_results_json, write_tables
-from evaluation.maps import MapIssues
-from evaluation.report import gallery_rows, write_report
 
-# torch, models and datasets are imported inside the functions that need them: the scoring
+# torch, the model and the data are imported inside the functions that need them: the scoring
 # worker processes re-import this file (multiprocessing does so with the main script), and
 # must start light.
 log = logging.getLogger("test")
@@ -74,16 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--preds; with --ckpt the same as data.root=...)",
     )
     p.add_argument("--images", type=Path, help="with --ckpt: predict these images instead of the benchmarks")
-    p.add_argument("--config", type=Path, help="YAML config to use instead of the checkpoint's own")
     p.add_argument("--out", type=Path, help="output folder (defaults above)")
     p.add_argument("--workers", type=int, help="scoring processes (default eval.workers; 0 = all cores)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its thumbnails")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="config overrides with --ckpt, e.g. eval.tta.hflip=true (every key: config.py, README 'Config reference')",
-    )
+    add_config_arguments(p)  # with --ckpt: a config instead of the checkpoint's own, key=value overrides
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.preds):
         p.error("give either --ckpt PATH (evaluate a checkpoint) or --preds DIR --data-root ROOT (score saved maps)")
@@ -210,30 +204,11 @@ def score_saved_maps(args: argparse.Namespace) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """Checkpoint -> (cfg, model on its device, device, precision)."""
-    import torch
+    """--ckpt (and --config, key=value, --data-root) -> the trained model, see :mod:`engine.trained`."""
+    from engine.trained import load_trained
 
-    import models
-    from engine.amp import resolve_precision
-    from engine.checkpoint import load_checkpoint
-    from engine.weights import check_fingerprint, encoder_fingerprint, load_weights
-
-    state = load_checkpoint(args.ckpt, required=("model",) if args.config else ("model", "config"))
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    cfg = load_config(args.config if args.config else state["config"], overrides)
-    if not args.config and not any(o.partition("=")[0].strip() == "train.amp" for o in overrides):
-        cfg.train.amp = Amp.auto  # the stored value was resolved for the training machine: pick for this one
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(cfg, device)
-    try:
-        check_encoder(cfg)
-        model = models.build_model(cfg)
-    except (ValueError, ImportError) as err:  # how the encoder builder reports impossible settings
-        raise ConfigError(f"cannot build the model of this config: {err}") from None
-    check_fingerprint(state, args.ckpt, encoder_fingerprint(model, cfg))
-    load_weights(model, state["model"], args.ckpt)
-    log.info("loaded %s (epoch %s, step %s) on %s", args.ckpt, state.get("epoch"), state.get("step"), device)
-    return cfg, model.to(device).eval(), device, precision
+    return load_trained(args.ckpt, args.config, overrides)
 
 
 def with_tta(model, cfg):
@@ -262,8 +237,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     import datasets
     from engine.predict import predict_loader
 
-    cfg, model, device, precision = load_model(args)
-    model, tta = with_tta(model, cfg)
+    trained = load_model(args)
+    cfg, device, precision = trained.cfg, trained.device, trained.precision
+    model, tta = with_tta(trained.model, cfg)
+    del trained
     out = args.out or default_out(args.ckpt, "test", "_".join(filter(None, (args.ckpt.stem, tta))))
     test_sets = datasets.build_test_sets(cfg)
     predicted = {}
@@ -295,19 +272,20 @@ def predict_own_images(args: argparse.Namespace) -> None:
     """--ckpt --images mode: masks and overlays, no metrics."""
     from engine.predict import list_own_images, predict_images
 
-    cfg, model, device, precision = load_model(args)
-    model, _ = with_tta(model, cfg)
+    trained = load_model(args)
+    cfg = trained.cfg
+    model, _ = with_tta(trained.model, cfg)
     out = args.out or default_out(args.ckpt, "predict", args.images.resolve().name)
     paths = list_own_images(args.images)
     n = predict_images(
         model,
         paths,
         out,
-        precision,
-        device,
-        int(cfg.data.image_size),
-        int(cfg.eval.batch_size),
-        int(cfg.data.max_pixels),
+        precision=trained.precision,
+        device=trained.device,
+        size=int(cfg.data.image_size),
+        batch_size=int(cfg.eval.batch_size),
+        max_pixels=int(cfg.data.max_pixels),
     )
     if n == 0:
         raise EvaluationError(f"none of the {len(paths)} files in '{args.images}' could be read as an image")
@@ -316,17 +294,9 @@ def predict_own_images(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    from datasets import DatasetError
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    from engine.errors import USER_ERRORS
 
-    # User-fixable problems end in one line (missing weights are a FileNotFoundError).
-    user_errors: tuple = (ConfigError, DatasetError, EvaluationError, OSError)
-    if args.ckpt:
-        from engine.checkpoint import CheckpointError
-
-        user_errors += (CheckpointError,)
     try:
         if args.preds:
             score_saved_maps(args)
@@ -334,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             predict_own_images(args)
         else:
             evaluate_checkpoint(args)
-    except user_errors as err:
-        print(f"test.py: error: {err}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as err:
+        print(f"test.py: error: {error_line(err)}", file=sys.stderr)
         return 1
     return 0
 

@@ -5,11 +5,12 @@ this project uses that library.
 """
 
 from .build import build_test_sets, build_train_val, split_train_val
-from .dataset import CODDataset, Sample
+from .dataset import CODDataset, Sample, eval_input
 from .device_augment import training_inputs
 from .layout import find_benchmark_dirs
 from .loader import build_loader, collate, set_epoch
 from .problems import BadFile, DatasetError, Problem
+from .reading import decode_image, probe
 from .transforms import TestTransform, TrainTransform
 
 __all__ = [
@@ -24,7 +25,10 @@ __all__ = [
     "build_test_sets",
     "build_train_val",
     "collate",
+    "decode_image",
+    "eval_input",
     "find_benchmark_dirs",
+    "probe",
     "set_epoch",
     "split_train_val",
     "training_inputs",

@@ -1,2 +1,4 @@
-"""Encoder trunks: one interface over transformers' and timm's DINOv3 / DINOv2 models, their
-loading, and LoRA. Import from :mod:`dinov3_trunks` / :mod:`dinov3_encoder`."""
+"""Pretrained trunks of every supported family, seen one way. Import each name from its module:
+:mod:`encoders.trunks` (one interface over transformers' and timm's models), :mod:`encoders.loading`
+(loading a trunk, reading its architecture, the absent-weights error), :mod:`encoders.lora` (LoRA
+through peft) and :mod:`encoders.checks` (a config against the checkpoint's architecture)."""

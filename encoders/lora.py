@@ -14,6 +14,14 @@ from torch import nn
 
 from encoders.trunks import Trunk
 
+# peft names every adapter weight lora_A / lora_B (and its dropout lora_dropout) inside the layer it wraps.
+MARKER = ".lora_"
+
+
+def is_lora(name: str) -> bool:
+    """Whether the parameter or module ``name`` belongs to a LoRA adapter."""
+    return MARKER in name
+
 
 @dataclass(frozen=True)
 class LoRA:
@@ -62,12 +70,17 @@ def add_lora(trunk: Trunk, lora: LoRA, n_blocks: int) -> list[nn.Parameter]:
     chosen = [full for full, inner in layers.items() if any(matches(inner, t) for t in targets)]
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=chosen)
     inject_adapter_in_model(config, trunk.model)
-    params = [p for n, p in trunk.model.named_parameters() if "lora_" in n]
+    params = lora_parameters(trunk.model)
     for p in params:
         p.requires_grad_(True)
     return params
 
 
+def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The LoRA adapters' weights inside ``module`` (empty without LoRA)."""
+    return [p for n, p in module.named_parameters() if is_lora(n)]
+
+
 def lora_dropouts(module: nn.Module) -> list[nn.Module]:
     """LoRA's dropout layers: they follow the parent's train/eval mode while the trunk stays in eval."""
-    return [m for n, m in module.named_modules() if ".lora_dropout." in n and isinstance(m, nn.Dropout)]
+    return [m for n, m in module.named_modules() if is_lora(n) and isinstance(m, nn.Dropout)]

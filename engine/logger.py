@@ -19,8 +19,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from engine.checkpoint import write_error
-
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from engine.cli import LOG_FORMAT
 
 
 def setup_logging(run_dir: Path | None, is_main: bool) -> None:
@@ -39,7 +38,7 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "train.log", encoding="utf-8"))
     for h in handlers:
-        h.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+        h.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
         h._e2net = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.setLevel(logging.INFO if is_main else logging.WARNING)
@@ -67,15 +66,6 @@ def labelled_grid(tiles: torch.Tensor, labels: Sequence[str], padding: int = 2) 
         x = padding + i * (w + padding) + max(0, (w - tw) // 2)
         cv2.putText(header, text, (x, text_h + 3), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
     return torch.cat([torch.from_numpy(header).permute(2, 0, 1).float() / 255, grid], dim=1)
-
-
-def error_line(err: BaseException) -> str:
-    """The message of ``err``; for an error re-raised from a DataLoader worker, the original one
-    (the worker's message carries its whole traceback)."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
 
 
 class RunWriter:

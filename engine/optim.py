@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from encoders.lora import is_lora
+
 
 def _no_decay(name: str, p: nn.Parameter) -> bool:
     """Biases, norm scales and learned tokens/embeddings: decaying them toward 0 only hurts."""
@@ -35,7 +37,7 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "new" if id(p) not in pretrained_ids else "lora" if ".lora_" in name else "pretrained"
+        part = "new" if id(p) not in pretrained_ids else "lora" if is_lora(name) else "pretrained"
         decay = "no_decay" if _no_decay(name, p) and not decay_norms else "decay"
         key = f"{part}/{decay}"
         if key not in groups:
@@ -49,6 +51,12 @@ def param_groups(
     if not groups:
         raise ValueError("the model has no trainable parameters (is everything frozen?)")
     return list(groups.values())
+
+
+def lr_label(group: dict) -> str:
+    """The scalar a param group's lr is logged as: ``lr`` for the new layers, ``lr_pretrained`` for
+    the trunk's fine-tuned blocks and adapters (groups are named ``<part>/<decay>``, see :func:`param_groups`)."""
+    return "lr" if group["name"].split("/")[0] == "new" else "lr_pretrained"
 
 
 def build_optimizer(

@@ -21,9 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from cod_benchmarks import list_images
-from datasets.dataset import eval_input
-from datasets.problems import BadFile
-from datasets.reading import decode_image, probe
+from datasets import BadFile, decode_image, eval_input, probe
 from engine.amp import Precision
 
 log = logging.getLogger(__name__)
@@ -108,6 +106,7 @@ def predict_images(
     model: nn.Module,
     paths: list[Path],
     out_dir: Path,
+    *,
     precision: Precision,
     device: torch.device,
     size: int,

@@ -30,6 +30,7 @@ import py_sod_metrics as sod
 from py_sod_metrics.utils import prepare_data
 
 from cod_benchmarks import too_small
+
 from .names import METRIC_KEYS
 
 N_THRESHOLDS = 256

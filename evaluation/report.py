@@ -20,11 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
-
 from .discovery import sort_benchmarks
 from .maps import read_mask
-from .scoring import ImageResult, available_cores
 from .names import LOWER_IS_BETTER, METRIC_KEYS
+from .scoring import ImageResult, available_cores
 from .tables import LEGEND
 
 log = logging.getLogger(__name__)

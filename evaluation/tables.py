@@ -13,9 +13,8 @@ import csv
 import json
 from pathlib import Path
 
-from .names import LOWER_IS_BETTER, METRIC_KEYS
-
 from .discovery import sort_benchmarks
+from .names import LOWER_IS_BETTER, METRIC_KEYS
 
 LEGEND = (
     "Sm: S-measure (alpha 0.5). wFm: weighted F-measure (beta 1). MAE: mean absolute error (lower is "

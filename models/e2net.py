@@ -12,7 +12,7 @@ class E2Net(nn.Module):
     """Camouflaged-object segmenter.
 
     Args:
-        encoder: image [B, 3, H, W] in [0, 1] -> list of 4 maps (e.g. ``DINOv3Encoder``); it
+        encoder: image [B, 3, H, W] in [0, 1] -> list of 4 maps (e.g. ``dinov3_encoder.PyramidEncoder``); it
             keeps its frozen part in eval mode and out of autograd itself.
         caem: list of 4 maps -> list of 4 maps, or None (the linear decoder reads the encoder directly).
         decoder: ``(maps, size) -> list of logits [B, 1, *size]``, final last.
@@ -29,6 +29,7 @@ class E2Net(nn.Module):
         encoder: nn.Module,
         caem: nn.Module | None,
         decoder: nn.Module,
+        *,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:

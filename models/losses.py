@@ -9,7 +9,8 @@ batch, and expects float32 inputs; ``CODLoss`` casts and disables autocast, beca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 import kornia
 import torch
@@ -100,12 +101,22 @@ def sobel_edge_loss(logits: Tensor, mask: Tensor, threshold: float = 0.1) -> Ten
     return bce.mean(dim=(1, 2, 3)).mean()
 
 
+# The loss terms by the name the config gives them (loss.<name> weights, loss.coarse_terms).
+TERMS: dict[str, Callable[..., Tensor]] = {
+    "bce": lambda x, m, weight, **_: weighted_bce(x, m, torch.ones_like(m) if weight is None else weight),
+    "iou": lambda x, m, weight, pooled, **_: weighted_iou(x, m, weight, pooled=pooled),
+    "dice": lambda x, m, pooled, **_: dice_loss(x, m, pooled=pooled),
+    "edge": lambda x, m, edge_width, **_: edge_loss(x, m, edge_width),
+    "sobel": lambda x, m, **_: sobel_edge_loss(x, m),
+}
+
+
 class CODLoss(nn.Module):
     """Weighted sum of the terms above on every output, with deep supervision.
 
     ``forward(outputs: list of logits [B, 1, H, W] (coarse map first, final last), mask [B, 1, H, W])``
     returns ``(total, terms)``: ``total = L(final) + side * sum(L(o) for o in sides) [+ coarse * C(outputs[0])]``
-    with ``L = bce * BCE + iou * IoU + dice * Dice + edge * Edge + sobel * Sobel``. Without
+    with ``L = sum(weights[t] * TERMS[t])`` (e.g. ``{"bce": 1, "iou": 1}``). Without
     ``coarse_terms`` the sides are every output but the last; with them the coarse map (the first
     output) is scored by ``C`` = the unweighted sum of those terms instead, and the sides are the
     outputs between the first and the last. ``weighted``: BCE and IoU use SINet-V2's boundary
@@ -116,11 +127,8 @@ class CODLoss(nn.Module):
 
     def __init__(
         self,
-        bce: float = 1.0,
-        iou: float = 1.0,
-        dice: float = 0.0,
-        edge: float = 0.0,
-        sobel: float = 0.0,
+        *,
+        weights: Mapping[str, float] = MappingProxyType({"bce": 1.0, "iou": 1.0}),
         side: float = 0.5,
         weighted: bool = True,
         pooled: bool = False,
@@ -129,26 +137,18 @@ class CODLoss(nn.Module):
         edge_width: int = 2,
     ) -> None:
         super().__init__()
-        self.weights = {"bce": bce, "iou": iou, "dice": dice, "edge": edge, "sobel": sobel}
-        if not any(w > 0 for w in self.weights.values()):
-            raise ValueError(
-                "every loss weight is 0: set at least one of loss.bce, loss.iou, loss.dice, loss.edge, loss.sobel > 0"
-            )
-        unknown = [t for t in coarse_terms if t not in self.weights]
+        unknown = [t for t in (*weights, *coarse_terms) if t not in TERMS]
         if unknown:
-            raise ValueError(f"loss.coarse_terms {unknown}: terms are {', '.join(self.weights)}")
+            raise ValueError(f"loss terms {unknown}: the terms are {', '.join(TERMS)}")
+        self.weights = {t: float(w) for t, w in weights.items() if w}
+        if not self.weights:
+            raise ValueError(f"every loss weight is 0: give at least one of {', '.join(TERMS)} a weight > 0")
         self.coarse_weights = dict.fromkeys(coarse_terms, coarse)
         self.side, self.weighted, self.pooled, self.edge_width = side, weighted, pooled, edge_width
 
     def _terms(self, weights: dict[str, float], logits: Tensor, mask: Tensor, weight: Tensor | None) -> dict:
-        fns = {
-            "bce": lambda: weighted_bce(logits, mask, torch.ones_like(mask) if weight is None else weight),
-            "iou": lambda: weighted_iou(logits, mask, weight, pooled=self.pooled),
-            "dice": lambda: dice_loss(logits, mask, pooled=self.pooled),
-            "edge": lambda: edge_loss(logits, mask, self.edge_width),
-            "sobel": lambda: sobel_edge_loss(logits, mask),
-        }
-        return {name: w * fns[name]() for name, w in weights.items() if w}
+        args = {"weight": weight, "pooled": self.pooled, "edge_width": self.edge_width}
+        return {name: w * TERMS[name](logits, mask, **args) for name, w in weights.items() if w}
 
     def forward(self, outputs: Sequence[Tensor], mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if isinstance(outputs, Tensor):

@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from dinov3_encoder import DINOv3Encoder
-from dinov3_trunks import HFViT
+from dinov3_encoder import PyramidEncoder
+from encoders.trunks import HFViT
 
 
 def build(
     hidden: int, layers: int, heads: int, registers: int, weights_dtype: torch.dtype, device: str
-) -> DINOv3Encoder:
+) -> PyramidEncoder:
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     cfg = DINOv3ViTConfig(
@@ -40,11 +40,11 @@ def build(
     )
     torch.manual_seed(0)
     trunk = HFViT(DINOv3ViTModel(cfg))
-    enc = DINOv3Encoder(trunk, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, weights_dtype=weights_dtype)
+    enc = PyramidEncoder(trunk, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, weights_dtype=weights_dtype)
     return enc.to(device).eval()
 
 
-def time_forward(enc: DINOv3Encoder, x: torch.Tensor, amp: bool, runs: int, warmup: int):
+def time_forward(enc: PyramidEncoder, x: torch.Tensor, amp: bool, runs: int, warmup: int):
     """-> (wall seconds, process CPU seconds) per run."""
     ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext()
     times, cpu = [], []

@@ -41,11 +41,12 @@ def bench_feed(
     import torch
 
     import datasets
-    import models
+    from build import build_loss, build_model
     from config import load_config
     from datasets.device_augment import opencv_pool_stopped
     from engine.amp import resolve_precision
-    from engine.optim import build_optimizer
+    from engine.optim import optimizer_for
+    from engine.step import optimisation_step
     from scripts.bench_data import write_jpegs
 
     dev = torch.device(device)
@@ -68,18 +69,14 @@ def bench_feed(
         precision = resolve_precision(cfg, dev)  # train.amp=auto -> this device's choice, before building
         train_ds, _ = datasets.build_train_val(cfg)
         loader = datasets.build_loader(train_ds, cfg, train=True)
-        model = models.build_model(cfg).to(dev).train()
-        loss_fn = models.build_loss(cfg)
-        t = cfg.train
-        optimizer = build_optimizer(
-            model,
-            t.lr,
-            t.weight_decay,
-            t.betas,
-            t.encoder_lr_scale,
-            getattr(model.encoder, "trunk", model.encoder).parameters(),
-            fused=t.fused_adamw and dev.type == "cuda",
-        )
+        model = build_model(cfg).to(dev).train()
+        step_args = {
+            "loss_fn": build_loss(cfg),
+            "optimizer": optimizer_for(model, cfg.train, dev),
+            "scaler": precision.grad_scaler(),
+            "precision": precision,
+            "grad_clip": cfg.train.grad_clip,
+        }
         epoch, it = 0, iter(loader)
 
         def next_batch():
@@ -104,13 +101,7 @@ def bench_feed(
             tw = time.perf_counter()
             b = next_batch()
             wait += time.perf_counter() - tw
-            x, y = datasets.training_inputs(b, dev)
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                loss, _ = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            images += x.shape[0]
+            images += optimisation_step(model, [datasets.training_inputs(b, dev)], 1, **step_args).images
         sync()
         wall = time.perf_counter() - t0
     return {

@@ -3,7 +3,7 @@
     python scripts/benchmark.py                      # CUDA if present (batch 8), else CPU (batch 2)
     python scripts/benchmark.py --json bench.json model.channels_last=true train.fused_adamw=false
 
-Builds the real model with ``models.build_model(config.load_config(--config, overrides))`` around a
+Builds the real model with ``build.build_model(config.load_config(--config, overrides))`` around a
 ViT-B/16-shaped random DINOv3 written to a temporary folder (no weights needed; ``--encoder DIR``
 uses a saved one instead), at ``--size`` px, and measures after warm-up, as medians over
 ``--repeats`` (CUDA timed with synchronisation):
@@ -158,14 +158,15 @@ def run_phase(phase: str, spec: dict) -> dict:
             for on in ("workers", "device")
         }
 
-    import models
+    from build import build_loss, build_model
     from config import load_config
     from engine.amp import select_precision
     from engine.optim import optimizer_for
+    from engine.step import optimisation_step
 
     cfg = load_config(spec["config"], spec["overrides"])
     precision = select_precision(cfg.train.amp, device)
-    model = models.build_model(cfg).to(device)
+    model = build_model(cfg).to(device)
     B, S = spec["batch"], spec["size"]
     x = torch.rand(B, 3, S, S, device=device)
     if phase == "encoder":
@@ -184,22 +185,17 @@ def run_phase(phase: str, spec: dict) -> dict:
                 torch.sigmoid(model(x)[-1].float())
     elif phase == "train":
         model.train()
-        loss_fn = models.build_loss(cfg)
         y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
-        t = cfg.train
-        optimizer = optimizer_for(model, t, device)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        step_args = {
+            "loss_fn": build_loss(cfg),
+            "optimizer": optimizer_for(model, cfg.train, device),
+            "scaler": precision.grad_scaler(),
+            "precision": precision,
+            "grad_clip": cfg.train.grad_clip,
+        }
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                loss, _ = loss_fn(model(x), y)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            else:
-                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            optimizer.step()
+        def step():  # train.py's own step (engine.step), one micro-batch
+            optimisation_step(model, [(x, y)], 1, **step_args)
     else:
         raise ValueError(f"unknown phase '{phase}'; one of {', '.join(PHASES)}")
     _reset_peak(device)

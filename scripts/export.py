@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from config import ConfigError, check_encoder, load_config  # noqa: E402
+from engine.cli import LOG_FORMAT, add_config_arguments, error_line  # noqa: E402
 
 log = logging.getLogger("export")
 
@@ -49,20 +49,12 @@ class ProbabilityMap(nn.Module):
 
 def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tuple[nn.Module, int, int]:
     """Checkpoint -> (float32 model in eval mode on the CPU, its patch size, data.image_size)."""
-    import models
-    from engine.checkpoint import load_checkpoint
-    from engine.weights import load_weights
+    from engine.trained import load_trained
 
-    state = load_checkpoint(ckpt, required=("model",) if config else ("model", "config"))
     # The ONNX graph is float32 whatever the training precision: no autocast, no bfloat16 weights.
-    cfg = load_config(config or state["config"], [*overrides, "train.amp=off", "model.encoder.weights_dtype=float32"])
-    try:
-        patch = check_encoder(cfg).patch_size
-        model = models.build_model(cfg)
-    except (ValueError, ImportError) as err:
-        raise ConfigError(f"cannot build the model of this config: {err}") from None
-    load_weights(model, state["model"], ckpt)  # refuses non-finite or dropped weights, naming them
-    return model.float().eval(), patch, int(cfg.data.image_size)
+    float32 = [*overrides, "train.amp=off", "model.encoder.weights_dtype=float32"]
+    trained = load_trained(ckpt, config, float32, device=torch.device("cpu"))
+    return trained.model.float(), trained.architecture.patch_size, int(trained.cfg.data.image_size)
 
 
 def export(model: nn.Module, path: Path, patch: int, size: int, opset: int = 18) -> None:
@@ -128,32 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py (best.pth / last.pth)")
     p.add_argument("--onnx", type=Path, required=True, help="output file, e.g. model.onnx")
-    p.add_argument("--config", type=Path, help="YAML config to use instead of the checkpoint's own")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-3, help="largest allowed |onnxruntime - PyTorch| (default 1e-3)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="config overrides (every key: config.py, README 'Config reference')",
-    )
+    add_config_arguments(p)
     args = p.parse_args(argv)
     if not args.ckpt.is_file():
         p.error(f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py)")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
     for noisy in ("torch.onnx", "onnxscript", "onnx_ir", "torch._dynamo", "torch.export"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from engine.checkpoint import CheckpointError
+    from engine.errors import USER_ERRORS
 
     try:
         model, patch, size = load_for_export(args.ckpt, args.config, args.overrides)
         export(model, args.onnx, patch, size, args.opset)
         shapes = check_shapes(patch, size)
         diffs = check_parity(model, args.onnx, shapes)
-    except (ConfigError, CheckpointError, OSError) as err:
-        print(f"export.py: error: {err}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as err:
+        print(f"export.py: error: {error_line(err)}", file=sys.stderr)
         return 1
     mb = sum(f.stat().st_size for f in args.onnx.parent.glob(args.onnx.name + "*")) / 2**20
     print(f"exported {args.onnx} ({mb:.1f} MB, opset {args.opset}): image [B, 3, H, W] -> probability [B, 1, H, W]")

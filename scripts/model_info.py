@@ -33,9 +33,9 @@ from torch import nn  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from build import build_model  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from engine.amp import resolve_precision  # noqa: E402
-from models import build_model  # noqa: E402
 
 
 def frozen_flops(root: nn.Module, prefix: str, counts: dict[str, int]) -> int:
@@ -59,7 +59,7 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
     frozen = frozen_flops(model, root, counts)
     return {
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "lora_params": sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n),
+        "lora_params": sum(p.numel() for p in model.encoder.lora_parameters()),
         "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "total": total,
         "frozen": frozen,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models
+import build
+from build import frozen_weights_dtype
 from config import load_config
-from models import frozen_weights_dtype
 from scripts import benchmark
 
 
@@ -92,7 +92,7 @@ def test_build_model_stores_frozen_weights_in_bf16_under_bf16_autocast(tiny_dino
                 f"train.amp={amp}",
             ],
         )
-        model = models.build_model(cfg)
+        model = build.build_model(cfg)
         dtypes[amp] = {p.dtype for p in model.encoder.trunk.parameters() if not p.requires_grad}
         assert {p.dtype for p in model.decoder.parameters()} == {torch.float32}
     assert dtypes == {"bf16": {torch.bfloat16}, "off": {torch.float32}}

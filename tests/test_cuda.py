@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import models
+import build
 from config import load_config
 from engine.amp import select_precision, step_optimizer
 from engine.checkpoint import load_checkpoint
@@ -49,12 +49,12 @@ def _overrides(encoder: Path, *extra: str) -> list[str]:
 def _setup(encoder: Path, device: torch.device, amp: str, *extra: str, fused: bool = False):
     cfg = load_config(str(ROOT / "e2net_dinov3.yaml"), _overrides(encoder, f"train.amp={amp}", *extra))
     torch.manual_seed(0)
-    model = models.build_model(cfg).to(device).train()
+    model = build.build_model(cfg).to(device).train()
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=fused)
     precision = select_precision(amp, device)
     x = torch.rand(2, 3, 64, 64, device=device)
     y = (torch.rand(2, 1, 64, 64, device=device) > 0.5).float()
-    return cfg, model, models.build_loss(cfg), optimizer, precision, x, y
+    return cfg, model, build.build_loss(cfg), optimizer, precision, x, y
 
 
 def _step(model, loss_fn, optimizer, precision, scaler, x, y, poison: bool = False) -> torch.Tensor:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from dinov3_encoder import build_dinov3_encoder, default_layers, read_architecture
+from dinov3_encoder import build_dinov3_encoder
+from encoders.loading import default_layers, read_architecture
 
 HUB_ID = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 TIMM_VIT = "vit_base_patch16_dinov3"
@@ -161,14 +162,18 @@ def test_state_dict_holds_only_parameters(tiny_dinov3: Path, timm_vit_pth: Path)
     """No persistent buffers: a checkpoint can drop the frozen trunk by requires_grad alone."""
     for enc in (
         build_dinov3_encoder(pretrained_path=str(tiny_dinov3)),
-        build_dinov3_encoder(TIMM_VIT, str(timm_vit_pth), backend="timm", timm_kwargs=TIMM_VIT_KW),
+        build_dinov3_encoder(
+            model_name=TIMM_VIT, pretrained_path=str(timm_vit_pth), backend="timm", timm_kwargs=TIMM_VIT_KW
+        ),
     ):
         assert set(enc.state_dict()) == {n for n, _ in enc.named_parameters()}
 
 
 # -------------------------------------------------------------------- 3. shapes, both backends
 def test_timm_loads_meta_checkpoint_through_its_filter(timm_vit_pth: Path) -> None:
-    enc = build_dinov3_encoder(TIMM_VIT, str(timm_vit_pth), backend="timm", timm_kwargs=TIMM_VIT_KW)
+    enc = build_dinov3_encoder(
+        model_name=TIMM_VIT, pretrained_path=str(timm_vit_pth), backend="timm", timm_kwargs=TIMM_VIT_KW
+    )
     ref = torch.load(timm_vit_pth.with_suffix(".ref"))
     got = enc.trunk.model.state_dict()
     assert set(got) == set(ref)
@@ -187,7 +192,13 @@ def test_output_shapes_320x480(tiny_dinov3: Path, timm_vit_pth: Path, backend: s
     if backend == "hf":
         enc = build_dinov3_encoder(pretrained_path=str(tiny_dinov3), simple=simple)
     else:
-        enc = build_dinov3_encoder(TIMM_VIT, str(timm_vit_pth), backend="timm", simple=simple, timm_kwargs=TIMM_VIT_KW)
+        enc = build_dinov3_encoder(
+            model_name=TIMM_VIT,
+            pretrained_path=str(timm_vit_pth),
+            backend="timm",
+            simple=simple,
+            timm_kwargs=TIMM_VIT_KW,
+        )
     assert enc.strides == ([16] * 4 if simple else [4, 8, 16, 32])
     assert enc.patch_size == 16 and enc.embed_dim == 64
     with torch.no_grad():
@@ -197,7 +208,9 @@ def test_output_shapes_320x480(tiny_dinov3: Path, timm_vit_pth: Path, backend: s
 
 
 def test_timm_convnext_native_pyramid(timm_convnext_pth: Path) -> None:
-    enc = build_dinov3_encoder(TIMM_CNX, str(timm_convnext_pth), backend="timm", timm_kwargs=TIMM_CNX_KW)
+    enc = build_dinov3_encoder(
+        model_name=TIMM_CNX, pretrained_path=str(timm_convnext_pth), backend="timm", timm_kwargs=TIMM_CNX_KW
+    )
     assert enc.strides == [4, 8, 16, 32] and enc.out_channels == [16, 32, 64, 128] and enc.patch_size == 32
     with torch.no_grad():
         maps = enc(torch.rand(1, 3, 320, 480))
@@ -206,7 +219,13 @@ def test_timm_convnext_native_pyramid(timm_convnext_pth: Path) -> None:
     assert feats["cls"].shape == (1, 128) and feats["registers"].shape == (1, 0, 128)
     assert feats["patches"].shape == (1, 128, 2, 3)
     with pytest.raises(ValueError, match="apply to ViT trunks"):
-        build_dinov3_encoder(TIMM_CNX, str(timm_convnext_pth), backend="timm", simple=True, timm_kwargs=TIMM_CNX_KW)
+        build_dinov3_encoder(
+            model_name=TIMM_CNX,
+            pretrained_path=str(timm_convnext_pth),
+            backend="timm",
+            simple=True,
+            timm_kwargs=TIMM_CNX_KW,
+        )
 
 
 # -------------------------------------------------------------------- dtype
@@ -235,12 +254,12 @@ def test_bf16_weights_on_cpu_with_and_without_autocast(tiny_dinov3: Path) -> Non
 def test_missing_weights_error_names_folder_hub_id_license_and_place(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError) as err:
-        build_dinov3_encoder(HUB_ID, pretrained_path=missing)
+        build_dinov3_encoder(model_name=HUB_ID, pretrained_path=missing)
     msg = str(err.value)
     for part in (missing, HUB_ID, "gated", "DINOv3 license", "checkpoint/dinov3-vitb16-pretrain-lvd1689m/"):
         assert part in msg
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        build_dinov3_encoder(TIMM_VIT, str(tmp_path / "nowhere.pth"), backend="timm")
+        build_dinov3_encoder(model_name=TIMM_VIT, pretrained_path=str(tmp_path / "nowhere.pth"), backend="timm")
     with pytest.raises(FileNotFoundError, match="DINOv3 license"):
         read_architecture(HUB_ID, missing)
 
@@ -285,9 +304,13 @@ def test_patch_size_and_default_layers(tiny_dinov3_factory, tiny_dinov3: Path) -
 
 def test_timm_errors(timm_convnext_pth: Path) -> None:
     with pytest.raises(ValueError, match="could not load .*convnext.pth.* into timm model 'vit_base_patch16_dinov3'"):
-        build_dinov3_encoder(TIMM_VIT, str(timm_convnext_pth), backend="timm", timm_kwargs=TIMM_VIT_KW)
+        build_dinov3_encoder(
+            model_name=TIMM_VIT, pretrained_path=str(timm_convnext_pth), backend="timm", timm_kwargs=TIMM_VIT_KW
+        )
     with pytest.raises(ValueError, match="has no model 'vit_nonexistent_dinov3'.*vit_base_patch16_dinov3"):
-        build_dinov3_encoder("vit_nonexistent_dinov3", str(timm_convnext_pth), backend="timm")
+        build_dinov3_encoder(
+            model_name="vit_nonexistent_dinov3", pretrained_path=str(timm_convnext_pth), backend="timm"
+        )
 
 
 def test_make_tiny_dinov3_cli(tmp_path: Path) -> None:

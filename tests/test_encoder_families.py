@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModel
 
 from dinov3_encoder import build_dinov3_encoder
-from dinov3_trunks import LoRA, read_architecture
+from encoders.loading import read_architecture
+from encoders.lora import LoRA
 
 DINOV2 = {"family": "dinov2", "hidden": 32, "layers": 4, "heads": 2, "patch": 14}
 TIMM_DINOV2_KW = {"embed_dim": 32, "depth": 4, "num_heads": 2, "img_size": 56}
@@ -61,7 +62,8 @@ def test_dinov2_architecture_and_size_errors(dinov2: Path) -> None:
 
 
 def test_dinov2_config_sizes_follow_the_patch(dinov2: Path) -> None:
-    from config import ConfigError, check_encoder, load_config
+    from config import ConfigError, load_config
+    from encoders.checks import check_encoder
 
     tiny = [f"model.encoder.pretrained_path={dinov2}", "model.encoder.layers=[]"]  # 4 blocks, not ViT-B's 12
     cfg = load_config("configs/e2net_dinov2.yaml", tiny)
@@ -104,7 +106,9 @@ def _meta_dinov2_pth(folder: Path, name: str) -> Path:
 @pytest.mark.parametrize("name", ["vit_base_patch14_dinov2", "vit_base_patch14_reg4_dinov2"])
 def test_timm_dinov2_loads_meta_pth_through_its_filter(tmp_path: Path, name: str) -> None:
     path = _meta_dinov2_pth(tmp_path, name)
-    enc = build_dinov3_encoder(name, str(path), backend="timm", timm_kwargs=TIMM_DINOV2_KW, simple=True)
+    enc = build_dinov3_encoder(
+        model_name=name, pretrained_path=str(path), backend="timm", timm_kwargs=TIMM_DINOV2_KW, simple=True
+    )
     ref = torch.load(path.with_suffix(".ref"))
     got = enc.trunk.model.state_dict()
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)

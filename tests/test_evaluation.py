@@ -15,10 +15,10 @@ import py_sod_metrics as sod
 import pytest
 
 from cod_benchmarks import select_benchmark_images
-from evaluation.names import METRIC_KEYS
 from evaluation.curves import plot_curves
 from evaluation.maps import MapIssues
 from evaluation.metrics import CODMetrics, image_scores
+from evaluation.names import METRIC_KEYS
 from evaluation.scoring import Scorer, pair_folder, score_folder
 from evaluation.tables import format_markdown, format_table, write_results_json, write_tables
 

@@ -15,7 +15,6 @@ def test_export_matches_pytorch_on_sizes_it_never_saw(tmp_path: Path, tiny_dinov
     import onnx
     import onnxruntime as ort
 
-    import models
     from config import load_config, to_dict
     from engine.checkpoint import save_checkpoint
 
@@ -24,7 +23,7 @@ def test_export_matches_pytorch_on_sizes_it_never_saw(tmp_path: Path, tiny_dinov
         None, [f"model.encoder.pretrained_path={encoder}", "data.image_size=32", "model.channels=16", "train.amp=bf16"]
     )
     torch.manual_seed(0)
-    model = models.build_model(cfg)
+    model = build_model(cfg)
     ckpt = tmp_path / "best.pth"
     save_checkpoint(ckpt, {"model": model.trainable_state_dict(), "config": to_dict(cfg), "epoch": 1, "step": 1})
     onnx_path = tmp_path / "out" / "model.onnx"

@@ -43,12 +43,12 @@ def train_args(tiny_dinov3) -> list[str]:
 def nothing_built(monkeypatch):
     """Fail the test if a run gets as far as building data or a model."""
     import datasets
-    import models
+    import train
 
     def built(*args, **kwargs):
         raise AssertionError("built before the input was checked")
 
-    for module, name in ((models, "build_model"), (datasets, "build_train_val"), (datasets, "build_test_sets")):
+    for module, name in ((train, "build_model"), (datasets, "build_train_val"), (datasets, "build_test_sets")):
         monkeypatch.setattr(module, name, built)
 
 
@@ -246,7 +246,6 @@ def test_bad_images_in_a_benchmark_are_skipped_with_a_message(tmp_path, caplog):
 
 def test_own_images_that_are_all_bad_are_a_clear_error(tmp_path, cli, tiny_dinov3, capsys, caplog):
     """test.py --images: bomb, zero-byte and fake files are skipped by name; with nothing left, one line."""
-    import models
     from config import load_config, to_dict
 
     cfg = load_config(
@@ -260,7 +259,7 @@ def test_own_images_that_are_all_bad_are_a_clear_error(tmp_path, cli, tiny_dinov
         ],
     )
     ckpt = tmp_path / "best.pth"
-    save_checkpoint(ckpt, {"model": models.build_model(cfg).trainable_state_dict(), "config": to_dict(cfg)})
+    save_checkpoint(ckpt, {"model": build_model(cfg).trainable_state_dict(), "config": to_dict(cfg)})
     bad = _bad_images(tmp_path / "photos")
     assert cli.main(["--ckpt", str(ckpt), "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "o")]) == 1
     _one_error_line(capsys.readouterr().err, "none of the 3 files", "could be read as an image")

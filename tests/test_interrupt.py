@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-import models
+import build
+import train
 from engine.checkpoint import load_checkpoint
 from helpers import ROOT, run_train, tiny_model_args
 
@@ -50,10 +51,9 @@ def _signal_during_batches(monkeypatch, signum: int, *batches: int) -> None:
     """Deliver a real ``signum`` to this process while the training loss of these batches (counted
     from 1 over the run; a batch given twice gets it twice) is computed; train.py's handler receives
     it like one from `kill`."""
-    build_loss = models.build_loss
 
-    def build(cfg):
-        loss_fn, seen = build_loss(cfg), [0]
+    def signalling_loss(cfg):
+        loss_fn, seen = build.build_loss(cfg), [0]
 
         def loss(outputs, mask):
             seen[0] += torch.is_grad_enabled()  # training batches only, not the validation loss
@@ -63,7 +63,7 @@ def _signal_during_batches(monkeypatch, signum: int, *batches: int) -> None:
 
         return loss
 
-    monkeypatch.setattr(models, "build_loss", build)
+    monkeypatch.setattr(train, "build_loss", signalling_loss)
 
 
 def _same_training(a: dict, b: dict) -> None:

@@ -13,8 +13,7 @@ import timm
 import torch
 from transformers import AutoModel
 
-from dinov3_trunks import HFViT, TimmConvNeXt, TimmViT
-from encoders.trunks import HF_FAMILIES
+from encoders.trunks import HF_FAMILIES, HFViT, TimmConvNeXt, TimmViT
 
 TINY = {"hidden": 32, "layers": 2, "heads": 2}
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from build import build_loss
 from config import load_config
-from models import build_loss
 from models.losses import (
     CODLoss,
     boundary_band,
@@ -94,7 +94,7 @@ def test_cod_loss_combines_terms_and_side_outputs():
     torch.manual_seed(0)
     mask = (torch.rand(2, 1, 12, 12) > 0.5).float()
     side, final = torch.randn(2, 1, 12, 12), torch.randn(2, 1, 12, 12)
-    loss = CODLoss(bce=1.0, iou=2.0, dice=0.5, edge=0.25, side=0.4)
+    loss = CODLoss(weights={"bce": 1.0, "iou": 2.0, "dice": 0.5, "edge": 0.25}, side=0.4)
     total, terms = loss([side, final], mask)
     w = boundary_weight(mask)
 
@@ -111,7 +111,7 @@ def test_cod_loss_combines_terms_and_side_outputs():
     assert terms["side"].item() == pytest.approx(0.4 * by_hand(side).item(), rel=1e-5)
     assert total.item() == pytest.approx((by_hand(final) + 0.4 * by_hand(side)).item(), rel=1e-5)
     # zero-weight terms are neither computed nor reported; side=0 ignores the side outputs
-    total0, terms0 = CODLoss(bce=1.0, iou=0.0, side=0.0)([side, final], mask)
+    total0, terms0 = CODLoss(weights={"bce": 1.0}, side=0.0)([side, final], mask)
     assert set(terms0) == {"bce"} and total0.item() == pytest.approx(weighted_bce(final, mask, w).item(), rel=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_cod_loss_is_float32_under_bf16_autocast():
     torch.manual_seed(0)
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
     logits = torch.randn(2, 1, 16, 16).bfloat16().requires_grad_()
-    loss = CODLoss(dice=1.0, edge=1.0)
+    loss = CODLoss(weights={"bce": 1.0, "iou": 1.0, "dice": 1.0, "edge": 1.0})
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, terms = loss([logits, logits], mask)
     assert total.dtype == torch.float32 and all(v.dtype == torch.float32 for v in terms.values())
@@ -132,8 +132,17 @@ def test_cod_loss_is_float32_under_bf16_autocast():
 def test_cod_loss_errors_say_what_is_wrong():
     with pytest.raises(ValueError, match="shape"):
         CODLoss()([torch.zeros(1, 1, 8, 8)], torch.zeros(1, 1, 16, 16))
-    with pytest.raises(ValueError, match="loss.bce"):
-        CODLoss(bce=0, iou=0)
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        CODLoss(weights={"bce": 0, "iou": 0})
+    with pytest.raises(ValueError, match="the terms are bce, iou"):
+        CODLoss(weights={"focal": 1.0})
+
+
+def test_the_schema_names_exactly_the_loss_terms():
+    from config import LossTerm
+    from models.losses import TERMS
+
+    assert list(TERMS) == list(LossTerm)
 
 
 def test_build_loss_reads_the_loss_section():

@@ -9,10 +9,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from build import build_loss, build_model
 from caem import CAEM
 from config import load_config
 from dinov3_encoder import SimpleFeaturePyramid
-from models import E2NetDecoder, LinearDecoder, build_loss, build_model
+from models.heads import E2NetDecoder
+from models.linear import LinearDecoder
 
 PYRAMID = (4, 8, 16, 32)
 SIMPLE = (16, 16, 16, 16)
@@ -72,7 +74,11 @@ def test_decoders_return_logits_at_input_size_final_last(strides, size) -> None:
 def test_trainable_part_is_within_a_quarter_of_vit_b_flops_at_384() -> None:
     """Pyramid + CAEM + decoder for a ViT-B/16 (width 768) at 384 px, counted on the meta device."""
     with torch.device("meta"):
-        fpn, caem, dec = SimpleFeaturePyramid(768), CAEM([192, 384, 768, 768], 128), E2NetDecoder(128, heads=4)
+        fpn, caem, dec = (
+            SimpleFeaturePyramid(768),
+            CAEM([192, 384, 768, 768], out_channels=128),
+            E2NetDecoder(128, heads=4),
+        )
         grid = [torch.empty(1, 768, 24, 24)] * 4
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             dec(caem(fpn(grid)), (384, 384))

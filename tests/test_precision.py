@@ -135,10 +135,11 @@ def test_training_saves_the_resolved_precision_a_resume_keeps_it_and_test_py_pic
 
     # test.py picks for its own machine: the stored choice belonged to the training machine.
     cli = load_test_cli("e2net_test_cli_precision")
-    cfg, model, _, precision = cli.load_model(cli.parse_args(["--ckpt", str(run / "last.pth")]))
+    trained = cli.load_model(cli.parse_args(["--ckpt", str(run / "last.pth")]))
+    cfg, model, precision = trained.cfg, trained.model, trained.precision
     assert precision.amp == cfg.train.amp == "bf16" and probe.calls == 2
     assert {p.dtype for p in model.encoder.trunk.parameters() if not p.requires_grad} == {torch.bfloat16}
-    _, _, _, precision = cli.load_model(cli.parse_args(["--ckpt", str(run / "last.pth"), "train.amp=off"]))
+    precision = cli.load_model(cli.parse_args(["--ckpt", str(run / "last.pth"), "train.amp=off"])).precision
     assert precision.amp == "off" and probe.calls == 2
 
 

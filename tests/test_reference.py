@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from build import build_model
 from caem import CAEM
 from config import ConfigError, load_config
 from datasets.transforms import TrainTransform, box_matrix, side_crop_box
 from dinov3_encoder import build_dinov3_encoder
 from engine.optim import build_optimizer, build_plateau_scheduler, param_groups
 from helpers import load_test_cli, run_train
-from models import build_model
 from models.losses import CODLoss, dice_loss, sobel_edge_loss, weighted_iou
 from models.reference import CCM, CFZM, LFSM, E2NetRefDecoder
 
@@ -47,7 +47,7 @@ def test_reference_decoder_wires_any_level_count_at_input_size(levels: int, alig
     torch.manual_seed(0)
     widths, strides = [8, 16, 24, 32, 40][:levels], [1, 2, 4, 8, 16][:levels]
     encoder_maps = [torch.randn(2, c, -(-24 // s), -(-40 // s)) for c, s in zip(widths, strides)]
-    feats = CAEM(widths, 16, "bn", levels, align=align, reduce_norm=False)(encoder_maps)
+    feats = CAEM(widths, out_channels=16, norm="bn", num_levels=levels, align=align, reduce_norm=False)(encoder_maps)
     if align == "finest":
         assert all(f.shape[-2:] == (24, 40) for f in feats)
     else:
@@ -75,10 +75,10 @@ def test_ccm_attention_is_plain_multi_head_attention_without_output_projection()
 
 
 def test_caem_reduction_without_norm_is_a_plain_conv() -> None:
-    caem = CAEM(8, 16, "bn", 4, reduce_norm=False)
+    caem = CAEM(8, out_channels=16, norm="bn", num_levels=4, reduce_norm=False)
     assert all(isinstance(r, torch.nn.Conv2d) and r.bias is not None for r in caem.reduce)
     with pytest.raises(ValueError, match="align"):
-        CAEM(8, 16, align="coarsest")
+        CAEM(8, out_channels=16, align="coarsest")
 
 
 def test_interpolate_pyramid_resizes_the_tapped_maps(tiny_dinov3) -> None:
@@ -127,9 +127,9 @@ def test_unweighted_bce_is_the_plain_mean() -> None:
     g = torch.Generator().manual_seed(0)
     logits, mask = torch.randn(2, 1, 8, 8, generator=g), (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
     plain = F.binary_cross_entropy_with_logits(logits, mask)
-    total, _ = CODLoss(bce=1, iou=0, weighted=False)([logits], mask)
+    total, _ = CODLoss(weights={"bce": 1}, weighted=False)([logits], mask)
     assert total.item() == pytest.approx(plain.item(), rel=1e-6)
-    weighted, _ = CODLoss(bce=1, iou=0, weighted=True)([logits], mask)
+    weighted, _ = CODLoss(weights={"bce": 1}, weighted=True)([logits], mask)
     assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
 
 
@@ -137,7 +137,9 @@ def test_reference_loss_with_coarse_terms_by_hand() -> None:
     mask = torch.stack([torch.ones(1, 2, 2), torch.zeros(1, 2, 2)])
     final = torch.zeros(2, 1, 2, 2)  # p = 0.5
     coarse = torch.full((2, 1, 2, 2), 100.0)  # p = 1: BCE 0 on the object image, 100 on the empty one
-    loss = CODLoss(dice=2.5, bce=1, iou=1, side=0, weighted=False, pooled=True, coarse_terms=["dice", "bce"])
+    loss = CODLoss(
+        weights={"dice": 2.5, "bce": 1, "iou": 1}, side=0, weighted=False, pooled=True, coarse_terms=["dice", "bce"]
+    )
     total, terms = loss([coarse, final], mask)
     coarse_dice = 1 - (2 * 4 + 1) / (8 + 4 + 1)
     expected_coarse = 0.2 * (coarse_dice + 50)
@@ -156,7 +158,7 @@ def test_build_loss_reads_the_reference_loss_section() -> None:
 
 
 def build_loss_from(path: str):
-    from models import build_loss
+    from build import build_loss
 
     return build_loss(load_config(path))
 

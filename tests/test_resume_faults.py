@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+import build
 import datasets
-import models
 from config import load_config, to_dict
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.resume import TrainState
@@ -134,7 +134,7 @@ def _state(tiny, lr: float, weight_decay: float) -> TrainState:
             "train.amp=off",
         ],
     )
-    model = models.build_model(cfg)
+    model = build.build_model(cfg)
     optimizer = build_optimizer(model, lr, weight_decay)
     scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=2, min_ratio=0.1)
     return TrainState(cfg, model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
@@ -178,7 +178,7 @@ def test_test_py_refuses_non_finite_weights_naming_the_tensor(tmp_path, cli, one
 def test_loading_never_discards_fine_tuned_encoder_weights(tmp_path, cli, one_epoch):
     stored = load_checkpoint(one_epoch / "best.pth")
     cfg = load_config(stored["config"], ["model.encoder.freeze=false"])
-    tuned = models.build_model(cfg)
+    tuned = build.build_model(cfg)
     save_checkpoint(tmp_path / "tuned.pth", {"model": tuned.trainable_state_dict(), "config": to_dict(cfg)})
     _load(cli, tmp_path / "tuned.pth")  # as trained: everything loads
     with pytest.raises(CheckpointError, match=r"holds \d+ encoder weights that this config keeps frozen \(encoder\."):
@@ -203,14 +203,14 @@ def test_a_diverged_model_never_becomes_best(tmp_path, monkeypatch, capsys, args
     import train
 
     if where == "predictions":  # finite weights, NaN maps (overflowing activations)
-        build_model = models.build_model
+        build_model = build.build_model
 
         def diverged(cfg):
             model = build_model(cfg)
             model.decoder.register_forward_hook(lambda m, i, out: None if m.training else [o * torch.nan for o in out])
             return model
 
-        monkeypatch.setattr(models, "build_model", diverged)
+        monkeypatch.setattr(train, "build_model", diverged)
     else:  # an update that turned a weight into NaN (e.g. an overflow inside the optimizer)
         optimizer_for = train.optimizer_for
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
-from config import METRIC_KEYS
+from evaluation.names import METRIC_KEYS
 from helpers import ROOT, load_test_cli
 
 # The S-measure paper's demo: two masks and six published methods' maps (BSD-3-Clause; tests/data/README.md).
@@ -138,7 +138,6 @@ def make_checkpoint(path: Path, tiny_dinov3: Path, data: Path, run_folder: bool)
     """A checkpoint of a tiny random model at ``path``; ``run_folder``: beside a config.yaml, as train.py writes."""
     import torch
 
-    import models
     from config import load_config, save_config, to_dict
     from engine.checkpoint import save_checkpoint
 
@@ -155,7 +154,7 @@ def make_checkpoint(path: Path, tiny_dinov3: Path, data: Path, run_folder: bool)
         ],
     )
     torch.manual_seed(0)
-    model = models.build_model(cfg)
+    model = build_model(cfg)
     state = {"model": model.trainable_state_dict(), "config": to_dict(cfg), "epoch": 1, "step": 3, "best": None}
     save_checkpoint(path, {**state, "versions": {}})
     if run_folder:

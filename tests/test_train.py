@@ -131,8 +131,8 @@ def _one_epoch(batches, overrides, model=None):
     from config import load_config
     from engine.logger import RunWriter
     from engine.resume import TrainState
+    from engine.step import train_one_epoch
     from engine.stop import StopRequest
-    from train import train_one_epoch
 
     cfg = load_config(None, ["train.amp=off", "train.log_interval=1", *overrides])
     model = model or _PixelNet()
@@ -141,7 +141,8 @@ def _one_epoch(batches, overrides, model=None):
     precision = select_precision("off", torch.device("cpu"))
     state = TrainState(cfg, model, opt, sched, precision.grad_scaler())
     guard = NonFiniteGuard(cfg.train.max_nonfinite, torch.device("cpu"))
-    train_one_epoch(model, batches, _pixel_loss, state, precision, guard, RunWriter(None, False), StopRequest())
+    writer, stop = RunWriter(None, False), StopRequest()
+    train_one_epoch(model, batches, _pixel_loss, state, precision=precision, guard=guard, writer=writer, stop=stop)
     step = state.step
     return model, step, guard
 

@@ -62,7 +62,6 @@ def test_single_plain_view_is_the_model_itself() -> None:
 
 
 def test_test_py_records_tta_and_it_changes_the_scores(tmp_path: Path, tiny_dinov3: Path) -> None:
-    import models
     from config import load_config, to_dict
     from engine.checkpoint import save_checkpoint
     from scripts.make_synthetic_cod import generate
@@ -84,7 +83,7 @@ def test_test_py_records_tta_and_it_changes_the_scores(tmp_path: Path, tiny_dino
     )
     torch.manual_seed(0)
     ckpt = tmp_path / "run" / "best.pth"
-    model = models.build_model(cfg)
+    model = build_model(cfg)
     save_checkpoint(ckpt, {"model": model.trainable_state_dict(), "config": to_dict(cfg), "epoch": 1, "step": 1})
     common = ["--ckpt", str(ckpt), "--workers", "1", "--no-report"]
     assert cli.main(common + ["--out", str(tmp_path / "plain")]) == 0

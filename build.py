@@ -1,0 +1,100 @@
+"""The one builder: encoder, CAEM, decoder and loss from a config (as segment-anything's ``build_sam.py``).
+
+Everything below translates config keys into explicit constructor arguments; no module it builds
+reads the config. :func:`check_config` runs every check that needs no model before anything is built.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from caem import CAEM
+from config import Amp, Decoder, LossTerm, WeightsDtype
+from config_checks import check_config as check_keys
+from dinov3_encoder import PyramidEncoder, build_dinov3_encoder
+from encoders.checks import check_encoder
+from encoders.loading import Architecture
+from encoders.lora import LoRA
+from models.e2net import E2Net
+from models.heads import E2NetDecoder
+from models.linear import LinearDecoder
+from models.losses import CODLoss
+from models.reference import E2NetRefDecoder
+
+
+def check_config(cfg: DictConfig) -> Architecture:
+    """Keys that contradict each other, then the config against the encoder's checkpoint (sizes tile
+    into patches, tapped blocks exist). Returns the encoder's architecture; raises ``ConfigError``."""
+    check_keys(cfg)
+    return check_encoder(cfg)
+
+
+def frozen_weights_dtype(weights_dtype: WeightsDtype, amp: Amp) -> torch.dtype:
+    """Storage dtype of the frozen encoder weights from ``model.encoder.weights_dtype`` and the
+    resolved ``train.amp``.
+
+    Under bf16 autocast every matmul casts its float32 weight to bf16 on every call (autocast
+    caches casts only for weights that train); storing the frozen weights in bf16 gives the same
+    products without those copies, and halves their memory, on CPU as on CUDA
+    (docs/performance.md). Without bf16 autocast (``off``, ``fp16``) ``auto`` keeps float32.
+    """
+    if amp == Amp.auto:
+        raise ValueError("train.amp=auto must be resolved for the device first (engine.amp.resolve_precision)")
+    if weights_dtype == WeightsDtype.auto:
+        return torch.bfloat16 if amp == Amp.bf16 else torch.float32
+    return getattr(torch, weights_dtype)
+
+
+def build_encoder(cfg: DictConfig) -> PyramidEncoder:
+    """The encoder of ``cfg.model.encoder``, its frozen weights stored for ``cfg.train.amp``."""
+    e = cfg.model.encoder
+    return build_dinov3_encoder(
+        model_name=e.name,
+        pretrained_path=e.pretrained_path,
+        backend=e.backend,
+        freeze=e.freeze,
+        simple=e.simple,
+        layers=tuple(e.layers) or None,
+        trainable_blocks=e.trainable_blocks,
+        weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
+        lora=LoRA(rank=e.lora.rank, alpha=e.lora.alpha, dropout=e.lora.dropout, targets=tuple(e.lora.targets)),
+        pyramid=e.pyramid,
+    )
+
+
+def build_model(cfg: DictConfig) -> E2Net:
+    """Encoder + CAEM + decoder from ``cfg.model`` (a full config from ``config.load_config``)."""
+    check_keys(cfg)
+    m = cfg.model
+    encoder = build_encoder(cfg)
+    levels = len(encoder.out_channels)
+    if m.decoder == Decoder.linear:
+        decoder = LinearDecoder(encoder.out_channels, levels, norm=m.norm)
+        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
+    caem = CAEM(
+        encoder.out_channels,
+        out_channels=m.channels,
+        norm=m.norm,
+        num_levels=levels,
+        align=m.caem_align,
+        reduce_norm=m.caem_reduce_norm,
+    )
+    if m.decoder == Decoder.e2net_ref:
+        decoder = E2NetRefDecoder(m.channels, levels, heads=m.context_heads, norm=m.norm)
+    else:
+        decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
+    return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
+
+
+def build_loss(cfg: DictConfig) -> CODLoss:
+    """``CODLoss`` with the terms, weights and switches of ``cfg.loss``."""
+    lo = cfg.loss
+    return CODLoss(
+        weights={t: lo[t] for t in LossTerm},
+        side=lo.side,
+        weighted=lo.weighted,
+        pooled=lo.pooled,
+        coarse_terms=[str(t) for t in lo.coarse_terms],
+        coarse=lo.coarse,
+    )

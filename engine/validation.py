@@ -1,0 +1,140 @@
+"""Validation during training and the end-of-run test scores: maps scored at each mask's
+original size with the COD metrics, gathered from every rank, logged to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+import datasets
+from engine.amp import Precision
+from engine.checkpoint import load_checkpoint
+from engine.distributed import DistEnv, all_gather_objects
+from engine.logger import RunWriter, labelled_grid
+from engine.optim import steps_per_iteration
+from engine.predict import forward_probs, to_uint8
+from engine.resume import TrainState
+from engine.weights import load_weights
+from evaluation.maps import read_mask
+from evaluation.metrics import CODMetrics, ImageScores, image_scores
+from evaluation.names import LOWER_IS_BETTER, METRIC_KEYS
+
+log = logging.getLogger("train")
+
+GRID_COLUMNS = ("image", "mask", "prediction", "coarse map")
+
+
+@dataclass
+class Shard:
+    """One rank's share of an evaluation: per-image scores in loader order, the summed loss, and
+    the count of maps holding NaN/Inf (a diverged model, whose scores mean nothing)."""
+
+    scores: list[ImageScores]
+    loss_sum: float
+    n_loss: int
+    nonfinite: int
+    grid: torch.Tensor | None  # [3, H', W']: image | mask | prediction | coarse map, one row per image
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    precision: Precision,
+    writer: RunWriter,
+    device: torch.device,
+    grid_images: int = 4,
+) -> Shard:
+    """Score this process's share of ``loader``: maps at each mask's original size, the training
+    loss on the masks at the training size, and an image grid of the first batch."""
+    model.eval()
+    scores, grid, nonfinite = [], None, torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum, n_loss = torch.zeros((), device=device), 0
+    for batch in writer.bar(loader, desc="validate"):
+        x = batch["image"].to(device, non_blocking=True)
+        outputs, prob = forward_probs(model, x, precision)
+        loss_sum += loss_fn(outputs, batch["mask"].to(device, non_blocking=True))[0].detach() * x.shape[0]
+        n_loss += x.shape[0]
+        if grid is None:
+            k = min(grid_images, x.shape[0])
+            gray = [batch["mask"][:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
+            tiles = torch.stack([x[:k].float(), *(g.expand(-1, 3, -1, -1) for g in gray)], dim=1)
+            grid = labelled_grid(tiles, GRID_COLUMNS)
+        nonfinite += (~torch.isfinite(prob.flatten(1))).any(1).sum()
+        for j in range(x.shape[0]):
+            gt = read_mask(Path(batch["mask_path"][j]))
+            if gt is None:  # vanished or damaged since the dataset was built
+                log.warning("validation mask %s is unreadable: image skipped", batch["mask_path"][j])
+                continue
+            scores.append(image_scores(to_uint8(prob[j : j + 1], gt.shape), gt))
+    return Shard(scores, float(loss_sum), n_loss, int(nonfinite), grid)
+
+
+def merge(shard: Shard) -> tuple[dict, int]:
+    """Gather every rank's shard: (the metrics with the mean ``loss``, NaN/Inf maps in all).
+
+    Rank r scored images r, r + W, r + 2W, ...: they are interleaved back to the dataset order."""
+    shards = all_gather_objects((shard.scores, shard.loss_sum, shard.n_loss, shard.nonfinite))
+    metrics = CODMetrics()
+    for i in range(max(len(s[0]) for s in shards)):
+        for scores, *_ in shards:
+            if i < len(scores):
+                metrics.add(scores[i])
+    results = metrics.results()
+    results["loss"] = sum(s[1] for s in shards) / max(1, sum(s[2] for s in shards))
+    return results, sum(s[3] for s in shards)
+
+
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    return best is None or (value < best if metric in LOWER_IS_BETTER else value > best)
+
+
+def validate(state: TrainState, model, loader, loss_fn, precision: Precision, writer: RunWriter) -> bool:
+    """Score the validation split into ``state.metrics`` (a plateau scheduler steps on its loss);
+    returns whether it is a new best. Maps holding NaN/Inf (a diverged model) never are."""
+    metric = state.cfg.train.best_metric
+    shard = evaluate(model, loader, loss_fn, precision, writer, state.env.device)
+    metrics, nonfinite = merge(shard)
+    if not steps_per_iteration(state.scheduler):
+        state.scheduler.step(metrics["loss"])
+    writer.scalars("val", {k: v for k, v in metrics.items() if k != "n_images"}, state.step)
+    if shard.grid is not None:
+        writer.image("val/image_mask_pred_coarse", shard.grid, state.step)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_images")
+    log.info("epoch %d validation: %s", state.epoch, shown)
+    if nonfinite:
+        log.error("epoch %d: %d validation maps hold NaN/Inf: not a candidate for best.pth", state.epoch, nonfinite)
+    state.metrics = metrics
+    value = metrics[metric]
+    if nonfinite or not math.isfinite(value) or not is_better(value, state.best, metric):
+        return False
+    state.best = value
+    return True
+
+
+def test_at_end(
+    model, cfg: DictConfig, loss_fn, precision: Precision, writer: RunWriter, env: DistEnv, step: int, best: Path | None
+) -> None:
+    """Score ``data.test_sets`` with the ``best`` checkpoint (the final weights when None) and log
+    ``test/<Benchmark>/<metric>`` at the last step: the table test.py would print, in TensorBoard."""
+    all_gather_objects(None)  # every rank waits until the main process has written best.pth
+    if best is not None:
+        load_weights(model, load_checkpoint(best, required=("model",))["model"], best)
+    which = best.name if best is not None else "the final weights"
+    for bench, ds in datasets.build_test_sets(cfg).items():
+        loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
+        shard = evaluate(model, loader, loss_fn, precision, writer, env.device)
+        metrics, _ = merge(shard)
+        writer.scalars(f"test/{bench}", {k: metrics[k] for k in METRIC_KEYS}, step)
+        if shard.grid is not None:
+            writer.image(f"test/{bench}/image_mask_pred_coarse", shard.grid, step)
+        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS)
+        log.info("test %s (%s, %d images): %s", bench, which, metrics["n_images"], shown)
