@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from build import build_model
 from scripts import export
 
 

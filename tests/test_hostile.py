@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from build import build_model
 from engine.checkpoint import save_checkpoint
 from helpers import ROOT, load_test_cli, run_train
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
+from build import build_model
 from evaluation.names import METRIC_KEYS
 from helpers import ROOT, load_test_cli
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from build import build_model
 from engine.tta import TestTimeAugmentation, describe, scaled_size
 from helpers import load_test_cli
 
