@@ -24,6 +24,7 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -141,6 +142,8 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
         log.warning("stopped by %s: %s holds %s; run the same command to continue", stop.name, saved, state.position)
     else:
         log.info("done: %d steps; best validation %s = %s in %s", state.step, t.best_metric, state.best, run_dir)
+        if env.device.type == "cuda":
+            log.info("peak GPU memory %.2f GiB", torch.cuda.max_memory_allocated(env.device) / 2**30)
         log.info("TensorBoard: %s", TENSORBOARD_COMMAND.format(logdir=f"{run_dir.parent}/"))
 
 

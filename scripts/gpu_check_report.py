@@ -79,16 +79,18 @@ def env(path: Path, device: str) -> int:
 
 
 def train(path: Path, args: list[str]) -> int:
-    """train.main(args) in this process, then its peak memory and wall time into ``path``."""
-    import torch
-
-    import train as train_py
+    """``python train.py args``, then its peak memory and wall time into ``path``: on CUDA the peak
+    train.py logs itself, on the CPU the child's peak resident memory."""
+    import resource
 
     t0 = time.perf_counter()
-    rc = train_py.main(args)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    path.write_text(json.dumps({"rc": rc, "peak_bytes": _peak_bytes(device), "wall_s": time.perf_counter() - t0}))
-    return rc
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
+    wall = time.perf_counter() - t0
+    gpu = re.search(r"peak GPU memory ([0-9.]+) GiB", proc.stderr)
+    peak = float(gpu.group(1)) * 2**30 if gpu else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    path.write_text(json.dumps({"rc": proc.returncode, "peak_bytes": int(peak), "wall_s": wall}))
+    return proc.returncode
 
 
 # --------------------------------------------------------------------------- summary
