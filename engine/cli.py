@@ -16,7 +16,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = 
         "--config",
         type=Path,
         default=Path(default) if default else None,
-        help=f"YAML config (default: {default or 'the one stored in the checkpoint'})",
+        help="YAML config" + (f" (default: {default})" if default else ""),
     )
     parser.add_argument(
         "overrides",

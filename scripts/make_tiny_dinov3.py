@@ -25,6 +25,7 @@ FAMILIES = ("dinov3", "dinov2")
 
 def make_tiny_dinov3(
     out_dir: str | Path,
+    *,
     hidden: int = 64,
     layers: int = 12,
     heads: int = 2,

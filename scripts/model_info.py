@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from build import build_model  # noqa: E402
+from engine.cli import add_config_arguments  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from engine.amp import resolve_precision  # noqa: E402
 
@@ -74,7 +75,6 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
     p.add_argument(
         "--size",
         type=int,
@@ -83,11 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="S",
         help="input size: one value (square) or H W; multiples of the patch size (default: data.image_size)",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="dotted key=value config overrides (every key: config.py, README 'Config reference')",
-    )
+    add_config_arguments(p)  # without --config: the schema's defaults
     args = p.parse_args(argv)
     if args.size is not None and len(args.size) not in (1, 2):
         p.error("--size takes one value (square) or two (H W)")
