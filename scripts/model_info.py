@@ -34,9 +34,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from build import build_model  # noqa: E402
-from engine.cli import add_config_arguments  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from engine.amp import resolve_precision  # noqa: E402
+from engine.cli import add_config_arguments  # noqa: E402
 
 
 def frozen_flops(root: nn.Module, prefix: str, counts: dict[str, int]) -> int:
