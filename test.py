@@ -44,13 +44,10 @@ from pathlib import Path
 
 from cod_benchmarks import IMAGE_EXTS, list_images
 from engine.cli import LOG_FORMAT, add_config_arguments, error_line
-from evaluation.curves import plot_curves
 from evaluation.discovery import EvaluationError, find_pred_dirs, match_benchmarks
 from evaluation.maps import MapIssues
-from evaluation.metrics import CODMetrics
-from evaluation.report import gallery_rows, write_report
-from evaluation.scoring import ImageResult, Scorer, pair_folder, score_benchmark
-from evaluation.tables import format_table, write_results_json, write_tables
+from evaluation.outputs import Scored, write_outputs
+from evaluation.scoring import Scorer, pair_folder, score_benchmark
 
 # torch, the model and the data are imported inside the functions that need them: the scoring
 # worker processes re-import this file (multiprocessing does so with the main script), and
@@ -120,48 +117,11 @@ def run_names(folders: list[Path]) -> dict[str, Path]:
     return names
 
 
-Scored = dict[str, dict[str, tuple[CODMetrics, list[ImageResult]]]]  # {run: {benchmark: (metrics, per image)}}
-
-
 def default_out(ckpt: Path, kind: str, name: str) -> Path:
     """``<run folder>/<kind>/<name>`` for a checkpoint in train.py's run folder (it holds the
     run's config.yaml), else ``outputs/<kind>/<name>`` (git-ignored): never a folder beside the code."""
     base = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else Path("outputs")
     return base / kind / name
-
-
-def write_outputs(
-    scored: Scored, out: Path, images: dict[str, dict[str, str]], report: bool = True, extra: dict | None = None
-) -> None:
-    """results.json per run, the comparison table (printed, .md, .csv), the curves and report.html.
-
-    ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery; ``extra``: keys added
-    to every results.json entry (the test-time augmentation used).
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    runs = {run: {b: m.results() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}
-    for run, results in runs.items():
-        run_dir = out if len(runs) == 1 else out / run
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_results_json(results, run_dir / "results.json", extra)
-    md, csv_path = write_tables(runs, out)
-    figures = plot_curves(
-        {run: {b: m.curves() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}, out / "curves"
-    )
-    print(format_table(runs))
-    log.info(
-        "wrote %s, %s and %s in %s; %d curve plot(s) in %s",
-        "results.json" if len(runs) == 1 else "<run>/results.json",
-        md.name,
-        csv_path.name,
-        out,
-        len(figures),
-        out / "curves",
-    )
-    if report:
-        per_image = {run: {b: rows for b, (_, rows) in per_run.items()} for run, per_run in scored.items()}
-        page = write_report(out, runs, figures, gallery_rows(per_image, images), title=f"COD results: {out.name}")
-        log.info("wrote %s (open it in a browser; the gallery sorts by per-image score)", page)
 
 
 def score_saved_maps(args: argparse.Namespace) -> None:

@@ -1,0 +1,51 @@
+"""Everything a scoring run writes: results.json per run, the comparison table (printed, .md,
+.csv), the PR / F-measure curves and report.html."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .curves import plot_curves
+from .metrics import CODMetrics
+from .report import gallery_rows, write_report
+from .scoring import ImageResult
+from .tables import format_table, write_results_json, write_tables
+
+log = logging.getLogger("test")
+
+Scored = dict[str, dict[str, tuple[CODMetrics, list[ImageResult]]]]  # {run: {benchmark: (metrics, per image)}}
+
+
+def write_outputs(
+    scored: Scored, out: Path, images: dict[str, dict[str, str]], report: bool = True, extra: dict | None = None
+) -> None:
+    """results.json per run, the comparison table (printed, .md, .csv), the curves and report.html.
+
+    ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery; ``extra``: keys added
+    to every results.json entry (the test-time augmentation used).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {run: {b: m.results() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}
+    for run, results in runs.items():
+        run_dir = out if len(runs) == 1 else out / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_results_json(results, run_dir / "results.json", extra)
+    md, csv_path = write_tables(runs, out)
+    figures = plot_curves(
+        {run: {b: m.curves() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}, out / "curves"
+    )
+    print(format_table(runs))
+    log.info(
+        "wrote %s, %s and %s in %s; %d curve plot(s) in %s",
+        "results.json" if len(runs) == 1 else "<run>/results.json",
+        md.name,
+        csv_path.name,
+        out,
+        len(figures),
+        out / "curves",
+    )
+    if report:
+        per_image = {run: {b: rows for b, (_, rows) in per_run.items()} for run, per_run in scored.items()}
+        page = write_report(out, runs, figures, gallery_rows(per_image, images), title=f"COD results: {out.name}")
+        log.info("wrote %s (open it in a browser; the gallery sorts by per-image score)", page)
