@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from build import build_model
 from caem import CAEM
 from config import ConfigError, load_config
+from config_checks import check_config
 from datasets.transforms import TrainTransform, box_matrix, side_crop_box
 from dinov3_encoder import build_dinov3_encoder
 from engine.optim import build_optimizer, build_plateau_scheduler, param_groups
@@ -153,7 +154,7 @@ def test_reference_loss_with_coarse_terms_by_hand() -> None:
 
 def test_build_loss_reads_the_reference_loss_section() -> None:
     loss = build_loss_from(REFERENCE)
-    assert loss.weights == {"bce": 1.0, "iou": 1.0, "dice": 2.5, "edge": 0.0, "sobel": 0.7}
+    assert loss.weights == {"bce": 1.0, "iou": 1.0, "dice": 2.5, "sobel": 0.7}  # terms weighted 0 are dropped
     assert loss.coarse_weights == {"dice": 0.2, "bce": 0.2} and not loss.weighted and loss.pooled
 
 
@@ -219,9 +220,9 @@ def test_side_crop_box_by_hand_and_in_the_transform() -> None:
         (["data.side_crop=0.5"], ["data.side_crop"]),
     ],
 )
-def test_bad_combinations_stop_at_load_naming_the_keys(overrides, keys) -> None:
+def test_bad_combinations_stop_before_building_naming_the_keys(overrides, keys) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(None, overrides)
+        check_config(load_config(None, overrides))
     assert all(k in str(err.value) for k in keys) and "\n" not in str(err.value)
 
 
