@@ -37,6 +37,7 @@ def train_args(tiny_dinov3) -> list[str]:
         "data.root=/nonexistent",
         "data.image_size=32",
         "train.num_workers=0",
+        "train.amp=off",
     ]
 
 
