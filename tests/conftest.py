@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny random DINOv3 models written by scripts/make_tiny_dinov3.py (no network)."""
+"""Shared fixtures: tiny random DINOv3 models written by scripts/make_tiny_dinov3.py (no network),
+synthetic COD data, and one seconds-long training run that the train.py tests share."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -18,6 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Property tests draw the same examples on every run, so a failure replays as it is. HYPOTHESIS_PROFILE=explore
+# draws new ones; a failure there prints its seed (replay with --hypothesis-seed) and @reproduce_failure.
+settings.register_profile("fixed", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
+
+from helpers import run_train, tiny_model_args  # noqa: E402
 from scripts.make_tiny_dinov3 import make_tiny_dinov3  # noqa: E402
 
 
@@ -44,6 +54,71 @@ def tiny_dinov3_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
 def tiny_dinov3(tiny_dinov3_factory: Callable[..., Path]) -> Path:
     """Folder of a tiny random DINOv3 ViT: hidden 64, 12 blocks, 2 heads, 4 registers, patch 16."""
     return tiny_dinov3_factory()
+
+
+@pytest.fixture(scope="session")
+def synthetic_cod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data root of 12 synthetic 48-px training images (seed 0) and no test set: 8 train + 4
+    validation images at ``data.val_fraction=0.34``. Read-only: copy it before changing it."""
+    from scripts.make_synthetic_cod import generate
+
+    data = tmp_path_factory.mktemp("synth")
+    generate(data, n_train=12, n_test=0, size=48, seed=0)
+    return data
+
+
+class TinyRun:
+    """The shared train.py run: ``args`` of a seconds-long 2-epoch run (2 optimizer steps per
+    epoch, float32, deterministic), and its run folders, each trained once on first use.
+    The folders are read-only: copy them before resuming or changing them."""
+
+    def __init__(self, args: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.args = args
+        self._tmp = tmp_path_factory
+
+    def _train(self, name: str, *overrides: str) -> Path:
+        run = self._tmp.mktemp(name) / "run"
+        assert run_train([*self.args, *overrides, f"train.run_dir={run}"]) == 0
+        return run
+
+    @functools.cached_property
+    def straight(self) -> Path:
+        """Both epochs, never interrupted: config.yaml, last.pth, best.pth, train.log, tb/."""
+        return self._train("straight")
+
+    @functools.cached_property
+    def one_epoch(self) -> Path:
+        """Stopped after epoch 1 (``train.max_steps=2``): last.pth and best.pth of epoch 1."""
+        return self._train("one_epoch", "train.max_steps=2")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_cod: Path, tiny_dinov3_factory) -> TinyRun:
+    """The 4-block tiny DINOv3 (width 16, 32-px images) trained on ``synthetic_cod``, batch 4."""
+    args = [
+        *tiny_model_args(synthetic_cod, tiny_dinov3_factory(layers=4)),
+        "data.val_fraction=0.34",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.log_interval=1",
+        "train.warmup_epochs=1",
+        "train.deterministic=true",
+        "train.lr=1e-3",
+        "train.epochs=2",
+    ]
+    return TinyRun(args, tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _no_cpu_precision_probe(monkeypatch):
+    """train.amp=auto on a CPU times a matmul (~0.5 s) and then trains in the precision this host
+    favours: tests pass train.amp=off (tiny_model_args does), and test_precision stands in for the probe."""
+    from engine import amp
+
+    def probe(*args, **kwargs):
+        raise AssertionError("the CPU precision probe ran in a test: pass train.amp=off")
+
+    monkeypatch.setattr(amp, "cpu_matmul_rates", probe)
 
 
 @pytest.fixture(autouse=True)

@@ -34,8 +34,9 @@ def load_test_cli(module_name: str) -> ModuleType:
 
 def tiny_model_args(data: Path, encoder: Path) -> list[str]:
     """train.py arguments for a seconds-long model: the default recipe on a 4-block tiny DINOv3
-    (``tiny_dinov3_factory(layers=4)``), width 16, 32-px images from ``data``. Append the run's own
-    ``key=value`` overrides (a later value for the same key wins)."""
+    (``tiny_dinov3_factory(layers=4)``), width 16, 32-px images from ``data``, in float32
+    (``train.amp=off``: no CPU probe, the same numbers on every host). Append the run's own
+    ``key=value`` overrides (a later value for the same key wins, e.g. ``train.amp=auto``)."""
     return [
         "--config",
         str(ROOT / "e2net_dinov3.yaml"),
@@ -45,6 +46,7 @@ def tiny_model_args(data: Path, encoder: Path) -> list[str]:
         "model.context_heads=2",
         f"data.root={data}",
         "data.image_size=32",
+        "train.amp=off",
     ]
 
 

@@ -1,11 +1,14 @@
 """The config loader: typed sections, dotted overrides, errors that name the key."""
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 import config
 from config import ConfigError, load_config
@@ -141,6 +144,21 @@ def _render(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def _same(stored, given) -> bool:
+    """``stored`` is ``given`` as the schema types it (OmegaConf makes 1 a "1" for a str key, "2e-4" a
+    float for a float key, "yes" True for a bool key)."""
+    if isinstance(given, list):
+        return len(stored) == len(given) and all(map(_same, stored, given))
+    if stored is None or given is None or isinstance(given, dict):
+        return stored == given
+    if isinstance(stored, bool):
+        return str(given).lower() in ({"true", "yes", "on", "y", "1"} if stored else {"false", "no", "off", "n", "0"})
+    if isinstance(stored, str):
+        return stored == str(given)
+    stored, given = float(stored), float(given)
+    return stored == given or (math.isnan(stored) and math.isnan(given))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_keys, _values), max_size=4))
 def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
@@ -151,7 +169,17 @@ def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
     except ConfigError as err:
         assert str(err).startswith(("config key", "unknown config key", "override")), str(err)
         return
-    assert cfg.train.lr > 0 and cfg.train.batch_size >= 1
+    # What loads survives being stored: the run folder's config.yaml and a checkpoint's dict load back the same.
+    saved = OmegaConf.to_yaml(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_config(cfg, Path(tmp) / "config.yaml")
+        assert OmegaConf.to_yaml(load_config(Path(tmp) / "config.yaml")) == saved
+    assert OmegaConf.to_yaml(load_config(config.to_dict(cfg))) == saved
+    # Every override that loaded took effect: the last value given for each key is the one stored
+    # (unless a whole section was set too, which replaces what the key's own override said).
+    for key, value in dict(pairs).items():
+        if key in VALID_KEYS and not any(key.startswith(f"{k}.") for k, _ in pairs):
+            assert _same(OmegaConf.select(cfg, key), value), (key, value, OmegaConf.select(cfg, key))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -161,15 +189,23 @@ def test_hostile_overrides_through_train_py_are_exit_2_without_traceback(tiny_di
     that passes (which then stops at the missing data, exit 1), never an exception escaping."""
     import contextlib
     import io
-    import tempfile
+    from unittest import mock
 
+    from engine import amp
     from helpers import run_train
 
-    base = [f"model.encoder.pretrained_path={tiny_dinov3}", "data.image_size=32", "data.root=/nonexistent"]
+    base = [
+        f"model.encoder.pretrained_path={tiny_dinov3}",
+        "data.image_size=32",
+        "data.root=/nonexistent",
+        "train.amp=off",
+    ]
     # run_dir comes last (never randomised): a valid config writes only into a temporary folder.
     overrides = [f"{k}={_render(v)}" for k, v in pairs if not k.startswith("train.run_dir")]
     err = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(err):
+    # A drawn train.amp=auto gets a stand-in for the CPU probe: float32 wins, nothing is timed.
+    probe = mock.patch.object(amp, "cpu_matmul_rates", return_value={"bf16": 1.0, "fp32": 2.0})
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(err), probe:
         rc = run_train(["--config", str(ROOT / "e2net_dinov3.yaml"), *base, *overrides, f"train.run_dir={tmp}/run"])
     assert rc in (1, 2), (rc, overrides)
     assert "Traceback" not in err.getvalue(), err.getvalue()[-2000:]

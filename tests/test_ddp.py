@@ -11,16 +11,13 @@ from engine.checkpoint import load_checkpoint
 from helpers import ROOT, tiny_model_args, torchrun
 
 
-def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory):
-    from scripts.make_synthetic_cod import generate
-
-    data, run = tmp_path / "data", tmp_path / "run"
-    generate(data, n_train=12, n_test=0, size=48, seed=0)
+def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory, synthetic_cod):
+    run = tmp_path / "run"
     encoder = tiny_dinov3_factory(layers=4)
     cmd = [
         *torchrun(2),
         "train.py",
-        *tiny_model_args(data, encoder),
+        *tiny_model_args(synthetic_cod, encoder),
         "data.val_fraction=0.34",
         "train.batch_size=2",
         "train.num_workers=0",

@@ -113,7 +113,6 @@ def test_train_with_device_augmentation(tmp_path, tiny_dinov3_factory):
         "train.batch_size=2",
         "train.num_workers=0",
         "train.epochs=1",
-        "train.amp=off",
         f"train.run_dir={run}",
     ]
     assert run_train([*common, "data.augment_on=device"]) == 0

@@ -10,19 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps, run_args  # noqa: F401 (fixture)
+from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps
 
 from engine.checkpoint import CheckpointError, load_checkpoint
 from helpers import run_train
 
 
-@pytest.fixture(scope="module")
-def one_epoch_run(tmp_path_factory, run_args) -> Path:
-    """A run folder after 1 of 2 epochs."""
-    run = tmp_path_factory.mktemp("one_epoch") / "run"
-    assert run_train([*run_args, f"train.run_dir={run}", f"train.max_steps={STEPS_PER_EPOCH}"]) == 0
-    assert _checked_state(run) == (1, STEPS_PER_EPOCH)
-    return run
+@pytest.fixture
+def run_args(tiny_run) -> list[str]:
+    return tiny_run.args
+
+
+@pytest.fixture
+def one_epoch_run(tiny_run) -> Path:
+    """The shared run folder after 1 of 2 epochs."""
+    assert _checked_state(tiny_run.one_epoch) == (1, STEPS_PER_EPOCH)
+    return tiny_run.one_epoch
 
 
 class _FillingDisk:

@@ -37,6 +37,7 @@ def train_args(tiny_dinov3) -> list[str]:
         "data.root=/nonexistent",
         "data.image_size=32",
         "train.num_workers=0",
+        "train.amp=off",
     ]
 
 
@@ -262,7 +263,8 @@ def test_own_images_that_are_all_bad_are_a_clear_error(tmp_path, cli, tiny_dinov
     ckpt = tmp_path / "best.pth"
     save_checkpoint(ckpt, {"model": build_model(cfg).trainable_state_dict(), "config": to_dict(cfg)})
     bad = _bad_images(tmp_path / "photos")
-    assert cli.main(["--ckpt", str(ckpt), "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "o")]) == 1
+    argv = ["--ckpt", str(ckpt), "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "o"), "train.amp=off"]
+    assert cli.main(argv) == 1
     _one_error_line(capsys.readouterr().err, "none of the 3 files", "could be read as an image")
     for path in bad.values():
         assert path.name in caplog.text, (path, caplog.text)

@@ -15,36 +15,20 @@ import torch
 import build
 import train
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, run_train, tiny_model_args
+from helpers import ROOT, run_train
 
-BATCHES = 4  # per epoch: 8 training images at batch 2
-
-
-@pytest.fixture(scope="module")
-def args(tmp_path_factory, tiny_dinov3_factory) -> list[str]:
-    from scripts.make_synthetic_cod import generate
-
-    data = tmp_path_factory.mktemp("synth")
-    generate(data, n_train=12, n_test=0, size=48, seed=0)
-    return [
-        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
-        "data.val_fraction=0.34",
-        "train.batch_size=2",
-        "train.num_workers=0",
-        "train.log_interval=3",
-        "train.warmup_epochs=1",
-        "train.deterministic=true",
-        "train.amp=off",
-        "train.lr=1e-3",
-        "train.epochs=2",
-    ]
+BATCHES = 2  # per epoch of the shared tiny run: 8 training images at batch 4
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory, args):
-    run = tmp_path_factory.mktemp("straight")
-    assert run_train([*args, f"train.run_dir={run}"]) == 0
-    return load_checkpoint(run / "last.pth")
+@pytest.fixture
+def args(tiny_run) -> list[str]:
+    return tiny_run.args
+
+
+@pytest.fixture
+def straight(tiny_run) -> dict:
+    """The last checkpoint of the shared run, never stopped."""
+    return load_checkpoint(tiny_run.straight / "last.pth")
 
 
 def _signal_during_batches(monkeypatch, signum: int, *batches: int) -> None:
@@ -81,8 +65,8 @@ def _same_training(a: dict, b: dict) -> None:
 @pytest.mark.parametrize(
     "signum, batch, position",
     [
-        (signal.SIGTERM, 6, (1, 2, 6)),  # mid-epoch: epoch 1 done, 2 batches of epoch 2
-        (signal.SIGUSR1, 4, (0, BATCHES, 4)),  # at the last batch of epoch 1: validated after the resume
+        (signal.SIGTERM, 3, (1, 1, 3)),  # mid-epoch: epoch 1 done, 1 batch of epoch 2
+        (signal.SIGUSR1, 2, (0, BATCHES, 2)),  # at the last batch of epoch 1: validated after the resume
     ],
 )
 def test_stop_signal_then_resume_is_bit_identical(
@@ -105,19 +89,19 @@ def test_stop_signal_then_resume_is_bit_identical(
 
 def test_ctrl_c_stops_at_a_safe_point_and_twice_at_once(tmp_path, monkeypatch, capsys, args):
     run = tmp_path / "run"
-    _signal_during_batches(monkeypatch, signal.SIGINT, 3)
+    _signal_during_batches(monkeypatch, signal.SIGINT, 1)
     assert run_train([*args, f"train.run_dir={run}"]) == 130
     last = load_checkpoint(run / "last.pth")
-    assert (last["epoch"], last["batch"], last["step"]) == (0, 3, 3)
+    assert (last["epoch"], last["batch"], last["step"]) == (0, 1, 1)
     lines = [x for x in capsys.readouterr().err.splitlines() if " WARNING " in x or " ERROR " in x]
     assert (
         len(lines) == 1
         and "stopped by SIGINT" in lines[0]
-        and "last.pth holds epoch 0 + 3 batches (step 3)" in lines[0]
+        and "last.pth holds epoch 0 + 1 batches (step 1)" in lines[0]
     )
 
     again = tmp_path / "again"
-    _signal_during_batches(monkeypatch, signal.SIGINT, 2, 2)  # the second Ctrl-C quits at once
+    _signal_during_batches(monkeypatch, signal.SIGINT, 1, 1)  # the second Ctrl-C quits at once
     assert run_train([*args, f"train.run_dir={again}"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted by a second Ctrl-C" in err

@@ -66,7 +66,7 @@ def test_lora_run_resumes_exactly_and_its_checkpoint_holds_lora_and_decoder_only
 
     # test.py --ckpt rebuilds the trunk from its folder and puts the LoRA weights back.
     cli = load_test_cli("e2net_test_cli_lora")
-    ns = argparse.Namespace(ckpt=straight / "best.pth", config=None, overrides=[], data_root=None)
+    ns = argparse.Namespace(ckpt=straight / "best.pth", config=None, overrides=["train.amp=off"], data_root=None)
     model = cli.load_model(ns).model
     best = load_checkpoint(straight / "best.pth")["model"]
     state = model.state_dict()

@@ -202,6 +202,7 @@ def test_model_info_prints_the_table(tiny_dinov3, one_thread, capsys) -> None:
             f"model.encoder.pretrained_path={tiny_dinov3}",
             "model.channels=16",
             "model.context_heads=2",
+            "train.amp=off",
             "--size",
             "64",
             "96",

@@ -115,6 +115,7 @@ def test_training_saves_the_resolved_precision_a_resume_keeps_it_and_test_py_pic
     run = tmp_path / "run"
     args = [
         *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
+        "train.amp=auto",  # the probe (stood in for by ``probe``) decides
         "data.val_fraction=0",
         "train.batch_size=2",
         "train.num_workers=0",

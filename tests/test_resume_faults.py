@@ -20,32 +20,18 @@ import datasets
 from config import load_config, to_dict
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.resume import TrainState
-from helpers import ROOT, load_test_cli, run_train, tiny_model_args
+from helpers import ROOT, load_test_cli, run_train
 
 
-@pytest.fixture(scope="module")
-def args(tmp_path_factory, tiny_dinov3_factory) -> list[str]:
-    from scripts.make_synthetic_cod import generate
-
-    data = tmp_path_factory.mktemp("synth")
-    generate(data, n_train=12, n_test=0, size=48, seed=0)
-    return [
-        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
-        "data.val_fraction=0.34",
-        "train.batch_size=4",
-        "train.num_workers=0",
-        "train.warmup_epochs=1",
-        "train.amp=off",
-        "train.epochs=2",
-    ]
+@pytest.fixture
+def args(tiny_run) -> list[str]:
+    return tiny_run.args
 
 
-@pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory, args):
-    """A run folder after 1 of 2 epochs (2 steps each): last.pth and best.pth."""
-    run = tmp_path_factory.mktemp("one_epoch")
-    assert run_train([*args, f"train.run_dir={run}", "train.max_steps=2"]) == 0
-    return run
+@pytest.fixture
+def one_epoch(tiny_run):
+    """The shared run folder after 1 of 2 epochs (2 steps each): last.pth and best.pth."""
+    return tiny_run.one_epoch
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +144,8 @@ def test_a_changed_lr_and_weight_decay_take_effect_on_resume(tiny_dinov3_factory
 
 # --------------------------------------------------------------------------- test.py --ckpt
 def _load(cli, ckpt, *overrides: str):
-    ns = argparse.Namespace(ckpt=ckpt, config=None, overrides=list(overrides), data_root=None)
+    """test.py's model loading, in float32 (no CPU probe)."""
+    ns = argparse.Namespace(ckpt=ckpt, config=None, overrides=["train.amp=off", *overrides], data_root=None)
     return cli.load_model(ns)
 
 
@@ -171,7 +158,8 @@ def test_test_py_refuses_non_finite_weights_naming_the_tensor(tmp_path, cli, one
         _load(cli, tmp_path / "diverged.pth")
     (tmp_path / "images").mkdir()
     cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((40, 40, 3), np.uint8))
-    assert cli.main(["--ckpt", str(tmp_path / "diverged.pth"), "--images", str(tmp_path / "images")]) == 1
+    argv = ["--ckpt", str(tmp_path / "diverged.pth"), "--images", str(tmp_path / "images"), "train.amp=off"]
+    assert cli.main(argv) == 1
     _one_error(capsys.readouterr().err, "diverged.pth", name)
 
 

@@ -40,7 +40,6 @@ def test_training_logs_config_and_test_metrics(tmp_path: Path, tiny_dinov3_facto
         "train.batch_size=4",
         "train.num_workers=0",
         "train.epochs=1",
-        "train.amp=off",
         f"train.run_dir={run}",
     ]
     with caplog.at_level("INFO"):
@@ -65,12 +64,7 @@ def test_a_missing_test_set_fails_before_training(tmp_path: Path, tiny_dinov3_fa
     data = tmp_path / "data"
     generate(data, n_train=4, n_test=1, size=48, seed=0)
     args = [
-        "--config",
-        "e2net_dinov3.yaml",
-        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
-        "model.encoder.layers=[1,2,3,4]",
-        f"data.root={data}",
-        "data.image_size=32",
+        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
         "data.test_sets=[NC4K]",
         "train.num_workers=0",
         f"train.run_dir={tmp_path / 'run'}",

@@ -171,7 +171,7 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
     ckpt = make_checkpoint(tmp_path / "run" / "best.pth", tiny_dinov3, data, run_folder=True)
 
     # (a) evaluate: default output folder <run folder>/test/<ckpt name>/
-    assert cli.main(["--ckpt", str(ckpt), "--workers", "1"]) == 0
+    assert cli.main(["--ckpt", str(ckpt), "--workers", "1", "train.amp=off"]) == 0
     out = tmp_path / "run" / "test" / "best"
     results = json.loads((out / "results.json").read_text())
     bench = next(iter(results))
@@ -209,7 +209,7 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
     cv2.imwrite(str(own / "wide.png"), np.full((40, 130, 3), 90, np.uint8))
     (own / "empty.jpg").write_bytes(b"")
     (own / "text.png").write_text("not an image")
-    assert cli.main(["--ckpt", str(ckpt), "--images", str(own), "--out", str(tmp_path / "pred")]) == 0
+    assert cli.main(["--ckpt", str(ckpt), "--images", str(own), "--out", str(tmp_path / "pred"), "train.amp=off"]) == 0
     written = sorted(p.stem for p in (tmp_path / "pred" / "masks").iterdir())
     assert written == sorted(p.stem for p in own.iterdir() if p.stem not in ("empty", "text"))
     wide = cv2.imread(str(tmp_path / "pred" / "overlays" / "wide.jpg"))
@@ -255,7 +255,7 @@ def test_every_supported_format_is_seen_alike_by_ckpt_preds_and_images(
     monkeypatch.chdir(cwd)
 
     # --ckpt: every format found; a checkpoint outside a run folder writes under outputs/
-    assert cli.main(["--ckpt", str(ckpt), "--workers", "1", "eval.batch_size=1"]) == 0
+    assert cli.main(["--ckpt", str(ckpt), "--workers", "1", "eval.batch_size=1", "train.amp=off"]) == 0
     out = cwd / "outputs" / "test" / "best"
     assert json.loads((out / "results.json").read_text())["ALL"]["n_images"] == len(IMAGE_EXTS)
     assert sorted(p.stem for p in (out / "preds" / "ALL").iterdir()) == stems
@@ -273,7 +273,7 @@ def test_every_supported_format_is_seen_alike_by_ckpt_preds_and_images(
         assert json.loads((again / "results.json").read_text())["ALL"]["n_images"] == len(IMAGE_EXTS)
 
     # --images: the same files give the same maps, byte for byte
-    assert cli.main(["--ckpt", str(ckpt), "--images", str(bench / "Imgs"), "eval.batch_size=1"]) == 0
+    assert cli.main(["--ckpt", str(ckpt), "--images", str(bench / "Imgs"), "eval.batch_size=1", "train.amp=off"]) == 0
     own = cwd / "outputs" / "predict" / "Imgs" / "masks"
     for stem in stems:
         a = cv2.imread(str(own / f"{stem}.png"), cv2.IMREAD_UNCHANGED)

@@ -11,7 +11,7 @@ from torch import nn
 
 from engine.amp import NonFiniteGuard, select_precision, step_optimizer
 from engine.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
-from helpers import run_train, tiny_model_args
+from helpers import run_train
 
 
 class _Toy(nn.Module):
@@ -188,47 +188,18 @@ def test_non_finite_losses_skip_steps_then_stop_the_run(clip):
 
 
 # --------------------------------------------------------------------------- train.py end to end
-@pytest.fixture(scope="module")
-def tiny_run_args(tmp_path_factory, tiny_dinov3_factory):
-    """Overrides for a seconds-long run: 4-block tiny DINOv3, 32-px images, 8 train + 4 val images."""
-    from scripts.make_synthetic_cod import generate
-
-    data = tmp_path_factory.mktemp("synth")
-    generate(data, n_train=12, n_test=0, size=48, seed=0)
-    encoder = tiny_dinov3_factory(layers=4)
-    return [
-        *tiny_model_args(data, encoder),
-        "data.val_fraction=0.34",
-        "train.batch_size=4",
-        "train.num_workers=0",
-        "train.log_interval=1",
-        "train.warmup_epochs=1",
-        "train.deterministic=true",
-        "train.lr=1e-3",
-        "train.epochs=2",
-    ]
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, tiny_run_args):
-    """A finished 2-epoch run (2 optimizer steps per epoch)."""
-    run = tmp_path_factory.mktemp("straight")
-    assert run_train([*tiny_run_args, f"train.run_dir={run}"]) == 0
-    return run
-
-
 def _load(path):
     from engine.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
 
-def test_run_folder_and_tensorboard(straight_run):
+def test_run_folder_and_tensorboard(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from config import load_config
 
-    run = straight_run
+    run = tiny_run.straight
     assert {p.name for p in run.iterdir()} == {"config.yaml", "last.pth", "best.pth", "train.log", "tb"}
     assert load_config(run / "config.yaml").train.run_dir == str(run)  # the resolved config
     last, best = _load(run / "last.pth"), _load(run / "best.pth")
@@ -263,16 +234,18 @@ def test_run_folder_and_tensorboard(straight_run):
     assert grids[0].width == 4 * 32 + 5 * 2 and grids[0].height > 4 * 32 + 5 * 2
 
 
-def test_resume_is_bit_identical(tmp_path, tiny_run_args, straight_run):
+def test_resume_is_bit_identical(tmp_path, tiny_run):
     """2 epochs straight == 1 epoch, stop, resume for the 2nd (CPU, deterministic)."""
+    import shutil
+
     resumed = tmp_path / "resumed"
-    assert run_train([*tiny_run_args, f"train.run_dir={resumed}", "train.max_steps=2"]) == 0
+    shutil.copytree(tiny_run.one_epoch, resumed)
     first = _load(resumed / "last.pth")
     assert (first["epoch"], first["step"]) == (1, 2)
-    assert run_train([*tiny_run_args, f"train.run_dir={resumed}", "train.resume=auto"]) == 0
+    assert run_train([*tiny_run.args, f"train.run_dir={resumed}", "train.resume=auto"]) == 0
     assert "resumed from" in (resumed / "train.log").read_text()
 
-    a, b = _load(straight_run / "last.pth"), _load(resumed / "last.pth")
+    a, b = _load(tiny_run.straight / "last.pth"), _load(resumed / "last.pth")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 4)
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
@@ -286,30 +259,30 @@ def test_resume_is_bit_identical(tmp_path, tiny_run_args, straight_run):
     assert any(not torch.equal(first["model"][k], b["model"][k]) for k in b["model"])
 
 
-def test_cli_errors_are_one_line(tmp_path, tiny_run_args, capsys):
-    assert run_train([*tiny_run_args, "data.image_size=40"]) == 2
+def test_cli_errors_are_one_line(tmp_path, tiny_run, capsys):
+    assert run_train([*tiny_run.args, "data.image_size=40"]) == 2
     assert "not a multiple of the encoder's patch size 16" in capsys.readouterr().err
-    assert run_train([*tiny_run_args, "train.lr=-1"]) == 2
+    assert run_train([*tiny_run.args, "train.lr=-1"]) == 2
     assert "train.lr" in capsys.readouterr().err
-    assert run_train([*tiny_run_args, "model.encoder.layers=[1,2,3,5]"]) == 2  # the tiny encoder has 4 blocks
+    assert run_train([*tiny_run.args, "model.encoder.layers=[1,2,3,5]"]) == 2  # the tiny encoder has 4 blocks
     assert "model.encoder.layers" in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pth").write_bytes(b"\x80\x02truncated")
-    assert run_train([*tiny_run_args, f"train.run_dir={run}"]) == 1
+    assert run_train([*tiny_run.args, f"train.run_dir={run}"]) == 1
     assert "last.pth' is truncated or corrupt" in (run / "train.log").read_text()
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert run_train([*tiny_run_args, f"train.run_dir={blocker / 'run'}"]) == 1
+    assert run_train([*tiny_run.args, f"train.run_dir={blocker / 'run'}"]) == 1
     assert "train.run_dir" in capsys.readouterr().err
 
 
-def test_resume_with_a_different_model_is_refused(tmp_path, tiny_run_args, straight_run):
+def test_resume_with_a_different_model_is_refused(tmp_path, tiny_run):
     import shutil
 
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(straight_run / "last.pth", run / "last.pth")
-    assert run_train([*tiny_run_args, f"train.run_dir={run}", "model.channels=24"]) == 1
+    shutil.copy(tiny_run.straight / "last.pth", run / "last.pth")
+    assert run_train([*tiny_run.args, f"train.run_dir={run}", "model.channels=24"]) == 1
     text = (run / "train.log").read_text()
     assert "does not fit this model/config" in text and "model.channels: 16 -> 24" in text

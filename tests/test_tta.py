@@ -87,9 +87,13 @@ def test_test_py_records_tta_and_it_changes_the_scores(tmp_path: Path, tiny_dino
     model = build_model(cfg)
     save_checkpoint(ckpt, {"model": model.trainable_state_dict(), "config": to_dict(cfg), "epoch": 1, "step": 1})
     common = ["--ckpt", str(ckpt), "--workers", "1", "--no-report"]
-    assert cli.main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert cli.main(common + ["--out", str(tmp_path / "plain"), "train.amp=off"]) == 0
     assert (
-        cli.main(common + ["--out", str(tmp_path / "tta"), "eval.tta.hflip=true", "eval.tta.scales=[0.75,1.25]"]) == 0
+        cli.main(
+            common
+            + ["--out", str(tmp_path / "tta"), "train.amp=off", "eval.tta.hflip=true", "eval.tta.scales=[0.75,1.25]"]
+        )
+        == 0
     )
     plain = json.loads((tmp_path / "plain" / "results.json").read_text())
     tta = json.loads((tmp_path / "tta" / "results.json").read_text())
