@@ -44,7 +44,10 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except RecursionError:  # the loader recurses once per nesting level: report it as the YAML error it is
+        raise yaml.YAMLError("nested too deeply to be read (more levels than Python's recursion limit)") from None
 
 
 # --------------------------------------------------------------------------- choices
