@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from config import METRIC_KEYS
+from config import METRIC_KEYS, DataConfig
+from datasets.reading import read_image
 
 from .discovery import sort_benchmarks
 from .maps import read_mask
@@ -67,16 +68,16 @@ def _slug(text: str) -> str:
 
 
 def _thumbnail(src: str, dst: Path, side: int) -> None:
-    """Write ``dst`` unless it is already newer than ``src``. Photos (``.jpg`` thumbnails) decode at
-    reduced size; masks and maps (``.png``) are read as the scorer reads them (``evaluation.maps.read_mask``:
-    colour to grey, 16-bit by its own range), so the thumbnail shows what was scored."""
+    """Write ``dst`` unless it is already newer than ``src``. Photos (``.jpg`` thumbnails) are read as
+    the test sets read them (``datasets.reading.read_image``: header checked against ``data.max_pixels``
+    before decoding, reduced-size decode); masks and maps (``.png``) as the scorer reads them
+    (``evaluation.maps.read_mask``: colour to grey, 16-bit by its own range), so the thumbnail shows
+    what was scored. Raises ``ValueError`` (a bomb, a non-image) or ``OSError``."""
     if dst.is_file() and dst.stat().st_mtime >= Path(src).stat().st_mtime:
         return
     if dst.suffix == ".jpg":
-        with Image.open(src) as im:
-            im.draft("RGB", (side, side))  # JPEG: DCT scaling, never below ``side``
-            im = im.convert("RGB")
-            im.thumbnail((side, side), Image.Resampling.BILINEAR)
+        im = Image.fromarray(read_image(src, DataConfig.max_pixels, needed_side=side))
+        im.thumbnail((side, side), Image.Resampling.BILINEAR)
     else:
         grey = read_mask(Path(src))  # the scorer's reader
         if grey is None:
