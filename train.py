@@ -8,10 +8,10 @@ resolved config), last.pth (every epoch), best.pth (best validation train.best_m
 train.log, tb/ (TensorBoard: losses, validation metrics and loss, labelled image grids, the
 config as text, and test/<Benchmark>/<metric> at the end when data.test_sets names benchmarks)
 and, while a run writes there, train.lock (a second train.py on the folder is refused). The same
-command continues a killed run (train.resume=auto). View the runs with
-    tensorboard --logdir checkpoint/ --samples_per_plugin images=0 SIGTERM, SIGUSR1
-and Ctrl-C stop at the next optimizer step with the position inside the epoch saved in last.pth
-(exit 0; 130 for Ctrl-C); the resumed run continues from that batch exactly.
+command continues a killed run (train.resume=auto). View the runs with the command printed at the
+end (engine.logger.TENSORBOARD_COMMAND). SIGTERM, SIGUSR1 and Ctrl-C stop at the next optimizer
+step with the position inside the epoch saved in last.pth (exit 0; 130 for Ctrl-C); the resumed
+run continues from that batch exactly.
 Every key=value and its meaning: config.py (the schema, a comment per key) and the README's
 "Config reference".
 """

@@ -72,8 +72,11 @@ class RunLogFile(logging.FileHandler):
                 raise write_error(Path(self.baseFilename), "the run log", err) from None
 
 
-# TensorBoard keeps only 10 images per tag unless told otherwise; images=0 keeps every grid.
-TENSORBOARD_COMMAND = "tensorboard --logdir {logdir} --samples_per_plugin images=0"
+# The one spelling of the command we print (train.py, make demo) and document (README). TensorBoard
+# keeps 10 images per tag unless told otherwise, and images=0 no longer means "all" (TensorBoard 2.21
+# serves none): 1000 keeps every grid of a run validated up to 1000 times, ten times the 100 epochs
+# of the longest recipe at train.val_interval=1.
+TENSORBOARD_COMMAND = "tensorboard --logdir {logdir} --samples_per_plugin images=1000"
 
 
 def labelled_grid(tiles: torch.Tensor, labels: Sequence[str], padding: int = 2) -> torch.Tensor:
