@@ -35,4 +35,4 @@ demo: install
 	$(PY) scripts/make_synthetic_cod.py --out $(DEMO_DATA) --train 600 --test 100 --size 256 --seed 0
 	$(PY) train.py --config configs/demo.yaml train.run_dir=$(DEMO_RUN) train.resume=
 	$(PY) test.py --ckpt $(DEMO_RUN)/best.pth --out $(DEMO_RUN)/test
-	@echo "TensorBoard: .venv/bin/tensorboard --logdir checkpoint/ --samples_per_plugin images=0"
+	@$(PY) -c "from engine.logger import TENSORBOARD_COMMAND; print('TensorBoard: .venv/bin/' + TENSORBOARD_COMMAND.format(logdir='checkpoint/'))"

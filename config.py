@@ -235,7 +235,10 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except RecursionError:  # the loader recurses once per nesting level: report it as the YAML error it is
+        raise yaml.YAMLError("nested too deeply to be read (more levels than Python's recursion limit)") from None
 
 
 def _sections(schema: type) -> dict[str, type]:
@@ -301,7 +304,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = _load_yaml(raw) if raw != "" else ""
-        except (yaml.YAMLError, RecursionError) as err:
+        except yaml.YAMLError as err:
             raise ConfigError(f"override '{item[:80]}': cannot parse the value ({first_line(err)})") from None
         *parents, leaf = key.strip().split(".")
         node = tree
@@ -320,8 +323,6 @@ def _read_file(path: Path) -> dict:
         return _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
-    except RecursionError:
-        raise ConfigError(f"config file '{path}' is nested too deeply to be a config") from None
 
 
 def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None) -> DictConfig:

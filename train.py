@@ -11,8 +11,8 @@ and, while a run writes there, train.lock (a second train.py on the folder is re
 command continues a killed run (train.resume=auto). SIGTERM, SIGUSR1 and Ctrl-C stop at the next
 optimizer step with the position inside the epoch saved in last.pth (exit 0; 130 for Ctrl-C); the
 resumed run continues from that batch exactly. At the end it prints the TensorBoard command that
-shows every logged image. Every key=value and its meaning: config.py (the schema, a comment per
-key) and the README's "Config reference".
+shows every logged image (engine.logger.TENSORBOARD_COMMAND). Every key=value and its meaning:
+config.py (the schema, a comment per key) and the README's "Config reference".
 """
 
 from __future__ import annotations

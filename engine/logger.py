@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,7 +37,7 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if is_main and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log", encoding="utf-8"))
+        handlers.append(RunLogFile(run_dir / "train.log", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
         h._e2net = True  # type: ignore[attr-defined]
@@ -44,8 +45,37 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     root.setLevel(logging.INFO if is_main else logging.WARNING)
 
 
-# TensorBoard keeps only 10 images per tag unless told otherwise; images=0 keeps every grid.
-TENSORBOARD_COMMAND = "tensorboard --logdir {logdir} --samples_per_plugin images=0"
+class RunLogFile(logging.FileHandler):
+    """``train.log``. A failed write (a full disk) stops the run with the one-line
+    :class:`CheckpointError` a failed checkpoint save gives, raised from the logging call of the
+    thread that set logging up; after that the file is left alone, so the error itself reaches the
+    console instead of logging's "--- Logging error ---" traceback. An error record that cannot be
+    written is already the report of a failure (e.g. that very checkpoint save): it is not replaced."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = False
+        self._owner = (os.getpid(), threading.get_ident())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)
+        elif (os.getpid(), threading.get_ident()) == self._owner:  # elsewhere only the line is lost (console has it)
+            self.failed = True
+            if record.levelno < logging.ERROR:
+                raise write_error(Path(self.baseFilename), "the run log", err) from None
+
+
+# The one spelling of the command we print (train.py, make demo) and document (README). TensorBoard
+# keeps 10 images per tag unless told otherwise, and images=0 no longer means "all" (TensorBoard 2.21
+# serves none): 1000 keeps every grid of a run validated up to 1000 times, ten times the 100 epochs
+# of the longest recipe at train.val_interval=1.
+TENSORBOARD_COMMAND = "tensorboard --logdir {logdir} --samples_per_plugin images=1000"
 
 
 def labelled_grid(tiles: torch.Tensor, labels: Sequence[str], padding: int = 2) -> torch.Tensor:

@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import re
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,15 +68,21 @@ def _slug(text: str) -> str:
 
 def _thumbnail(src: str, dst: Path, side: int) -> None:
     """Write ``dst`` unless it is already newer than ``src``. Photos (``.jpg`` thumbnails) decode at
-    reduced size; masks and maps (``.png``) are read as the scorer reads them (``evaluation.maps.read_mask``:
-    colour to grey, 16-bit by its own range), so the thumbnail shows what was scored."""
+    reduced size after their header passed PIL's decompression-bomb limit; masks and maps (``.png``)
+    are read as the scorer reads them (``evaluation.maps.read_mask``: colour to grey, 16-bit by its own
+    range), so the thumbnail shows what was scored. Raises ``ValueError`` (a bomb, a non-image) or ``OSError``."""
     if dst.is_file() and dst.stat().st_mtime >= Path(src).stat().st_mtime:
         return
     if dst.suffix == ".jpg":
-        with Image.open(src) as im:
-            im.draft("RGB", (side, side))  # JPEG: DCT scaling, never below ``side``
-            im = im.convert("RGB")
-            im.thumbnail((side, side), Image.Resampling.BILINEAR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # the header alone says so
+            try:
+                with Image.open(src) as im:
+                    im.draft("RGB", (side, side))  # JPEG: DCT scaling, never below ``side``
+                    im = im.convert("RGB")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+                raise ValueError(f"{Path(src).name}: {err}") from None
+        im.thumbnail((side, side), Image.Resampling.BILINEAR)
     else:
         grey = read_mask(Path(src))  # the scorer's reader
         if grey is None:

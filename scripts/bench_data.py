@@ -45,12 +45,20 @@ def write_jpegs(root: Path, n: int, height: int = 600, width: int = 800, quality
         cv2.imwrite(str(root / "TrainDataset" / "GT" / f"bench_{i:04d}.png"), mask, [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
-def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: int = 0, cache: bool = False) -> dict:
+def bench(
+    size: int = 384,
+    n_images: int = 64,
+    seconds: float = 8.0,
+    workers: int = 0,
+    cache: bool = False,
+    source: tuple[int, int] = (600, 800),
+) -> dict:
     """``{"images_per_s_per_worker": float, "images_per_cpu_s": float,
     "loader_images_per_s_per_worker": float | None, ...}``.
 
     ``images_per_s_per_worker`` is wall-clock in one thread; ``images_per_cpu_s`` divides by the CPU
-    time this process got, the fairer figure when other jobs share the cores.
+    time this process got, the fairer figure when other jobs share the cores. ``source``: (H, W) of
+    the generated JPEGs.
     """
     import datasets
 
@@ -58,7 +66,7 @@ def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: in
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_jpegs(root, n_images)
+        write_jpegs(root, n_images, *source)
         cfg = load_config(
             None,
             [
@@ -100,14 +108,19 @@ def bench(size: int = 384, n_images: int = 64, seconds: float = 8.0, workers: in
         "loader_images_per_s_per_worker": loader_rate,
         "build_s": build_s,
         "size": size,
-        "source": "800x600 JPEG q95",
+        "source": f"{source[1]}x{source[0]} JPEG q95",
         "cache": cache,
         "cpu_count": os.cpu_count(),
     }
 
 
 def bench_device(
-    size: int = 384, n_images: int = 64, seconds: float = 8.0, batch: int = 32, device: str = "cpu"
+    size: int = 384,
+    n_images: int = 64,
+    seconds: float = 8.0,
+    batch: int = 32,
+    device: str = "cpu",
+    source: tuple[int, int] = (600, 800),
 ) -> dict:
     """``data.augment_on=device`` throughput: ``{"images_per_s": float, "decode_s": float, ...}``.
 
@@ -120,7 +133,7 @@ def bench_device(
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_jpegs(root, n_images)
+        write_jpegs(root, n_images, *source)
         cfg = load_config(
             None,
             [f"data.root={root}", f"data.image_size={size}", "data.val_fraction=0", "data.augment_on=device"],

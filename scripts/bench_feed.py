@@ -36,8 +36,11 @@ def bench_feed(
     augment_on: str,
     steps: int = 12,
     warmup: int = 3,
+    n_images: int = 0,
+    source: tuple[int, int] = (600, 800),
 ) -> dict:
-    """``{"wait_share": float, "images_per_s": float, "steps": int, ...}`` of ``steps`` timed steps."""
+    """``{"wait_share": float, "images_per_s": float, "steps": int, ...}`` of ``steps`` timed steps, fed
+    from ``n_images`` (0: max(64, 4 x batch)) generated JPEGs of ``source`` = (H, W) pixels."""
     import torch
 
     import datasets
@@ -52,7 +55,7 @@ def bench_feed(
     dev = torch.device(device)
     with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
         with opencv_pool_stopped():  # the DataLoader workers fork later
-            write_jpegs(Path(tmp), max(64, 4 * batch))
+            write_jpegs(Path(tmp), n_images or max(64, 4 * batch), *source)
         cfg = load_config(
             config,
             [
@@ -77,7 +80,9 @@ def bench_feed(
             "precision": precision,
             "grad_clip": cfg.train.grad_clip,
         }
-        epoch, it = 0, iter(loader)
+        epoch = 0
+        datasets.set_epoch(loader, epoch)  # the training sampler refuses a pass it was not told the epoch of
+        it = iter(loader)
 
         def next_batch():
             nonlocal epoch, it

@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py                      # CUDA if present (batch 8), else CPU (batch 2)
     python scripts/benchmark.py --json bench.json model.channels_last=true train.fused_adamw=false
+    python scripts/benchmark.py --tiny --json bench.json  # every phase in seconds: proves the script, measures nothing
 
 Builds the real model with ``build.build_model(config.load_config(--config, overrides))`` around a
 ViT-B/16-shaped random DINOv3 written to a temporary folder (no weights needed; ``--encoder DIR``
@@ -25,6 +26,9 @@ table and in ``--json`` (ids and goals: the table in docs/performance.md): P1 ``
 is resolved once (``auto``: for this device, engine.amp) and the result passed to every phase.
 The load average is recorded with each phase: on a shared CPU, compare runs taken at similar load.
 ``--batch 8,16,32`` measures the batch-dependent phases at each size (matmul and loader run once).
+``--tiny`` runs every phase at toy sizes (a 4-block, 64-wide random encoder, 64 px, a 256² matmul,
+eight small JPEGs, one repeat), all in this process: the figures mean nothing, the run proves
+each phase works.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ if str(ROOT) not in sys.path:
 PHASES = ("matmul", "encoder", "train", "infer", "loader", "feed")
 RATIO_PHASES = PHASES[:5]  # the ratios need these; feed adds the data-waiting shares
 ONCE = ("matmul", "loader")  # independent of --batch
+# --tiny: the model keys that shrink the decoder to the 4-block, 64-wide random encoder it builds
+TINY_MODEL = ["model.encoder.layers=[1,2,3,4]", "model.channels=16", "model.context_heads=2"]
 GOALS = {
     "encoder_fraction_of_peak": (">=", 0.70),
     "train_step_over_encoder": ("<=", 1.6),
@@ -139,8 +145,9 @@ def run_phase(phase: str, spec: dict) -> dict:
     if phase == "loader":
         from scripts.bench_data import bench, bench_device
 
-        r = bench(spec["size"], n_images=32, seconds=spec["loader_seconds"], workers=0)
-        d = bench_device(spec["size"], 32, spec["loader_seconds"], spec["augment_batch"], spec["device"])
+        n, source = spec["source_images"], tuple(spec["source_shape"])
+        r = bench(spec["size"], n_images=n, seconds=spec["loader_seconds"], workers=0, source=source)
+        d = bench_device(spec["size"], n, spec["loader_seconds"], spec["augment_batch"], spec["device"], source)
         return {
             "images_per_s_per_worker": r["images_per_s_per_worker"],
             "images_per_cpu_s": r["images_per_cpu_s"],
@@ -150,7 +157,13 @@ def run_phase(phase: str, spec: dict) -> dict:
     if phase == "feed":
         from scripts.bench_feed import bench_feed
 
-        feed = {"workers": spec["feed_workers"], "steps": spec["feed_steps"], "warmup": spec["warmup"]}
+        feed = {
+            "workers": spec["feed_workers"],
+            "steps": spec["feed_steps"],
+            "warmup": spec["warmup"],
+            "n_images": spec["feed_images"],
+            "source": tuple(spec["source_shape"]),
+        }
         return {
             on: bench_feed(
                 spec["config"], spec["overrides"], spec["device"], spec["batch"], spec["size"], augment_on=on, **feed
@@ -206,8 +219,12 @@ def run_phase(phase: str, spec: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- driver (parent process)
-def _child(phase: str, spec: dict) -> dict:
+def _child(phase: str, spec: dict, in_process: bool = False) -> dict:
     load = os.getloadavg()[0]
+    if in_process:  # --tiny: a subprocess would spend more time importing torch than measuring
+        result = json.loads(json.dumps(run_phase(phase, spec)))
+        result["load_avg_1min"] = [load, os.getloadavg()[0]]
+        return result
     proc = subprocess.run(
         [sys.executable, __file__, "--phase", phase, "--spec", json.dumps(spec)],
         capture_output=True,
@@ -320,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--batch", default="0", help="0: 8 on CUDA, 2 on CPU; a list (8,16,32) runs each")
-    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--size", type=int, default=0, help="image side in px (0: 384; 64 with --tiny)")
     ap.add_argument("--repeats", type=int, default=0, help="timed runs per phase after warm-up (0: 20 CUDA, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed runs first (0: 5 CUDA, 1 CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -330,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         "--phases", default=",".join(PHASES), help=f"comma-separated subset (ratios need {','.join(RATIO_PHASES)})"
     )
     ap.add_argument("--quick", action="store_true", help="2048^2 matmul, shorter loader run, 2 repeats")
+    ap.add_argument(
+        "--tiny", action="store_true", help="every phase at toy sizes in seconds: proves the script, measures nothing"
+    )
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -344,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch (check nvidia-smi / CUDA_VISIBLE_DEVICES)")
     cuda = device == "cuda"
+    a.size = a.size or (64 if a.tiny else 384)
     phases = [p.strip() for p in a.phases.split(",") if p.strip()]
     bad = [p for p in phases if p not in PHASES]
     if bad:
@@ -364,17 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             from scripts.make_tiny_dinov3 import make_tiny_dinov3
 
             # ViT-B/16 shape (MLP 3072, 4 registers); small init keeps random activations ordinary.
+            shape = {"hidden": 64, "layers": 4, "heads": 2} if a.tiny else {"hidden": 768, "layers": 12, "heads": 12}
             encoder = str(
-                make_tiny_dinov3(
-                    Path(tmp) / "vitb16",
-                    hidden=768,
-                    layers=12,
-                    heads=12,
-                    registers=4,
-                    patch=16,
-                    mlp_ratio=4.0,
-                    init_std=0.02,
-                )
+                make_tiny_dinov3(Path(tmp) / "vitb16", registers=4, patch=16, mlp_ratio=4.0, init_std=0.02, **shape)
             )
         try:
             batches = [int(b) or (8 if cuda else 2) for b in a.batch.split(",")]
@@ -388,17 +401,21 @@ def main(argv: list[str] | None = None) -> int:
                 "size": a.size,
                 "config": a.config,
                 "batch": batch,
-                "repeats": a.repeats or (2 if a.quick else 20 if cuda else 3),
-                "warmup": a.warmup or (5 if cuda else 1),
-                "matmul_n": 2048 if a.quick else 4096,
-                "loader_seconds": 3.0 if a.quick else 8.0,
-                "augment_batch": 32 if cuda else 8,
+                "repeats": a.repeats or (1 if a.tiny else 2 if a.quick else 20 if cuda else 3),
+                "warmup": a.warmup or (1 if a.tiny or not cuda else 5),
+                "matmul_n": 256 if a.tiny else 2048 if a.quick else 4096,
+                "loader_seconds": 0.3 if a.tiny else 3.0 if a.quick else 8.0,
+                "source_images": 8 if a.tiny else 32,
+                "source_shape": [96, 128] if a.tiny else [600, 800],
+                "augment_batch": 4 if a.tiny else 32 if cuda else 8,
                 "feed_workers": min(8, os.cpu_count() or 1),
-                "feed_steps": 12 if cuda else 2,
+                "feed_images": 8 if a.tiny else 0,
+                "feed_steps": 1 if a.tiny else 12 if cuda else 2,
                 "overrides": [
                     f"model.encoder.pretrained_path={encoder}",
                     "model.encoder.name=benchmark-vitb16",
                     f"data.image_size={a.size}",
+                    *(TINY_MODEL if a.tiny else []),
                     *a.overrides,
                     f"train.amp={precision.amp}",
                 ],
@@ -407,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             for phase in phases:
                 if phase not in once:
                     print(f"[{phase}, batch {batch}] ...", file=sys.stderr, flush=True)
-                    results[phase] = _child(phase, spec)
+                    results[phase] = _child(phase, spec, in_process=a.tiny)
                     if phase in ONCE:
                         once[phase] = results[phase]
                 results[phase] = once.get(phase, results[phase])

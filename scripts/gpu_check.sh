@@ -70,9 +70,9 @@ if [ "$DEVICE" = cuda ]; then
     LIMITS=(pytest 300 data 60 train 150 test 60 benchmark 300)
     WORKERS=$("$PY" -c "import os; print(min(8, os.cpu_count() or 1))")
 else  # dry run: the same stages at sizes a CPU finishes in a few minutes
-    SIZE=64 N_TRAIN=24 N_TEST=8 BATCH=4 ENCODER=(--hidden 64 --layers 4 --heads 2)
+    SIZE=64 N_TRAIN=12 N_TEST=4 BATCH=4 ENCODER=(--hidden 64 --layers 4 --heads 2)
     MODEL=(model.encoder.layers=[1,2,3,4] model.channels=16 model.context_heads=2)
-    BENCH=(--batch 2,4 --quick --threads 1)
+    BENCH=(--batch 2,4 --tiny --threads 1)
     LIMITS=(pytest 900 data 120 train 300 test 200 benchmark 900)
     WORKERS=2
 fi

@@ -135,3 +135,28 @@ def _restore_logging():
             root.removeHandler(h)
             h.close()
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory: Callable[..., Path]) -> Path:
+    """Run folder of a finished seconds-long training (``helpers.tiny_model_args``, 12 epochs of 8
+    images, each validated: 12 image grids, more than the 10 TensorBoard keeps by default), with
+    ``best.pth``, ``tb/`` and ``train.log``; its data (``make_synthetic_cod``, benchmark SynthCOD)
+    is the sibling folder ``data``."""
+    from helpers import run_train, tiny_model_args
+    from scripts.make_synthetic_cod import generate
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    generate(root / "data", n_train=10, n_test=3, size=48, seed=0)
+    run = root / "checkpoint" / "run"
+    args = [
+        *tiny_model_args(root / "data", tiny_dinov3_factory(layers=4)),
+        "data.val_fraction=0.2",
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.epochs=12",
+        "train.amp=off",
+        f"train.run_dir={run}",
+    ]
+    assert run_train(args) == 0
+    return run

@@ -98,6 +98,24 @@ def test_bad_yaml_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    "nesting", ["[" * 10_000 + "]" * 10_000, "a:\n" + "".join(f"{' ' * i}- \n" for i in range(1, 3000))]
+)
+def test_yaml_nested_too_deeply_is_one_line_naming_the_file(tmp_path, capsys, nesting):
+    """The YAML loader recurses once per level: a file 10,000 levels deep is a ConfigError, not a RecursionError."""
+    from helpers import run_train
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(nesting)
+    with pytest.raises(ConfigError, match=f"config file '{path}' is not valid YAML: nested too deeply"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="override 'train.lr=.*nested too deeply"):
+        load_config(None, [f"train.lr={'[' * 10_000}"])
+    assert run_train(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: config file") and str(path) in err, err[-2000:]
+
+
 def test_image_size_must_tile_into_patches(tiny_dinov3_factory):
     folder = tiny_dinov3_factory(layers=4)
     cfg = load_config(None, ["data.image_size=390", f"model.encoder.pretrained_path={folder}"])

@@ -29,7 +29,7 @@ def one_epoch_run(tiny_run) -> Path:
 
 
 class _FillingDisk:
-    """``open`` for engine.checkpoint whose files take ``room`` bytes in all, then fail as a full disk does."""
+    """``open`` whose files take ``room`` bytes in all, then fail as a full disk does (and stays)."""
 
     def __init__(self, room: int) -> None:
         self.room = room
@@ -40,6 +40,7 @@ class _FillingDisk:
 
         def limited(data):
             if len(data) > disk.room:
+                disk.room = 0
                 raise OSError(28, "No space left on device")
             disk.room -= len(data)
             return write(data)
@@ -61,6 +62,31 @@ def test_disk_filling_up_mid_run_stops_at_the_failed_save(tmp_path, monkeypatch,
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "No space left on device" in errors[0], errors
     assert "\n" not in errors[0] and f"'{run / 'last.pth'}'" in errors[0]
+    assert (run / "last.pth").read_bytes() == before and not _temps(run)
+
+
+@pytest.mark.parametrize("room", ["half a checkpoint", "a few log lines"])
+def test_disk_full_for_train_log_too_is_still_one_line(tmp_path, monkeypatch, run_args, one_epoch_run, capsys, room):
+    """train.log shares the full disk: whether the first failed write is the checkpoint (then the error's own
+    log line fails) or a log line mid-epoch, the run stops with the checkpoint writer's one line, no traceback."""
+    import logging
+
+    import engine.checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    before = (run / "last.pth").read_bytes()
+    disk = _FillingDisk(len(before) // 2 if room == "half a checkpoint" else 600)
+    monkeypatch.setattr(engine.checkpoint, "open", disk, raising=False)
+    # How FileHandler opens train.log: the logging module's `open` (Python 3.11), a class attribute later.
+    monkeypatch.setattr(logging, "open", disk, raising=False)
+    if hasattr(logging.FileHandler, "_builtin_open"):
+        monkeypatch.setattr(logging.FileHandler, "_builtin_open", disk)
+    assert run_train([*run_args, f"train.run_dir={run}", "train.epochs=2"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err[-3000:]
+    full = [line for line in err.splitlines() if "No space left on device" in line]
+    assert len(full) == 1 and "cannot write" in full[0] and "checkpoints already saved are untouched" in full[0], err
     assert (run / "last.pth").read_bytes() == before and not _temps(run)
 
 

@@ -141,3 +141,20 @@ def test_map_thumbnails_show_what_was_scored(tmp_path: Path) -> None:
     assert thumb.shape == (32, 64)
     assert np.abs(thumb.astype(int) - cv2.imread(str(pred), cv2.IMREAD_GRAYSCALE)).max() <= 2
     assert thumb.max() >= 250 and thumb.min() <= 2  # not clipped to white as a plain 16-to-8-bit cast would
+
+
+def test_a_decompression_bomb_among_the_photos_is_an_empty_thumbnail(cli, tmp_path: Path, caplog) -> None:
+    """--preds: a photo whose header declares 20000 x 20000 pixels is read as the test sets read photos
+    (header checked first): its thumbnail is left out with one warning naming it, the report is written."""
+    from test_hostile import _png_bomb
+
+    preds = make_benchmarks(tmp_path, ("MethodA",))["MethodA"]
+    photos = tmp_path / "data" / "TestDataset" / "CAMO" / "Imgs"
+    (photos / "CAMO_1.jpg").unlink()
+    _png_bomb(photos / "CAMO_1.png", side=20_000)
+    out = tmp_path / "out"
+    assert cli.main(["--preds", str(preds), "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "thumbnail" in r.getMessage()]
+    assert len(warned) == 1 and "CAMO_1.png: decompression bomb" in warned[0], warned
+    rows = {r["n"]: r for r in _page_data(out / "report.html")["rows"]}
+    assert len(rows) == 6 and not (out / rows["CAMO_1"]["i"]).exists() and (out / rows["CAMO_0"]["i"]).is_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.logger import labelled_grid
+from engine.logger import TENSORBOARD_COMMAND, labelled_grid
 from helpers import run_train, tiny_model_args
 
 
@@ -55,7 +55,7 @@ def test_training_logs_config_and_test_metrics(tmp_path: Path, tiny_dinov3_facto
     assert "test_sets:" in config and "SynthCOD" in config and f"run_dir: {run}" in config
     text = caplog.text
     assert "test SynthCOD (best.pth, 3 images): Sm" in text
-    assert f"tensorboard --logdir {run.parent}/ --samples_per_plugin images=0" in text
+    assert TENSORBOARD_COMMAND.format(logdir=f"{run.parent}/") in text
 
 
 def test_a_missing_test_set_fails_before_training(tmp_path: Path, tiny_dinov3_factory, caplog) -> None:

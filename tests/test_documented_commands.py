@@ -1,0 +1,292 @@
+"""Every command in README.md and docs/*.md runs as written, at tiny scale.
+
+The commands are read from the documents' code blocks (```bash fences and indented blocks), so the
+docs and this test cannot drift apart: a documented script without a runner here fails the test.
+Each script's first documented command runs end to end (in this process where the script has a
+``main(argv)``: importing torch again would cost more than the run), with documented paths swapped
+for tiny ones and tiny sizes appended (a later flag or ``key=value`` wins); every other documented
+command of it must get through its argument parser and, for config overrides, the config loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine.logger import TENSORBOARD_COMMAND
+from helpers import ROOT, load_test_cli
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Documented commands this test does not run, and where they are proven instead.
+NOT_RUN = {
+    "make": "`make test` is this suite; `make demo` trains for minutes (its steps are the commands below)",
+    "huggingface-cli": "downloads gated weights from the network",
+    "torchrun": "tests/test_ddp.py launches train.py through torchrun",
+    "tensorboard": "tests/test_tensorboard_server.py serves a run with engine.logger.TENSORBOARD_COMMAND",
+}
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """``(where, argv)`` for every command line of the documents' shell code blocks; shell variables
+    set in a block are expanded, environment prefixes (``HF_HUB_OFFLINE=1``) and synopses
+    (``[--flag]`` placeholders) are left out."""
+    found = []
+    for doc in DOCS:
+        lines = doc.read_text(encoding="utf-8").splitlines()
+        block, fence = [], None  # fence: the language of the open ``` block
+        for i, line in enumerate(lines + [""]):
+            if line.startswith("```"):
+                fence = line.strip()[3:] if fence is None else None
+                if fence is None:
+                    found += _commands(doc, block)
+                    block = []
+            elif fence is not None:
+                if fence == "bash":
+                    block.append((i + 1, line))
+            elif line.startswith("    ") and line.strip() and (not block or block[-1][0] == i):
+                block.append((i + 1, line[4:]))  # an indented block: consecutive lines
+            elif block:
+                found += _commands(doc, block)
+                block = []
+    return found
+
+
+def _commands(doc: Path, block: list[tuple[int, str]]) -> list[tuple[str, list[str]]]:
+    text, where, out, variables = "", 0, [], {}
+    for n, line in block:
+        where = where or n
+        text += line
+        if text.endswith("\\") or text.count('"') % 2:  # a continued line, or a quoted value going on
+            text = text.rstrip("\\") + " "
+            continue
+        argv = shlex.split(text, comments=True)
+        text, here = "", f"{doc.name}:{where}"
+        where = 0
+        if len(argv) == 1 and re.fullmatch(r"[A-Z_]+=.*", argv[0]):
+            name, value = argv[0].split("=", 1)
+            variables[name] = shlex.split(value)
+            continue
+        argv = [x for a in argv for x in (variables.get(a[1:], [a]) if a.startswith("$") else [a])]
+        while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+            argv.pop(0)
+        if not argv or any(a.startswith("[") for a in argv):
+            continue
+        if argv[0].endswith("/python"):
+            argv[0] = "python"
+        out.append((here, argv))
+    return out
+
+
+def _key(argv: list[str]) -> str:
+    return argv[1] if argv[0] in ("python", "bash") else argv[0]
+
+
+COMMANDS = documented_commands()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run: Path, tmp_path_factory) -> dict:
+    """Tiny stand-ins for the documented paths, and the overrides that make a recipe tiny."""
+    from helpers import tiny_model_args
+
+    tmp = tmp_path_factory.mktemp("documented")
+    data = tiny_run.parent.parent / "data"
+    encoder = next(a.split("=", 1)[1] for a in _run_args(tiny_run) if a.startswith("model.encoder.pretrained_path="))
+    return {
+        "tmp": tmp,
+        "data": data,
+        "ckpt": tiny_run / "best.pth",
+        "overrides": [*tiny_model_args(data, Path(encoder))[2:], "train.epochs=1", "train.num_workers=0"],
+    }
+
+
+def _run_args(run: Path) -> list[str]:
+    import yaml
+
+    enc = yaml.safe_load((run / "config.yaml").read_text())["model"]["encoder"]["pretrained_path"]
+    return [f"model.encoder.pretrained_path={enc}"]
+
+
+def _swap(argv: list[str], tiny: dict) -> list[str]:
+    """Documented paths -> tiny ones (a file or folder name the docs use as an example)."""
+    tmp = tiny["tmp"]
+    out = []
+    for a in argv:
+        if a.endswith(".pth"):
+            a = str(tiny["ckpt"])
+        elif a.rstrip("/") in ("data/COD", "data/synthetic-cod"):
+            a = str(tiny["data"])
+        elif a.rstrip("/") == "my_photos":
+            a = str(tiny["data"] / "TestDataset" / "SynthCOD" / "Imgs")
+        elif (
+            a.endswith((".onnx", ".json"))
+            or a.rstrip("/") in ("my_masks", "gpu_check", "OUT")
+            or a.startswith("checkpoint/")
+        ):
+            a = str(tmp / a.rstrip("/").replace("/", "_"))
+        out.append(a)
+    return out
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parse_only(main, argv: list[str], monkeypatch) -> argparse.Namespace:
+    """The namespace ``main(argv)`` parses, stopping right after its argument parser accepted it."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", parse)
+        with pytest.raises(_Parsed) as done:
+            main(argv)
+    return done.value.args[0]
+
+
+def _main(script: str):
+    if script == "test.py":
+        return load_test_cli("e2net_test_cli_documented").main
+    if script == "train.py":
+        import train
+
+        return train.main
+    import importlib
+
+    return importlib.import_module(script.removesuffix(".py").replace("/", ".")).main
+
+
+def test_every_documented_command_is_covered():
+    keys = {_key(argv) for _, argv in COMMANDS}
+    assert {"scripts/benchmark.py", "scripts/gpu_check.sh", "test.py", "scripts/export.py"} <= keys  # parsing works
+    uncovered = keys - set(NOT_RUN) - set(RUN)
+    assert not uncovered, f"documented but neither run nor excused here: {sorted(uncovered)}"
+
+
+def test_readme_shows_the_tensorboard_command_of_engine_logger():
+    shown = [argv for _, argv in COMMANDS if argv[0] == "tensorboard"]
+    assert shown == [shlex.split(TENSORBOARD_COMMAND.format(logdir="checkpoint/"))]
+    make = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "from engine.logger import TENSORBOARD_COMMAND" in make and "samples_per_plugin" not in make
+
+
+@pytest.mark.parametrize("where, argv", [c for c in COMMANDS if _key(c[1]).endswith(".py")], ids=lambda v: str(v))
+def test_documented_arguments_are_accepted(where, argv, tiny, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    ns = _parse_only(_main(argv[1]), _swap(argv[2:], tiny), monkeypatch)
+    if getattr(ns, "overrides", None) and hasattr(ns, "config"):
+        from config import load_config
+
+        load_config(ns.config, ns.overrides)
+
+
+# --------------------------------------------------------------------------- the first command of each script, run
+def _train(argv, tiny, monkeypatch):  # the tiny_run fixture trained; a real run of the recipe file
+    from helpers import run_train
+
+    assert run_train([*argv, *tiny["overrides"], f"train.run_dir={tiny['tmp'] / 'train'}", "train.max_steps=1"]) == 0
+
+
+def _test(argv, tiny, monkeypatch):
+    images = [argv for _, argv in COMMANDS if argv[:2] == ["python", "test.py"] and "--images" in argv][0][2:]
+    out = tiny["tmp"] / "my_masks"
+    assert _main("test.py")(_swap(images, tiny)) == 0
+    assert len(list(out.glob("*.png"))) == len(list((tiny["data"] / "TestDataset" / "SynthCOD" / "Imgs").iterdir()))
+
+
+def _export(argv, tiny, monkeypatch):
+    assert _main("scripts/export.py")(argv) == 0
+    assert Path(argv[argv.index("--onnx") + 1]).stat().st_size > 0
+
+
+def _model_info(argv, tiny, monkeypatch):
+    _main("scripts/model_info.py")([*argv, *tiny["overrides"]])
+
+
+def _benchmark(argv, tiny, monkeypatch):
+    assert _main("scripts/benchmark.py")([*argv, "--tiny"]) == 0
+    report = json.loads(Path(argv[argv.index("--json") + 1]).read_text())
+    from scripts.benchmark import GOALS, PHASES
+
+    assert set(report["phases"]) == set(PHASES) and set(GOALS) <= set(report["ratios"])
+    assert set(report["phases"]["feed"]) >= {"workers", "device"} and report["phases"]["feed"]["workers"]["steps"] == 1
+    for key in GOALS:
+        assert report[key] > 0, key
+
+
+def _gpu_check(argv, tiny, monkeypatch):
+    # The pytest stage would run this suite's cuda tests, which skip on a CPU: left out.
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_SKIP": "pytest", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(["bash", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = Path(argv[-1])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:] + (out / "summary.md").read_text()
+    stages = dict(line.split("\t")[:2] for line in (out / "stages.tsv").read_text().splitlines())
+    assert stages == dict.fromkeys(("env", "data", "train", "test", "benchmark"), "ok") | {
+        "pytest": "skipped (GPU_CHECK_SKIP)"
+    }
+    assert json.loads((out / "benchmark.json").read_text())["runs"][1]["batch"] == 4
+
+
+def _check_dataset(argv, tiny, monkeypatch):
+    assert _main("scripts/check_dataset.py")(argv) == 0
+
+
+def _prepare_data(argv, tiny, monkeypatch):
+    from test_prepare_data import PUBLISHED, make_downloads
+
+    from scripts import prepare_data
+
+    small = dict.fromkeys(PUBLISHED, 1)  # one pair per archive part, published counts to match
+    monkeypatch.setattr(
+        prepare_data,
+        "ARCHIVES",
+        tuple(
+            dataclasses.replace(a, parts=tuple(dataclasses.replace(p, published=1) for p in a.parts))
+            for a in prepare_data.ARCHIVES
+        ),
+    )
+    dl = make_downloads(tiny["tmp"] / "dl", small)
+    argv = [str(dl) if a in ("~/Downloads/cod", "DIR") else a for a in argv]
+    argv[argv.index("--out") + 1] = str(tiny["tmp"] / "COD")
+    assert prepare_data.main(argv) == 0
+    assert (tiny["tmp"] / "COD" / "TestDataset" / "NC4K" / "GT").is_dir()
+
+
+def _make_tiny_dinov3(argv, tiny, monkeypatch):
+    _main("scripts/make_tiny_dinov3.py")([*argv, "--hidden", "32", "--heads", "2", "--layers", "2"])
+    assert (Path(argv[0]) / "config.json").is_file()
+
+
+def _make_synthetic_cod(argv, tiny, monkeypatch):
+    assert _main("scripts/make_synthetic_cod.py")([*argv, "--train", "3", "--test", "2", "--size", "32"]) == 0
+
+
+RUN = {
+    "train.py": _train,
+    "test.py": _test,
+    "scripts/export.py": _export,
+    "scripts/model_info.py": _model_info,
+    "scripts/benchmark.py": _benchmark,
+    "scripts/gpu_check.sh": _gpu_check,
+    "scripts/check_dataset.py": _check_dataset,
+    "scripts/prepare_data.py": _prepare_data,
+    "scripts/make_tiny_dinov3.py": _make_tiny_dinov3,
+    "scripts/make_synthetic_cod.py": _make_synthetic_cod,
+}
+
+
+@pytest.mark.parametrize("script", sorted(RUN))
+def test_first_documented_command_runs(script, tiny, monkeypatch):
+    where, argv = next((w, a) for w, a in COMMANDS if _key(a) == script)
+    monkeypatch.chdir(ROOT)
+    RUN[script](_swap(argv[2:] if script != "scripts/gpu_check.sh" else argv[1:], tiny), tiny, monkeypatch)
