@@ -20,12 +20,24 @@ their parameter names hold ``.adapters.``, which the optimizer groups and checkp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoders.trunks import Family, Trunk
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """Which blocks get an adapter (0-based indices, or ``"all"``; empty = none), the bottleneck's
+    ``reduction`` and the starting ``init_scale`` of the learned scale."""
+
+    blocks: tuple[int, ...] | str = ()
+    reduction: int = 4
+    init_scale: float = 1e-3
+
 
 ADAPTERS_ATTR = "adapters"  # trunk.adapters; its parameters are named "...adapters.<block>...."
 MIN_HIDDEN = 32  # the bottleneck never narrows below this width
@@ -71,19 +83,19 @@ def resolve_blocks(blocks: Sequence[int] | str, depth: int, usable: int | None =
     usable = depth if usable is None else usable
     if isinstance(blocks, str):
         if blocks != "all":
-            raise ValueError(f"model.encoder.adapter.blocks '{blocks}': give a list of block indices or 'all'")
+            raise ValueError(f"adapter blocks '{blocks}': give a list of block indices or 'all'")
         return list(range(usable))
     chosen = sorted({int(b) for b in blocks})
     outside = [b for b in chosen if not 0 <= b < depth]
     if outside:
         raise ValueError(
-            f"model.encoder.adapter.blocks {outside} are not blocks of this {depth}-block trunk: "
+            f"adapter blocks {outside} are not blocks of this {depth}-block trunk: "
             f"valid indices are 0..{depth - 1} (0-based, unlike model.encoder.layers, which counts from 1)"
         )
     unused = [b for b in chosen if b >= usable]
     if unused:
         raise ValueError(
-            f"model.encoder.adapter.blocks {unused} come after the last tapped block (0-based {usable - 1}, "
+            f"adapter blocks {unused} come after the last tapped block (0-based {usable - 1}, "
             f"model.encoder.layers counts it as {usable}): their adapters would never get a gradient; "
             f"use indices 0..{usable - 1}"
         )
