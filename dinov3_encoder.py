@@ -92,8 +92,10 @@ class ProjectedPyramid(nn.Module):
     [B, D, h, w], [B, D, ceil(h/2), ceil(w/2)].
 
     Level i goes through its own ``Linear -> LayerNorm -> GELU`` over the channels (widths D/4, D/2,
-    D, D), then is resized bilinearly to the sizes of :func:`pyramid_sizes`; projecting first keeps
-    the two upsampled levels' cost at the patch grid's size.
+    D, D), then to the sizes of :func:`pyramid_sizes`: bilinear x4 and x2 up (projecting first keeps
+    their cost at the patch grid's size), and a 2x2 average down (ceil: an odd grid keeps its last
+    row/column). On an even grid that average is what a bilinear resize by 1/2 computes; unlike a
+    resize to ceil(h/2), it exports to ONNX correctly for odd grids too.
     """
 
     def __init__(self, dim: int):
@@ -104,12 +106,11 @@ class ProjectedPyramid(nn.Module):
         )
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        # The projection acts on the channels.
+        up4, up2, same, down2 = (proj(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for m, proj in zip(maps, self.proj))
         sizes = pyramid_sizes(*maps[0].shape[-2:])
-        out = []
-        for m, proj, size in zip(maps, self.proj, sizes):
-            m = proj(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # the projection acts on the channels
-            out.append(_resize(m, size).contiguous())
-        return out
+        down2 = F.avg_pool2d(down2, 2, ceil_mode=True, count_include_pad=False)
+        return [_resize(up4, sizes[0]), _resize(up2, sizes[1]), same.contiguous(), down2]
 
 
 PYRAMIDS = {

@@ -187,6 +187,11 @@ def test_projected_pyramid_projects_each_level_then_resizes() -> None:
     want = torch.nn.functional.gelu(level[1](level[0](maps[2].permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
     torch.testing.assert_close(out[2], want)  # Linear -> LayerNorm -> GELU over channels, no resize at stride p
     assert out[2].is_contiguous()
+    even = [torch.randn(1, 64, 4, 6) for _ in range(4)]
+    level = pyramid.proj[3]
+    projected = torch.nn.functional.gelu(level[1](level[0](even[3].permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+    halved = torch.nn.functional.interpolate(projected, size=(2, 3), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(pyramid(even)[3], halved)  # on an even grid: a bilinear resize by 1/2
     sum(o.mean() for o in out).backward()
     assert all(p.grad is not None for p in pyramid.parameters())
 
