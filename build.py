@@ -13,6 +13,7 @@ from caem import CAEM
 from config import Amp, Decoder, LossTerm, WeightsDtype
 from config_checks import check_config as check_keys
 from dinov3_encoder import PyramidEncoder, build_dinov3_encoder
+from encoders.adapters import Adapters
 from encoders.checks import check_encoder
 from encoders.loading import Architecture
 from encoders.lora import LoRA
@@ -59,6 +60,11 @@ def build_encoder(cfg: DictConfig) -> PyramidEncoder:
         trainable_blocks=e.trainable_blocks,
         weights_dtype=frozen_weights_dtype(e.weights_dtype, cfg.train.amp),
         lora=LoRA(rank=e.lora.rank, alpha=e.lora.alpha, dropout=e.lora.dropout, targets=tuple(e.lora.targets)),
+        adapters=Adapters(
+            blocks=e.adapter.blocks if isinstance(e.adapter.blocks, str) else tuple(e.adapter.blocks),
+            reduction=e.adapter.reduction,
+            init_scale=e.adapter.init_scale,
+        ),
         pyramid=e.pyramid,
     )
 

@@ -41,12 +41,12 @@ Norm = StrEnum("Norm", ["gn", "bn"])
 Amp = StrEnum("Amp", ["auto", "bf16", "fp16", "off"])
 Decoder = StrEnum("Decoder", ["e2net", "e2net_ref", "linear"])
 CaemAlign = StrEnum("CaemAlign", ["own", "finest"])
-Pyramid = StrEnum("Pyramid", ["vitdet", "interpolate"])
-Scheduler = StrEnum("Scheduler", ["cosine", "plateau"])
+Pyramid = StrEnum("Pyramid", ["vitdet", "interpolate", "projected"])
+Scheduler = StrEnum("Scheduler", ["cosine", "cosine_epoch", "plateau"])
 LossTerm = StrEnum("LossTerm", ["bce", "iou", "dice", "edge", "sobel"])
 AugmentOn = StrEnum("AugmentOn", ["workers", "device"])
-# What train.best_metric may pick: a metric of results.json, or the validation loss.
-BestMetric = StrEnum("BestMetric", {k: k for k in (*METRIC_KEYS, "loss")})
+# What train.best_metric may pick: a metric of results.json, the validation loss, or the epoch's training loss.
+BestMetric = StrEnum("BestMetric", {k: k for k in (*METRIC_KEYS, "loss", "train_loss")})
 
 
 # --------------------------------------------------------------------------- ranges
@@ -82,6 +82,17 @@ class LoRAConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Bottleneck adapters after chosen blocks of the frozen trunk (encoders/adapters.py):
+    tokens + s * up(GELU(down(LayerNorm(tokens)))), trained at the full train.lr."""
+
+    # 0-based block indices (unlike `layers`), or "all" (every block up to the last tapped one); [] = off.
+    blocks: Any = field(default_factory=list)
+    reduction: int = within(4, "[1, 4096]")  # bottleneck width = max(width // reduction, 32)
+    init_scale: float = within(1e-3, "(0, 100]")  # starting value of the learned scale s (0 would never learn)
+
+
+@dataclass
 class EncoderConfig:
     backend: Backend = Backend.hf  # hf: transformers AutoModel; timm
     name: str = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # hub id / timm model name
@@ -94,11 +105,14 @@ class EncoderConfig:
     trainable_blocks: int = within(0, "[0, 1000]")  # fine-tune only the last k blocks (freeze must be true)
     simple: bool = False  # every tapped layer at stride p (no pyramid)
     # Strides p/4, p/2, p, 2p when simple is false: vitdet = ViTDet's learnable simple feature pyramid
-    # (transposed convs up, max-pool down); interpolate = bilinear resizes, the trunk's width on every level.
+    # (transposed convs up, max-pool down); interpolate = bilinear resizes, the trunk's width on every level;
+    # projected = per level Linear -> LayerNorm -> GELU to widths D/4, D/2, D, D, then bilinear resizes
+    # (E2Net-DINOv2's).
     pyramid: Pyramid = Pyramid.vitdet
     # Storage of the frozen trunk weights; auto = bfloat16 under bf16 autocast, else float32.
     weights_dtype: WeightsDtype = WeightsDtype.auto
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass
@@ -165,7 +179,9 @@ class TrainConfig:
     lr: float = within(1e-4, "(0, 10]")
     weight_decay: float = within(0.05, "[0, 10]")
     decay_norms: bool = False  # weight decay on biases, norm scales and tokens too (the reference decays everything)
-    # cosine: per-iteration warm-up + cosine decay; plateau: ReduceLROnPlateau on the validation loss.
+    # cosine: per-iteration warm-up + cosine decay; cosine_epoch: the same curve with the lr held for each
+    # epoch (torch's CosineAnnealingLR stepped per epoch; warm-up in whole epochs); plateau:
+    # ReduceLROnPlateau on the validation loss.
     scheduler: Scheduler = Scheduler.cosine
     plateau_factor: float = within(0.5, "(0, 1)")  # lr multiplier on a stall
     plateau_patience: int = within(10, "[0, 1e6]")  # validations without improvement before the lr drops
@@ -182,7 +198,9 @@ class TrainConfig:
     name: str = "e2net_dinov3"
     resume: str = "auto"  # "auto" | path | "" (start fresh)
     val_interval: int = within(1, "[1, 1e6]")  # epochs
-    best_metric: BestMetric = BestMetric.Sm  # MAE and loss are minimised
+    # Chooses best.pth: a validation metric, `loss` (validation) or `train_loss` (the epoch's mean
+    # training loss, needs no validation split); MAE and the losses are minimised.
+    best_metric: BestMetric = BestMetric.Sm
     seed: int = within(42, "[0, 9e18]")
     num_workers: int = within(4, "[0, 1024]")
     log_interval: int = within(20, "[1, 2e9]")  # steps between TensorBoard scalars

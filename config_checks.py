@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from config import CaemAlign, ConfigError, Decoder, LossTerm, Pyramid, Scheduler
 
 
 def _levels(c: DictConfig) -> int:
     return len(c.model.encoder.layers) or 4
+
+
+def _adapter_blocks_form(blocks) -> bool:
+    """``"all"`` or a list of block indices >= 0 (their upper bound is the encoder's: encoders.checks)."""
+    if blocks == "all":
+        return True
+    return OmegaConf.is_list(blocks) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
 
 
 # Keys that are valid alone but contradict each other: (the key to change, holds when, why).
@@ -26,6 +33,11 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     ("model.encoder.lora.rank",
      lambda c: c.model.encoder.lora.rank == 0 or (c.model.encoder.freeze and c.model.encoder.trainable_blocks == 0),
      "LoRA adapts a frozen trunk: set model.encoder.freeze=true and model.encoder.trainable_blocks=0"),
+    ("model.encoder.adapter.blocks", lambda c: _adapter_blocks_form(c.model.encoder.adapter.blocks),
+     "give a list of 0-based block indices (e.g. [0, 1, 2]), 'all', or [] for no adapters"),
+    ("model.encoder.adapter.blocks",
+     lambda c: not c.model.encoder.adapter.blocks or (c.model.encoder.freeze and c.model.encoder.trainable_blocks == 0),
+     "adapters go on a frozen trunk: set model.encoder.freeze=true and model.encoder.trainable_blocks=0"),
     ("model.encoder.pyramid", lambda c: not c.model.encoder.simple or c.model.encoder.pyramid == Pyramid.vitdet,
      "has no effect with model.encoder.simple=true (all levels at stride p): set simple=false or leave it at vitdet"),
     ("model.channels", lambda c: c.model.channels % 8 == 0, "must be a multiple of 8"),

@@ -6,8 +6,10 @@ for ViT-S/B, (6, 12, 18, 24) for ViT-L, (8, 16, 24, 32) for H+, (10, 20, 30, 40)
 layer goes through the trunk's final LayerNorm (as DINOv3's ``get_intermediate_layers(norm=True)``
 and transformers' ``DINOv3ViTBackbone`` do), loses its CLS and register tokens and is reshaped to a
 [B, D, H/p, W/p] map. ViTDet's simple feature pyramid then turns the four stride-p maps into strides
-p/4, p/2, p, 2p (learnable transposed convolutions up, max-pooling down), or ``pyramid="interpolate"`` resizes them bilinearly (no weights, the trunk's
-width on every level); ``simple=True`` keeps all four at stride p. A timm DINOv3 ConvNeXt gives its four native stages instead.
+p/4, p/2, p, 2p (learnable transposed convolutions up, max-pooling down), ``pyramid="interpolate"``
+resizes them bilinearly (no weights, the trunk's width on every level) and ``pyramid="projected"``
+projects each level (Linear, LayerNorm, GELU) before resizing it, as E2Net-DINOv2 does;
+``simple=True`` keeps all four at stride p. A timm DINOv3 ConvNeXt gives its four native stages instead.
 
 The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordinates in training
 mode (``pos_embed_rescale``), a pre-training augmentation that only adds noise here, and released
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Pyramid
+from encoders.adapters import Adapters, adapter_parameters, add_adapters
 from encoders.loading import default_layers, load_trunk, nearest_sizes
 from encoders.lora import LoRA, add_lora, lora_dropouts, lora_parameters
 from encoders.trunks import Trunk
@@ -58,9 +61,19 @@ class SimpleFeaturePyramid(nn.Module):
         return [self.up4(maps[0]), self.up2(maps[1]), maps[2], self.down2(maps[3])]
 
 
+def pyramid_sizes(h: int, w: int) -> list[tuple[int, int]]:
+    """Sizes of the four levels built from an h x w patch grid: strides p/4, p/2, p and 2p
+    ([4h, 4w], [2h, 2w], [h, w], [ceil(h/2), ceil(w/2)]; ceil keeps an odd grid's last row/column)."""
+    return [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (-(-h // 2), -(-w // 2))]
+
+
+def _resize(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
 class InterpolatePyramid(nn.Module):
-    """Four [B, D, h, w] maps at stride p, bilinearly resized to the sizes of :class:`SimpleFeaturePyramid`
-    ([4h, 4w], [2h, 2w], [h, w], [ceil(h/2), ceil(w/2)]), keeping D channels on every level; no weights.
+    """Four [B, D, h, w] maps at stride p, bilinearly resized to the sizes of :func:`pyramid_sizes`
+    (those of :class:`SimpleFeaturePyramid`), keeping D channels on every level; no weights.
 
     The reference E2Net's multi-scale path: at 384 px with ViT-B/16 it gives ``[1, 768, 96, 96]``
     down to ``[1, 768, 12, 12]``.
@@ -71,15 +84,40 @@ class InterpolatePyramid(nn.Module):
         self.out_channels = [dim] * 4
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        h, w = maps[0].shape[-2:]
-        sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (-(-h // 2), -(-w // 2))]
-        return [
-            m if tuple(m.shape[-2:]) == s else F.interpolate(m, size=s, mode="bilinear", align_corners=False)
-            for m, s in zip(maps, sizes)
-        ]
+        return [_resize(m, s) for m, s in zip(maps, pyramid_sizes(*maps[0].shape[-2:]))]
 
 
-PYRAMIDS = {Pyramid.vitdet: SimpleFeaturePyramid, Pyramid.interpolate: InterpolatePyramid}
+class ProjectedPyramid(nn.Module):
+    """E2Net-DINOv2's pyramid: four [B, D, h, w] maps at stride p -> [B, D/4, 4h, 4w], [B, D/2, 2h, 2w],
+    [B, D, h, w], [B, D, ceil(h/2), ceil(w/2)].
+
+    Level i goes through its own ``Linear -> LayerNorm -> GELU`` over the channels (widths D/4, D/2,
+    D, D), then to the sizes of :func:`pyramid_sizes`: bilinear x4 and x2 up (projecting first keeps
+    their cost at the patch grid's size), and a 2x2 average down (ceil: an odd grid keeps its last
+    row/column). On an even grid that average is what a bilinear resize by 1/2 computes; unlike a
+    resize to ceil(h/2), it exports to ONNX correctly for odd grids too.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_channels = [dim // 4, dim // 2, dim, dim]
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, c), nn.LayerNorm(c), nn.GELU()) for c in self.out_channels
+        )
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        # The projection acts on the channels.
+        up4, up2, same, down2 = (proj(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for m, proj in zip(maps, self.proj))
+        sizes = pyramid_sizes(*maps[0].shape[-2:])
+        down2 = F.avg_pool2d(down2, 2, ceil_mode=True, count_include_pad=False)
+        return [_resize(up4, sizes[0]), _resize(up2, sizes[1]), same.contiguous(), down2]
+
+
+PYRAMIDS = {
+    Pyramid.vitdet: SimpleFeaturePyramid,
+    Pyramid.interpolate: InterpolatePyramid,
+    Pyramid.projected: ProjectedPyramid,
+}
 
 
 # --------------------------------------------------------------------------- encoder
@@ -105,8 +143,9 @@ class PyramidEncoder(nn.Module):
     H and W must be multiples of ``patch_size``. ``weights_dtype`` is the storage dtype of the frozen
     trunk weights (``torch.bfloat16`` pays off only under bf16 autocast); trainable blocks, LoRA, the
     final norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
-    ``lora``: low-rank adapters on the frozen trunk (:mod:`encoders.lora`); needs ``freeze=True``
-    and no ``trainable_blocks``.
+    ``lora``: low-rank adapters on the frozen trunk (:mod:`encoders.lora`); ``adapters``: bottleneck
+    adapters after chosen blocks (:mod:`encoders.adapters`), float32 like LoRA. Both need
+    ``freeze=True`` and no ``trainable_blocks``; they combine.
     """
 
     def __init__(
@@ -121,6 +160,7 @@ class PyramidEncoder(nn.Module):
         trainable_blocks: int = 0,
         weights_dtype: torch.dtype = torch.float32,
         lora: LoRA | None = None,
+        adapters: Adapters | None = None,
         pyramid: str = "vitdet",
     ):
         super().__init__()
@@ -137,6 +177,12 @@ class PyramidEncoder(nn.Module):
             raise ValueError(
                 "LoRA adapts a frozen trunk: use it with freeze=True and trainable_blocks=0 "
                 "(or set model.encoder.lora.rank=0)"
+            )
+        adapters = adapters if adapters is not None and adapters.blocks else None
+        if adapters is not None and (not freeze or trainable_blocks):
+            raise ValueError(
+                "adapters go on a frozen trunk: use them with freeze=True and trainable_blocks=0 "
+                "(or set model.encoder.adapter.blocks=[])"
             )
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -184,6 +230,8 @@ class PyramidEncoder(nn.Module):
             p.requires_grad_(False)
         if lora is not None:  # before the cast below: peft gives adapters the dtype of the layer they wrap
             add_lora(trunk, lora, max(self.layers))
+        if adapters is not None:  # float32 whatever the cast below does (they train)
+            add_adapters(trunk, adapters.blocks, adapters.reduction, adapters.init_scale, usable=max(self.layers))
         self._lora_dropouts = lora_dropouts(trunk)
         for p in trunk.parameters():
             if not p.requires_grad and p.is_floating_point():
@@ -194,6 +242,10 @@ class PyramidEncoder(nn.Module):
     def lora_parameters(self) -> list[nn.Parameter]:
         """The LoRA adapters' weights (empty without LoRA)."""
         return lora_parameters(self.trunk)
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The block adapters' weights (empty without adapters)."""
+        return adapter_parameters(self.trunk)
 
     # -- mode -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> PyramidEncoder:
@@ -260,6 +312,7 @@ def build_dinov3_encoder(
     weights_dtype: torch.dtype = torch.float32,
     timm_kwargs: dict | None = None,
     lora: LoRA | None = None,
+    adapters: Adapters | None = None,
     pyramid: str = "vitdet",
 ) -> PyramidEncoder:
     """Load a trunk of any supported family and wrap it; see :class:`PyramidEncoder` for the forward contract.
@@ -284,10 +337,12 @@ def build_dinov3_encoder(
         trainable_blocks=trainable_blocks,
         weights_dtype=weights_dtype,
         lora=lora,
+        adapters=adapters,
         pyramid=pyramid,
     )
+    n_adapters = len(getattr(trunk, "adapters", ()))
     log.info(
-        "encoder %s (%s, %s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s%s",
+        "encoder %s (%s, %s): %d blocks, width %d, patch %d, %d registers, layers %s, strides %s%s%s",
         model_name,
         backend,
         trunk.family,
@@ -297,6 +352,11 @@ def build_dinov3_encoder(
         enc.num_registers,
         list(enc.layers),
         enc.strides,
-        f", LoRA rank {lora.rank} ({sum(p.numel() for p in enc.lora_parameters())} parameters)" if lora else "",
+        f", LoRA rank {lora.rank} ({sum(p.numel() for p in enc.lora_parameters())} parameters)"
+        if lora and lora.rank
+        else "",
+        f", {n_adapters} adapters ({sum(p.numel() for p in enc.adapter_parameters())} parameters)"
+        if n_adapters
+        else "",
     )
     return enc

@@ -4,8 +4,8 @@
     torchrun --nproc_per_node=4 train.py --config e2net_dinov3.yaml [key=value ...]
 
 The run folder (train.run_dir, default checkpoint/<train.name>) receives config.yaml (the
-resolved config), last.pth (every epoch), best.pth (best validation train.best_metric),
-train.log, tb/ (TensorBoard: losses, validation metrics and loss, labelled image grids, the
+resolved config), last.pth (every epoch), best.pth (best train.best_metric: on validation, or
+the lowest mean training loss of an epoch), final.pth (the weights after the last epoch), train.log, tb/ (TensorBoard: losses, validation metrics and loss, labelled image grids, the
 config as text, and test/<Benchmark>/<metric> at the end when data.test_sets names benchmarks)
 and, while a run writes there, train.lock (a second train.py on the folder is refused). The same
 command continues a killed run (train.resume=auto). SIGTERM, SIGUSR1 and Ctrl-C stop at the next
@@ -31,7 +31,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import datasets
 from build import build_loss, build_model, check_config
-from config import ConfigError, Scheduler, load_config, save_config
+from config import BestMetric, ConfigError, Scheduler, load_config, save_config
 from engine.amp import NonFiniteGuard, resolve_precision
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.cli import add_config_arguments, error_line
@@ -44,7 +44,7 @@ from engine.rng import seed_everything
 from engine.run_folder import RunLock, open_run_dir
 from engine.step import train_one_epoch
 from engine.stop import StopRequest
-from engine.validation import test_at_end, validate
+from engine.validation import is_better, test_at_end, validate
 from engine.weights import first_nonfinite
 
 log = logging.getLogger("train")
@@ -141,7 +141,7 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
         saved = run_dir / "last.pth" if (run_dir / "last.pth").is_file() else "nothing saved yet:"
         log.warning("stopped by %s: %s holds %s; run the same command to continue", stop.name, saved, state.position)
     else:
-        log.info("done: %d steps; best validation %s = %s in %s", state.step, t.best_metric, state.best, run_dir)
+        log.info("done: %d steps; best %s = %s in %s", state.step, t.best_metric, state.best, run_dir)
         if env.device.type == "cuda":
             log.info("peak GPU memory %.2f GiB", torch.cuda.max_memory_allocated(env.device) / 2**30)
         log.info("TensorBoard: %s", TENSORBOARD_COMMAND.format(logdir=f"{run_dir.parent}/"))
@@ -162,27 +162,32 @@ def build_data(cfg: DictConfig, env: DistEnv) -> tuple:
     train_ds, val_ds = datasets.build_train_val(cfg)
     train_loader = datasets.build_loader(train_ds, cfg, train=True, distributed=env.distributed)
     if val_ds is None or len(val_ds) == 0:
-        log.warning("no validation split (data.val_fraction=0 and no data.val_set): best.pth is not written")
+        if cfg.train.best_metric != BestMetric.train_loss:
+            log.warning("no validation split (data.val_fraction=0 and no data.val_set): best.pth is not written")
         return train_loader, None
     return train_loader, datasets.build_loader(val_ds, cfg, train=False, distributed=env.distributed)
 
 
 def build_state(cfg: DictConfig, model, batches_per_epoch: int, scaler, env: DistEnv) -> TrainState:
     """AdamW (the pretrained trunk's blocks and LoRA learn slower) and the schedule: per iteration
-    over all epochs (cosine; train.max_steps only stops early) or per validation (plateau)."""
+    over all epochs (cosine; train.max_steps only stops early), held for each epoch (cosine_epoch)
+    or per validation (plateau)."""
     t = cfg.train
     optimizer = optimizer_for(model, t, env.device)
     if t.scheduler == Scheduler.plateau:
         scheduler = build_plateau_scheduler(optimizer, t.plateau_factor, t.plateau_patience, t.min_lr_ratio)
     else:
-        total = t.epochs * math.ceil(batches_per_epoch / t.accum_steps)
-        warmup = min(total, round(t.warmup_epochs * math.ceil(batches_per_epoch / t.accum_steps)))
-        scheduler = build_scheduler(optimizer, total, warmup, t.min_lr_ratio)
+        steps = math.ceil(batches_per_epoch / t.accum_steps)  # optimizer steps per epoch
+        unit = steps if t.scheduler == Scheduler.cosine_epoch else 1
+        total = t.epochs * steps // unit
+        warmup = min(total, round(t.warmup_epochs * steps / unit))
+        scheduler = build_scheduler(optimizer, total, warmup, t.min_lr_ratio, steps_per_unit=unit)
     return TrainState(cfg, model, optimizer, scheduler, scaler, env)
 
 
 def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop: StopRequest, epoch: int) -> bool:
-    """Check the weights, validate when due, save best.pth / last.pth; returns whether to stop."""
+    """Check the weights, validate when due, save best.pth / last.pth (and final.pth after the last
+    epoch); returns whether to stop."""
     t, env, run_dir = state.cfg.train, state.env, Path(state.cfg.train.run_dir)
     bad = first_nonfinite(state.model.trainable_state_dict())
     if bad:  # a diverged model is never saved (last.pth keeps the last finite state)
@@ -195,11 +200,20 @@ def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop
     improved = False
     if val_loader is not None and not inside and (state.epoch % t.val_interval == 0 or finished):
         improved = validate(state, state.model, val_loader, loss_fn, precision, writer)
+    if not inside:
+        train_loss = state.epoch_loss()  # every rank: the sums are gathered
+        writer.scalars("train", {"epoch_loss": train_loss}, state.step)
+        if t.best_metric == BestMetric.train_loss and math.isfinite(train_loss):
+            state.metrics = {**(state.metrics or {}), "train_loss": train_loss}
+            improved = is_better(train_loss, state.best, t.best_metric)
+            state.best = train_loss if improved else state.best
     checkpoint = state.state_dict()  # every rank: the random states are gathered
     if env.is_main:
         if improved:  # before last.pth: a kill in between re-runs this epoch rather than lose best.pth
             save_checkpoint(run_dir / "best.pth", {k: checkpoint[k] for k in BEST_KEYS})
             log.info("new best %s %.4f -> %s", t.best_metric, state.best, run_dir / "best.pth")
+        if state.epoch == t.epochs and not inside:  # the weights a fixed-length recipe ends with
+            save_checkpoint(run_dir / "final.pth", {k: checkpoint[k] for k in BEST_KEYS})
         save_checkpoint(run_dir / "last.pth", checkpoint)
     return inside or finished or stop.agreed(env.device)
 

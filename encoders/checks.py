@@ -5,13 +5,15 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from config import ConfigError
-from encoders.loading import Architecture, nearest_sizes, read_architecture
+from encoders.adapters import resolve_blocks
+from encoders.loading import Architecture, default_layers, nearest_sizes, read_architecture
+from encoders.trunks import Family
 
 
 def check_encoder(cfg: DictConfig) -> Architecture:
     """Read the encoder's architecture once (its config.json, or timm's model on the meta device)
     and check ``cfg`` against it: image sizes tile into whole patches, tapped and fine-tuned blocks
-    exist. Returns the :class:`~encoders.loading.Architecture`; raises :class:`ConfigError`."""
+    exist, adapters sit on blocks that feed a tapped one. Returns the :class:`~encoders.loading.Architecture`; raises :class:`ConfigError`."""
     enc = cfg.model.encoder
     arch = read_architecture(enc.name, enc.pretrained_path, enc.backend)
     p = arch.patch_size
@@ -32,4 +34,16 @@ def check_encoder(cfg: DictConfig) -> Architecture:
             f"config key 'model.encoder.trainable_blocks': {enc.trainable_blocks} is more than the encoder's "
             f"{arch.depth} blocks"
         )
+    blocks = enc.adapter.blocks
+    if blocks:
+        if arch.family == Family.dinov3_convnext:
+            raise ConfigError(
+                "config key 'model.encoder.adapter.blocks': adapters act on a ViT's tokens; a dinov3_convnext "
+                "encoder has stages, not tokens: set it to []"
+            )
+        last_tap = max(enc.layers or default_layers(arch.depth))
+        try:
+            resolve_blocks(blocks if isinstance(blocks, str) else list(blocks), arch.depth, usable=last_tap)
+        except ValueError as err:
+            raise ConfigError(f"config key 'model.encoder.adapter.blocks': {err}") from None
     return arch

@@ -1,5 +1,5 @@
-"""AdamW over the trainable parameters; the per-iteration warm-up + cosine schedule, or
-ReduceLROnPlateau on the validation loss."""
+"""AdamW over the trainable parameters; the warm-up + cosine schedule (per iteration, or held for
+each epoch), or ReduceLROnPlateau on the validation loss."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from encoders.adapters import is_adapter
 from encoders.lora import is_lora
 
 
@@ -24,20 +25,25 @@ def param_groups(
     pretrained: Iterable[nn.Parameter] = (),
     decay_norms: bool = False,
 ) -> list[dict]:
-    """Trainable parameters split by (pretrained, LoRA or new) x (decayed or not); empty groups dropped.
-    ``decay_norms``: biases, norm scales and tokens are decayed too (the reference E2Net's AdamW).
+    """Trainable parameters split by (pretrained, LoRA, adapter or new) x (decayed or not); empty groups
+    dropped. ``decay_norms``: biases, norm scales and tokens are decayed too (the reference E2Net's AdamW).
 
     ``pretrained``: the parameters of the pretrained trunk (fine-tuned blocks and, named ``lora_``, the
     LoRA adapters injected into it); they get ``lr * pretrained_lr_scale`` so fine-tuning does not wash
     out what pre-training learned, while new layers (pyramid, CAEM, decoder) train at the full rate.
-    Each group carries ``name`` (e.g. "lora/decay") and ``lr_scale``.
+    Block adapters (named ``.adapters.``) sit in the trunk but are new layers beside it, starting as a
+    no-op with a 1e-3 output scale: they train at the full rate too, as E2Net-DINOv2 trains them.
+    Each group carries ``name`` (e.g. "lora/decay", "adapter/no_decay") and ``lr_scale``.
     """
     pretrained_ids = {id(p) for p in pretrained}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "new" if id(p) not in pretrained_ids else "lora" if is_lora(name) else "pretrained"
+        if is_adapter(name):
+            part = "adapter"
+        else:
+            part = "new" if id(p) not in pretrained_ids else "lora" if is_lora(name) else "pretrained"
         decay = "no_decay" if _no_decay(name, p) and not decay_norms else "decay"
         key = f"{part}/{decay}"
         if key not in groups:
@@ -45,7 +51,7 @@ def param_groups(
                 "name": key,
                 "params": [],
                 "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
-                "lr_scale": 1.0 if part == "new" else pretrained_lr_scale,
+                "lr_scale": 1.0 if part in ("new", "adapter") else pretrained_lr_scale,
             }
         groups[key]["params"].append(p)
     if not groups:
@@ -54,9 +60,10 @@ def param_groups(
 
 
 def lr_label(group: dict) -> str:
-    """The scalar a param group's lr is logged as: ``lr`` for the new layers, ``lr_pretrained`` for
-    the trunk's fine-tuned blocks and adapters (groups are named ``<part>/<decay>``, see :func:`param_groups`)."""
-    return "lr" if group["name"].split("/")[0] == "new" else "lr_pretrained"
+    """The scalar a param group's lr is logged as: ``lr`` for the new layers and the block adapters
+    (both at the full rate), ``lr_pretrained`` for the trunk's fine-tuned blocks and LoRA (groups
+    are named ``<part>/<decay>``, see :func:`param_groups`)."""
+    return "lr" if group["name"].split("/")[0] in ("new", "adapter") else "lr_pretrained"
 
 
 def build_optimizer(
@@ -102,12 +109,17 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float, steps_per_unit: int = 1
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per optimizer step (not per epoch), so warm-up is smooth at any epoch length."""
+    """Stepped once per optimizer step (not per epoch), so warm-up is smooth at any epoch length.
+
+    ``steps_per_unit`` > 1 (an epoch's optimizer steps) holds each rate for that many steps, and
+    ``total_steps`` / ``warmup_steps`` count those units: torch's ``CosineAnnealingLR`` stepped per
+    epoch, with ``eta_min = lr * min_ratio`` (``train.scheduler=cosine_epoch``).
+    """
 
     def factor(step: int) -> float:
-        return warmup_cosine(step, total_steps, warmup_steps, min_ratio)
+        return warmup_cosine(step // steps_per_unit, total_steps, warmup_steps, min_ratio)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

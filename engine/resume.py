@@ -46,7 +46,9 @@ class TrainState:
     ``scaler`` and every entry of ``extra`` are anything with ``state_dict()`` / ``load_state_dict()``,
     saved under their own names; ``env`` says which process this is. Position: ``epoch`` epochs
     are complete and ``batch`` batches of the next one are done (0 at an epoch boundary); ``step``
-    optimizer steps in all.
+    optimizer steps in all. ``loss_sum`` / ``loss_count``: this process's training loss summed over
+    the micro-batches done in the current epoch, and their count (``train.best_metric=train_loss``
+    picks best.pth on the epoch's mean, :meth:`epoch_loss`).
     """
 
     cfg: Any
@@ -61,6 +63,8 @@ class TrainState:
     step: int = 0
     best: float | None = None
     metrics: dict | None = None
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
     _encoder: dict | None = field(default=None, init=False, repr=False)
 
     @property
@@ -73,6 +77,23 @@ class TrainState:
     @property
     def position(self) -> str:
         return f"epoch {self.epoch} + {self.batch} batches (step {self.step})"
+
+    def add_loss(self, loss_sum: torch.Tensor, micro_batches: int) -> None:
+        """Count one step's loss (summed over its micro-batches) into the epoch's; no host sync."""
+        loss_sum = loss_sum.detach().float()
+        self.loss_sum = loss_sum if self.loss_sum is None else self.loss_sum + loss_sum
+        self.loss_count += micro_batches
+
+    def _loss_so_far(self) -> tuple[float, int]:
+        return (float(self.loss_sum) if self.loss_sum is not None else 0.0), self.loss_count
+
+    def epoch_loss(self) -> float:
+        """The finished epoch's mean training loss over every process's micro-batches (NaN when a
+        step's loss was not finite); resets the sums. Collective under DDP: call it on every rank."""
+        parts = all_gather_objects(self._loss_so_far())
+        self.loss_sum, self.loss_count = None, 0
+        count = sum(n for _, n in parts)
+        return sum(s for s, _ in parts) / count if count else math.nan
 
     @property
     def parts(self) -> dict[str, Stateful]:
@@ -89,6 +110,7 @@ class TrainState:
             "best": self.best,
             "metrics": self.metrics,
             "rng": all_gather_objects(rng_state()),
+            "epoch_loss": all_gather_objects(self._loss_so_far()),
             "config": to_dict(self.cfg),
             "encoder": self.encoder,
             "versions": library_versions(),
@@ -132,6 +154,7 @@ class TrainState:
                     f"train.resume="
                 ) from None
         rebase_hyperparameters(self.optimizer, configured, self.parts.values())
+        self._load_epoch_loss(ckpt.get("epoch_loss"), path)
         rng = ckpt.get("rng") or []
         if not isinstance(rng, list) or len(rng) != self.env.world_size:
             n = len(rng) if isinstance(rng, list) else "no"
@@ -143,6 +166,21 @@ class TrainState:
             set_rng_state(rng[self.env.rank])
         except (TypeError, KeyError, ValueError, RuntimeError, AttributeError, IndexError) as err:
             raise CheckpointError(f"checkpoint '{path}': its 'rng' entry is malformed ({first_line(err)})") from None
+
+    def _load_epoch_loss(self, saved: Any, path: Path) -> None:
+        """This process's loss sums of the epoch the checkpoint stopped inside (none at a boundary)."""
+        self.loss_sum, self.loss_count = None, 0
+        if saved is None:  # written before these sums were kept
+            return
+        try:
+            total, count = saved[self.env.rank] if len(saved) == self.env.world_size else (0.0, 0)
+        except (TypeError, ValueError, IndexError, KeyError) as err:
+            raise CheckpointError(
+                f"checkpoint '{path}': its 'epoch_loss' entry is malformed ({first_line(err)})"
+            ) from None
+        if count:
+            self.loss_sum = torch.tensor(float(total), device=self.env.device)
+            self.loss_count = int(count)
 
 
 def _check_like(saved: Any, fresh: dict) -> None:

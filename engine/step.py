@@ -150,6 +150,7 @@ def train_one_epoch(
             state.scheduler.step()
         guard.update(result.finite)
         running.add(result, len(group))
+        state.add_loss(result.terms["loss"], len(group))
         state.step, state.batch = state.step + 1, state.batch + len(group)
         logged = state.step % t.log_interval == 0 or state.batch == n
         # Under DDP the ranks agree on stopping where the host synchronises anyway (the log steps).

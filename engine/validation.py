@@ -99,7 +99,8 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
 
 def validate(state: TrainState, model, loader, loss_fn, precision: Precision, writer: RunWriter) -> bool:
     """Score the validation split into ``state.metrics`` (a plateau scheduler steps on its loss);
-    returns whether it is a new best. Maps holding NaN/Inf (a diverged model) never are."""
+    returns whether it is a new best (never with ``train.best_metric=train_loss``, which the epoch's
+    training loss decides). Maps holding NaN/Inf (a diverged model) never are."""
     metric = state.cfg.train.best_metric
     shard = evaluate(model, loader, loss_fn, precision, writer, state.env.device)
     metrics, nonfinite = merge(shard)
@@ -113,6 +114,8 @@ def validate(state: TrainState, model, loader, loss_fn, precision: Precision, wr
     if nonfinite:
         log.error("epoch %d: %d validation maps hold NaN/Inf: not a candidate for best.pth", state.epoch, nonfinite)
     state.metrics = metrics
+    if metric not in metrics:  # train_loss
+        return False
     value = metrics[metric]
     if nonfinite or not math.isfinite(value) or not is_better(value, state.best, metric):
         return False

@@ -5,15 +5,17 @@
     python scripts/model_info.py --config configs/e2net_dinov2.yaml model.encoder.lora.rank=8
 
 The input size defaults to the config's data.image_size. LoRA adapters (model.encoder.lora.rank > 0)
-are counted on their own line, inside the trainable parameters.
+and block adapters (model.encoder.adapter.blocks) are counted on their own lines, inside the
+trainable parameters.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` for one image, which counts matrix
 multiplications, convolutions and attention with a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2);
 norms, activations and resizing are not counted. Attention runs on the math backend here so that
 the CPU kernel, which the counter does not know, is counted as its two matrix products.
 "Frozen" FLOPs are those of encoder modules whose weights are all frozen (the ViT trunk; with LoRA,
-the frozen layers beside the adapters); every other FLOP (pyramid, fine-tuned blocks, LoRA, CAEM,
-decoder) is "trainable".
+the frozen layers beside the adapters); every other FLOP (pyramid, fine-tuned blocks, LoRA, block
+adapters, CAEM, decoder) is "trainable". Block adapters run inside the frozen trunk's forward (from
+hooks on its blocks), so the counter books them there too: their FLOPs are moved back.
 """
 
 from __future__ import annotations
@@ -57,10 +59,13 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     root = type(model).__name__
     total = counts["Global"]
-    frozen = frozen_flops(model, root, counts)
+    # An adapter's own entry is "<...>.adapters.<block>"; the frozen module it ran inside counted it too.
+    adapters = sum(v for k, v in counts.items() if k.rpartition(".")[0].endswith(".adapters"))
+    frozen = frozen_flops(model, root, counts) - adapters
     return {
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "lora_params": sum(p.numel() for p in model.encoder.lora_parameters()),
+        "adapter_params": sum(p.numel() for p in model.encoder.adapter_parameters()),
         "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "total": total,
         "frozen": frozen,
@@ -105,16 +110,18 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"model: decoder={m.decoder} channels={m.channels} simple={m.encoder.simple} "
         f"trainable_blocks={m.encoder.trainable_blocks} lora_rank={m.encoder.lora.rank} "
+        f"adapter_blocks={m.encoder.adapter.blocks} pyramid={m.encoder.pyramid} "
         f"encoder={m.encoder.pretrained_path or m.encoder.name}"
     )
     print(f"input: 1x3x{size[0]}x{size[1]}   (GFLOPs: FlopCounterMode, multiply-add = 2 FLOPs)")
     print(f"{'trainable params (M)':38s}{info['trainable_params'] / 1e6:10.2f}")
     print(f"{'  LoRA adapters (M)':38s}{info['lora_params'] / 1e6:10.3f}")
+    print(f"{'  block adapters (M)':38s}{info['adapter_params'] / 1e6:10.3f}")
     print(f"{'frozen params (M)':38s}{info['frozen_params'] / 1e6:10.2f}")
     print(f"{'encoder forward GFLOPs':38s}{g(info['encoder'])}")
     print(f"{'frozen encoder forward GFLOPs':38s}{g(info['frozen'])}")
     print(f"{'trainable-part forward GFLOPs':38s}{g(info['trainable'])}")
-    print(f"{'  encoder pyramid / fine-tuned / LoRA':38s}{g(info['encoder_trainable'])}")
+    print(f"{'  encoder pyramid / fine-tuned / adapters':38s}{g(info['encoder_trainable'])}")
     print(f"{'  CAEM':38s}{g(info['caem'])}")
     print(f"{'  decoder':38s}{g(info['decoder'])}")
     shown = f"{ratio:10.2%}" if info["frozen"] else f"{'n/a':>10s}  (nothing frozen: model.encoder.freeze=false)"

@@ -1,0 +1,142 @@
+"""Bottleneck adapters after chosen blocks of a frozen ViT trunk.
+
+After block i the tokens become ``out + s * up(GELU(down(LayerNorm(out))))``: ``down`` maps the
+width D to ``max(D // reduction, 32)``, ``up`` maps it back, both without bias; ``up`` starts at
+zero and ``s`` (a learned scalar) at ``init_scale``, so before the first optimizer step the trunk
+computes exactly what it computed without adapters. The sum is what the next block reads and what
+the trunk taps at block i (the adapter design of E2Net-DINOv2, as SAM2-UNet and its successors
+adapt Hiera).
+
+Each adapter is a forward hook on its block that replaces the block's output. A hook, rather than
+a wrapper module put in the block's place, is what transformers sees: it records
+``output_hidden_states`` with its own forward hooks on its layer classes, which a wrapper would
+leave reading the block's unadapted output; ours is put first (``prepend=True``), so the recorded
+hidden state is the adapted one even when transformers installed its hooks earlier. The blocks
+keep their names, so state-dict keys, LoRA targets and the library's own forward stay as they were.
+The adapters themselves live in ``trunk.adapters`` (a ``ModuleDict`` keyed by block index), so
+their parameter names hold ``.adapters.``, which the optimizer groups and checkpoints key on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoders.trunks import Family, Trunk
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """Which blocks get an adapter (0-based indices, or ``"all"``; empty = none), the bottleneck's
+    ``reduction`` and the starting ``init_scale`` of the learned scale."""
+
+    blocks: tuple[int, ...] | str = ()
+    reduction: int = 4
+    init_scale: float = 1e-3
+
+
+ADAPTERS_ATTR = "adapters"  # trunk.adapters; its parameters are named "...adapters.<block>...."
+MIN_HIDDEN = 32  # the bottleneck never narrows below this width
+
+
+class BlockAdapter(nn.Module):
+    """tokens [B, N, D] -> tokens [B, N, D] + scale * up(GELU(down(LayerNorm(tokens)))).
+
+    Float32 whatever the trunk stores: it computes on a float32 copy of the tokens and returns the
+    sum in the tokens' own dtype, so bf16-stored frozen blocks keep reading bf16.
+    """
+
+    def __init__(self, dim: int, reduction: int = 4, init_scale: float = 1e-3) -> None:
+        super().__init__()
+        if reduction < 1:
+            raise ValueError(f"adapter reduction {reduction} must be >= 1")
+        hidden = max(dim // reduction, MIN_HIDDEN)
+        self.norm = nn.LayerNorm(dim)
+        self.down = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(hidden, dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.scale.dtype)
+        return (h + self.scale * self.up(F.gelu(self.down(self.norm(h))))).to(x.dtype)
+
+    def after_block(self, block: nn.Module, args: tuple, output):
+        """Forward hook: the block's output (a tensor, or a tuple whose first entry is the tokens,
+        as some transformers versions return) with the adapter applied to the tokens."""
+        if isinstance(output, tuple):
+            return (self(output[0]), *output[1:])
+        return self(output)
+
+
+def resolve_blocks(blocks: Sequence[int] | str, depth: int, usable: int | None = None) -> list[int]:
+    """0-based block indices from ``blocks`` (indices, or ``"all"``), sorted and distinct.
+
+    ``usable``: how many leading blocks feed a tapped output (default: all ``depth``); ``"all"``
+    means those, and an index past them is refused, as its adapter would get no gradient (which
+    DistributedDataParallel rejects). Raises ValueError naming the valid range.
+    """
+    usable = depth if usable is None else usable
+    if isinstance(blocks, str):
+        if blocks != "all":
+            raise ValueError(f"adapter blocks '{blocks}': give a list of block indices or 'all'")
+        return list(range(usable))
+    chosen = sorted({int(b) for b in blocks})
+    outside = [b for b in chosen if not 0 <= b < depth]
+    if outside:
+        raise ValueError(
+            f"adapter blocks {outside} are not blocks of this {depth}-block trunk: "
+            f"valid indices are 0..{depth - 1} (0-based, unlike model.encoder.layers, which counts from 1)"
+        )
+    unused = [b for b in chosen if b >= usable]
+    if unused:
+        raise ValueError(
+            f"adapter blocks {unused} come after the last tapped block (0-based {usable - 1}, "
+            f"model.encoder.layers counts it as {usable}): their adapters would never get a gradient; "
+            f"use indices 0..{usable - 1}"
+        )
+    return chosen
+
+
+def add_adapters(
+    trunk: Trunk,
+    blocks: Sequence[int] | str,
+    reduction: int = 4,
+    init_scale: float = 1e-3,
+    usable: int | None = None,
+) -> list[nn.Parameter]:
+    """Attach a :class:`BlockAdapter` after each block in ``blocks`` (see :func:`resolve_blocks`)
+    of a ViT ``trunk``; returns the new, trainable, float32 parameters (none for an empty list).
+
+    Call it after freezing the trunk (the adapters train whatever the trunk does). Raises ValueError
+    for a ConvNeXt trunk (its stages hold maps, not tokens), for an index outside the trunk, or when
+    the trunk already has adapters.
+    """
+    if trunk.family == Family.dinov3_convnext:
+        raise ValueError(
+            "adapters act on a ViT's tokens; a dinov3_convnext trunk has none: set model.encoder.adapter.blocks=[]"
+        )
+    if hasattr(trunk, ADAPTERS_ATTR):
+        raise ValueError("this trunk already has adapters")
+    chosen = resolve_blocks(blocks, trunk.depth, usable)
+    if not chosen:
+        return []
+    adapters = nn.ModuleDict({str(i): BlockAdapter(trunk.embed_dim, reduction, init_scale) for i in chosen})
+    trunk.add_module(ADAPTERS_ATTR, adapters)
+    for i in chosen:
+        trunk.blocks[i].register_forward_hook(adapters[str(i)].after_block, prepend=True)
+    return list(adapters.parameters())
+
+
+def adapter_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The adapters' parameters anywhere inside ``module`` (empty without adapters)."""
+    return [p for n, p in module.named_parameters() if is_adapter(n)]
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter or state-dict name belongs to a block adapter."""
+    return f".{ADAPTERS_ATTR}." in f".{name}"
