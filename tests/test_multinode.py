@@ -19,14 +19,26 @@ from engine.checkpoint import load_checkpoint
 from helpers import ROOT, tiny_model_args, torchrun
 
 DOC = ROOT / "docs" / "distributed.md"
-ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def _documented_block() -> str:
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", DOC.read_text(), re.DOTALL) if "torchrun --nnodes=" in b]
+    assert len(blocks) == 1, "docs/distributed.md should hold one multi-node torchrun command"
+    return blocks[0]
 
 
 def documented_torchrun_line() -> str:
     """The multi-node torchrun line of docs/distributed.md (the SLURM template runs it too)."""
-    lines = re.findall(r"^torchrun --nnodes=.*$", DOC.read_text(), re.MULTILINE)
-    assert len(lines) == 1, f"docs/distributed.md should hold one multi-node torchrun line, found {lines}"
-    return lines[0]
+    return next(line for line in _documented_block().splitlines() if line.startswith("torchrun --nnodes="))
+
+
+def documented_exports() -> dict[str, str]:
+    """The environment variables the documented command exports."""
+    return dict(re.findall(r"^export (\w+)=(\S+)$", _documented_block(), re.MULTILINE))
+
+
+def documented_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **documented_exports()}
 
 
 def documented_torchrun(args: list[str], script: str = "train.py", **values: object) -> list[str]:
@@ -57,7 +69,7 @@ def run_all(cmds: list[list[str]], logs: list[Path], timeout: float = 300) -> li
     procs = []
     for cmd, log in zip(cmds, logs):
         with open(log, "w") as out:
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=documented_env(), stdout=out, stderr=subprocess.STDOUT))
     try:
         return [p.wait(timeout=timeout) for p in procs]
     finally:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_multinode import documented_torchrun_line
+from test_multinode import documented_exports, documented_torchrun_line
 
 from helpers import ROOT
 
@@ -43,6 +43,8 @@ def test_runs_the_documented_torchrun_line():
     assert len(runs) == 1, runs
     line = runs[0][runs[0].index("torchrun ") :].rstrip()
     assert line.removesuffix("&").rstrip() == documented_torchrun_line()
+    exported = dict(re.findall(r"^export (\w+)=(\S+)$", text, re.MULTILINE))
+    assert documented_exports().items() <= exported.items()
 
 
 def test_slurm_directives():
