@@ -191,6 +191,9 @@ class TrainConfig:
     # Stop after this many optimizer steps (0 = no limit) without changing the LR schedule: an
     # interruption on purpose; train.resume=auto continues from that batch.
     max_steps: int = within(0, "[0, 2e9]")
+    # Also save last.pth, with the position inside the epoch, every this many optimizer steps (0 = at
+    # epoch ends only): a killed run (torchrun --max-restarts, a lost node) loses at most this many steps.
+    save_every_steps: int = within(0, "[0, 2e9]")
     fused_adamw: bool = True  # on CUDA
 
 

@@ -128,7 +128,17 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
         if (t.max_steps and state.step >= t.max_steps) or stop.agreed(env.device):
             break
         datasets.set_epoch(train_loader, epoch, state.batch)
-        train_one_epoch(net, train_loader, loss_fn, state, precision=precision, guard=guard, writer=writer, stop=stop)
+        train_one_epoch(
+            net,
+            train_loader,
+            loss_fn,
+            state,
+            precision=precision,
+            guard=guard,
+            writer=writer,
+            stop=stop,
+            save=lambda: save_position(state),
+        )
         if end_of_epoch(state, val_loader, loss_fn, precision, writer, stop, epoch):
             break
 
@@ -181,15 +191,29 @@ def build_state(cfg: DictConfig, model, batches_per_epoch: int, scaler, env: Dis
     return TrainState(cfg, model, optimizer, scheduler, scaler, env)
 
 
+def check_finite(state: TrainState) -> None:
+    """A diverged model is never saved (last.pth keeps the last finite state): the run stops."""
+    bad = first_nonfinite(state.model.trainable_state_dict())
+    if bad:
+        raise FloatingPointError(
+            f"weight '{bad}' is NaN/Inf after {state.step} steps: the run has diverged and stops here; "
+            f"{Path(state.cfg.train.run_dir) / 'last.pth'} keeps the last finite state. Lower train.lr"
+        )
+
+
+def save_position(state: TrainState) -> None:
+    """last.pth with the position inside the epoch (train.save_every_steps); every rank calls it."""
+    check_finite(state)
+    checkpoint = state.state_dict()  # every rank: the random states are gathered
+    if state.env.is_main:
+        save_checkpoint(Path(state.cfg.train.run_dir) / "last.pth", checkpoint)
+        log.info("saved last.pth at %s", state.position)
+
+
 def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop: StopRequest, epoch: int) -> bool:
     """Check the weights, validate when due, save best.pth / last.pth; returns whether to stop."""
     t, env, run_dir = state.cfg.train, state.env, Path(state.cfg.train.run_dir)
-    bad = first_nonfinite(state.model.trainable_state_dict())
-    if bad:  # a diverged model is never saved (last.pth keeps the last finite state)
-        raise FloatingPointError(
-            f"weight '{bad}' is NaN/Inf after {state.step} steps: the run has diverged and stops here; "
-            f"{run_dir / 'last.pth'} keeps the last finite state. Lower train.lr"
-        )
+    check_finite(state)
     inside = state.epoch == epoch  # stopped inside the epoch (a signal or train.max_steps): keep the position
     finished = state.epoch == t.epochs or bool(t.max_steps and state.step >= t.max_steps)
     improved = False

@@ -79,3 +79,19 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, None on the other ranks (``[obj]`` in a
+    single process). Collective: every rank calls it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def interleave(shards: list[list[Any]]) -> list[Any]:
+    """Back to dataset order: rank r held items r, r + W, r + 2W, ... of W ranks (the evaluation
+    sharding, ``datasets.loader.ShardSampler``)."""
+    return [shard[i] for i in range(max(map(len, shards), default=0)) for shard in shards if i < len(shard)]

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_multinode import documented_exports, documented_torchrun_line
 
-from helpers import ROOT
+from helpers import ROOT, documented_exports, documented_torchrun_line
 
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 
