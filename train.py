@@ -1,12 +1,14 @@
 """Train E2Net-DINOv3.
 
     python train.py --config e2net_dinov3.yaml [key=value ...]
-    torchrun --nproc_per_node=4 train.py --config e2net_dinov3.yaml [key=value ...]
+    torchrun --standalone --nproc-per-node=4 train.py --config e2net_dinov3.yaml [key=value ...]
+    (several machines, SLURM, restarts after a failure: docs/distributed.md)
 
 The run folder (train.run_dir, default checkpoint/<train.name>) receives config.yaml (the
-resolved config), last.pth (every epoch), best.pth (best validation train.best_metric),
-train.log, tb/ (TensorBoard: losses, validation metrics and loss, labelled image grids, the
-config as text, and test/<Benchmark>/<metric> at the end when data.test_sets names benchmarks)
+resolved config), last.pth (every epoch; also every train.save_every_steps steps), best.pth (best
+validation train.best_metric), train.log, tb/ (TensorBoard: losses, validation metrics and
+loss, labelled image grids, the config as text, and test/<Benchmark>/<metric> at the end when
+data.test_sets names benchmarks)
 and, while a run writes there, train.lock (a second train.py on the folder is refused). The same
 command continues a killed run (train.resume=auto). SIGTERM, SIGUSR1 and Ctrl-C stop at the next
 optimizer step with the position inside the epoch saved in last.pth (exit 0; 130 for Ctrl-C); the
@@ -26,7 +28,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import datasets
@@ -35,7 +36,7 @@ from config import ConfigError, Scheduler, load_config, save_config
 from engine.amp import NonFiniteGuard, resolve_precision
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.cli import add_config_arguments, error_line
-from engine.distributed import DistEnv, cleanup_distributed, setup_distributed
+from engine.distributed import DistEnv, cleanup_distributed, restart_store_problem, setup_distributed, wrap_ddp
 from engine.errors import USER_ERRORS
 from engine.logger import TENSORBOARD_COMMAND, RunWriter
 from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for
@@ -119,8 +120,11 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
     elif (run_dir / "last.pth").is_file():
         log.warning("train.resume is empty: starting fresh, %s will be overwritten", run_dir / "last.pth")
 
-    devices = [env.local_rank] if env.device.type == "cuda" else None
-    net = DDP(model, device_ids=devices, gradient_as_bucket_view=True) if env.distributed else model
+    net = model
+    if env.distributed:
+        net = wrap_ddp(model, env, frozen_fingerprint=state.encoder["weights_hash"], static_graph=t.ddp_static_graph)
+        if env.is_main and (problem := restart_store_problem()):
+            log.warning("%s", problem)
     writer = RunWriter(run_dir, env.is_main, purge_step=state.step + 1 if ckpt else None)
     writer.text("config", OmegaConf.to_yaml(cfg), state.step)
     guard = NonFiniteGuard(t.max_nonfinite, env.device)

@@ -13,6 +13,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,48 @@ def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEn
             device_id=dev if use_cuda else None,
         )
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0)
+
+
+def restart_store_problem() -> str | None:
+    """Why torchrun's restarts of this run will fail to connect, or None.
+
+    By default torchrun lends its rendezvous store to the workers (TORCHELASTIC_USE_AGENT_STORE)
+    and keeps it across restarts: a restarted group then reads the addresses the dead group
+    published there (torch 2.14; pytorch/pytorch#167288). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in
+    torchrun's environment gives every group a fresh store.
+    """
+    restarts = _env_int("TORCHELASTIC_MAX_RESTARTS", 0)
+    if restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return (
+            f"torchrun --max-restarts={restarts} runs with its shared rendezvous store: a restart will fail to "
+            f"connect (the new workers read the dead ones' addresses). Export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+            f"before torchrun (docs/distributed.md)"
+        )
+    return None
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv, *, frozen_fingerprint: str, static_graph: bool = False) -> DDP:
+    """DDP over the trainable parameters of ``model``, whose frozen ones (requires_grad False) stay out.
+
+    DDP buckets and all-reduces only parameters that require grad, but at construction it broadcasts
+    every parameter from rank 0, a frozen trunk included: 0.3 GB for a ViT-B, 28 GB for a 7B trunk
+    in float32, across the network between machines. Every rank reads the same frozen weights from
+    model.encoder.pretrained_path instead, so they are left out of DDP altogether (its ignore list),
+    once the ranks' ``frozen_fingerprint`` (engine.weights.encoder_fingerprint) are found equal.
+    Gradients are views into the all-reduce buckets (no second copy of them). ``static_graph``: DDP
+    learns the graph in the first step; only for runs whose trainable parameters are all used in
+    every step, and never with gradient accumulation (``no_sync``), which it breaks in torch 2.14.
+    """
+    fingerprints = all_gather_objects(frozen_fingerprint)
+    if len(set(fingerprints)) > 1:
+        raise ConfigError(
+            f"config key 'model.encoder.pretrained_path': the frozen encoder differs between processes "
+            f"(fingerprint by rank: {', '.join(fingerprints)}): every machine must hold the same weights there"
+        )
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    DDP._set_params_and_buffers_to_ignore_for_model(model, frozen)
+    devices = [env.local_rank] if env.device.type == "cuda" else None
+    return DDP(model, device_ids=devices, gradient_as_bucket_view=True, static_graph=static_graph)
 
 
 def cleanup_distributed() -> None:
