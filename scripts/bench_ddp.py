@@ -3,7 +3,8 @@ start-up broadcast), and the time of a training step.
 
     python scripts/bench_ddp.py --encoder DIR [--device cpu|cuda] [--batch 2] [--size 224] [key=value ...]
 
-Each variant wraps a fresh copy of one model (two processes: gloo on CPU, NCCL on two GPUs):
+Each variant wraps its own copy of one model (two processes: gloo on CPU, NCCL on two GPUs); the
+timed steps go round the variants, so that the machine's load weighs on all of them alike:
 
   all_parameters   DDP(model, gradient_as_bucket_view=True): every parameter, the frozen trunk's
                    included, broadcast from rank 0 at start (what train.py did before wrap_ddp)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -97,14 +99,14 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
             torch.cuda.synchronize(device)
         dist.barrier()
 
-    results = {}
+    results, steps = {}, {}
     for variant in spec["variants"]:
         model = copy.deepcopy(base)
         sync()
         t0 = time.perf_counter()
         net, broadcast = _wrap(variant, model, env, fingerprint)
         sync()
-        wrap_s = time.perf_counter() - t0
+        results[variant] = {"wrap_s": time.perf_counter() - t0, "broadcast_mb": broadcast / 2**20, "all_step_s": []}
         step_args = {
             "loss_fn": build_loss(cfg),
             "optimizer": optimizer_for(model, cfg.train, device),
@@ -113,21 +115,18 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
             "grad_clip": cfg.train.grad_clip,
         }
         net.train()
-        times = []
-        for i in range(spec["warmup"] + spec["repeats"]):
+        steps[variant] = functools.partial(optimisation_step, net, [(x, y)], 1, **step_args)
+    # Round robin, so that a change in the machine's load touches every variant alike.
+    for i in range(spec["warmup"] + spec["repeats"]):
+        for variant, step in steps.items():
             sync()
             t0 = time.perf_counter()
-            optimisation_step(net, [(x, y)], 1, **step_args)
+            step()
             sync()
             if i >= spec["warmup"]:
-                times.append(time.perf_counter() - t0)
-        results[variant] = {
-            "wrap_s": wrap_s,
-            "broadcast_mb": broadcast / 2**20,
-            "step_s": statistics.median(times),
-            "all_step_s": times,
-        }
-        del net, model, step_args
+                results[variant]["all_step_s"].append(time.perf_counter() - t0)
+    for r in results.values():
+        r["step_s"] = statistics.median(r["all_step_s"])
     if rank == 0:
         Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()

@@ -15,7 +15,7 @@ def test_killed_worker_restarts_from_the_last_save(tmp_path, ddp_run):
     # 2 steps per epoch: save at step 3 (epoch 2, batch 1 of 2); rank 1 dies in its 4th batch.
     cmd = documented_torchrun(
         [*ddp_run.args, f"train.run_dir={run}", "train.save_every_steps=3"],
-        script="tests/elastic_worker.py",
+        script="tests/hooked_train.py",
         NNODES=1,
         GPUS_PER_NODE=2,
         HEAD_NODE="127.0.0.1",

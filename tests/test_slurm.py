@@ -1,5 +1,6 @@
 """scripts/slurm/train.sbatch: it parses, runs the documented torchrun line, and on SLURM's SIGUSR1
-passes the signal on to srun and requeues the job (srun and scontrol played by small stand-ins)."""
+passes the signal on to srun and requeues the job (srun and scontrol played by small stand-ins);
+torchrun, run with that line, passes the signal on to train.py, which saves and stops."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, documented_exports, documented_torchrun_line
+from engine.checkpoint import load_checkpoint
+from helpers import (
+    ROOT,
+    documented_env,
+    documented_exports,
+    documented_torchrun,
+    documented_torchrun_line,
+    free_port,
+    launch,
+)
 
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 
@@ -113,3 +123,24 @@ def test_a_run_that_ends_is_not_requeued(tmp_path, code):
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == code, out
     assert "requeue" not in (log / "scontrol.calls").read_text()
+
+
+def test_torchrun_passes_usr1_on_and_the_run_saves_its_position(tmp_path, ddp_run):
+    """What srun forwards reaches torchrun, which (--signals-to-handle) passes it to train.py: it
+    stops at the next step with the position inside the epoch saved. torchrun itself then ends with
+    an error (it stopped on a signal), which the template does not read: it requeues."""
+    run, log = tmp_path / "run", tmp_path / "torchrun.log"
+    cmd = documented_torchrun(
+        [*ddp_run.args, f"train.run_dir={run}"],
+        script="tests/hooked_train.py",
+        NNODES=1,
+        GPUS_PER_NODE=1,
+        HEAD_NODE="127.0.0.1",
+        PORT=free_port(),
+        JOB_ID=f"usr1-{os.getpid()}",
+        MAX_RESTARTS=0,
+    )
+    assert launch([cmd], [log], documented_env(SIGNAL_LAUNCHER_AT_BATCH="2")) != [0]
+    assert "stopped by SIGUSR1" in (run / "train.log").read_text(), log.read_text()[-3000:]
+    ckpt = load_checkpoint(run / "last.pth")  # one process, 4 batches per epoch: stopped inside the first
+    assert ckpt["epoch"] == 0 and 2 <= ckpt["batch"] < 4
