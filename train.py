@@ -122,7 +122,7 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
 
     net = model
     if env.distributed:
-        net = wrap_ddp(model, env, frozen_fingerprint=state.encoder["weights_hash"], static_graph=t.ddp_static_graph)
+        net = wrap_ddp(model, env, static_graph=t.ddp_static_graph)
         if env.is_main and (problem := restart_store_problem()):
             log.warning("%s", problem)
     writer = RunWriter(run_dir, env.is_main, purge_step=state.step + 1 if ckpt else None)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from config import ConfigError
+from engine.weights import tensors_hash
 
 
 @dataclass(frozen=True)
@@ -89,26 +90,26 @@ def restart_store_problem() -> str | None:
     return None
 
 
-def wrap_ddp(model: nn.Module, env: DistEnv, *, frozen_fingerprint: str, static_graph: bool = False) -> DDP:
-    """DDP over the trainable parameters of ``model``, whose frozen ones (requires_grad False) stay out.
+def wrap_ddp(model: nn.Module, env: DistEnv, *, static_graph: bool = False) -> DDP:
+    """DDP over the trainable parameters of ``model``; the frozen ones (requires_grad False) stay out.
 
     DDP buckets and all-reduces only parameters that require grad, but at construction it broadcasts
     every parameter from rank 0, a frozen trunk included: 0.3 GB for a ViT-B, 28 GB for a 7B trunk
     in float32, across the network between machines. Every rank reads the same frozen weights from
-    model.encoder.pretrained_path instead, so they are left out of DDP altogether (its ignore list),
-    once the ranks' ``frozen_fingerprint`` (engine.weights.encoder_fingerprint) are found equal.
-    Gradients are views into the all-reduce buckets (no second copy of them). ``static_graph``: DDP
-    learns the graph in the first step; only for runs whose trainable parameters are all used in
-    every step, and never with gradient accumulation (``no_sync``), which it breaks in torch 2.14.
+    its files instead, so they are left out of DDP altogether (its ignore list), once a hash of them
+    (:func:`engine.weights.tensors_hash`) is found equal on every rank. Gradients are views into
+    the all-reduce buckets (no second copy of them). ``static_graph``: DDP learns the graph in the
+    first step; only for runs that use every trainable parameter in every step, and never with
+    gradient accumulation (``no_sync``), which it breaks in torch 2.14.
     """
-    fingerprints = all_gather_objects(frozen_fingerprint)
-    if len(set(fingerprints)) > 1:
+    frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+    hashes = all_gather_objects(tensors_hash(frozen))
+    if len(set(hashes)) > 1:
         raise ConfigError(
-            f"config key 'model.encoder.pretrained_path': the frozen encoder differs between processes "
-            f"(fingerprint by rank: {', '.join(fingerprints)}): every machine must hold the same weights there"
+            f"config key 'model.encoder.pretrained_path': the frozen weights differ between processes "
+            f"(hash by rank: {', '.join(hashes)}): every machine must hold the same encoder there"
         )
-    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    DDP._set_params_and_buffers_to_ignore_for_model(model, frozen)
+    DDP._set_params_and_buffers_to_ignore_for_model(model, sorted(frozen))
     devices = [env.local_rank] if env.device.type == "cuda" else None
     return DDP(model, device_ids=devices, gradient_as_bucket_view=True, static_graph=static_graph)
 

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 VARIANTS = ("all_parameters", "trainable_only", "static_graph", "no_bucket_view")
 
 
-def _wrap(variant: str, model, env, fingerprint: str):
+def _wrap(variant: str, model, env):
     """(the DDP model, bytes its construction broadcasts)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -55,7 +55,7 @@ def _wrap(variant: str, model, env, fingerprint: str):
             )
             net = DDP(model, device_ids=devices, gradient_as_bucket_view=False)
         else:
-            net = wrap_ddp(model, env, frozen_fingerprint=fingerprint, static_graph=variant == "static_graph")
+            net = wrap_ddp(model, env, static_graph=variant == "static_graph")
     return net, sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -69,7 +69,6 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
     from engine.distributed import DistEnv
     from engine.optim import optimizer_for
     from engine.step import optimisation_step
-    from engine.weights import encoder_fingerprint
 
     torch.set_num_threads(spec["threads"])
     cuda = spec["device"] == "cuda"
@@ -88,7 +87,6 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
     precision = select_precision(cfg.train.amp, device)
     torch.manual_seed(rank)  # the ranks start from different decoders: DDP's broadcast makes them equal
     base = build_model(cfg).to(device)
-    fingerprint = encoder_fingerprint(base, cfg)["weights_hash"]
     gen = torch.Generator().manual_seed(rank)
     b, s = spec["batch"], spec["size"]
     x = torch.rand(b, 3, s, s, generator=gen).to(device)
@@ -104,7 +102,7 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
         model = copy.deepcopy(base)
         sync()
         t0 = time.perf_counter()
-        net, broadcast = _wrap(variant, model, env, fingerprint)
+        net, broadcast = _wrap(variant, model, env)
         sync()
         results[variant] = {"wrap_s": time.perf_counter() - t0, "broadcast_mb": broadcast / 2**20, "all_step_s": []}
         step_args = {

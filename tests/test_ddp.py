@@ -52,7 +52,7 @@ def test_ddp_holds_only_the_trainable_parameters(one_process_group, tiny_dinov3_
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert frozen and any("lora" in n for n in trainable)
-    net = wrap_ddp(model, one_process_group, frozen_fingerprint="same", static_graph=static_graph)
+    net = wrap_ddp(model, one_process_group, static_graph=static_graph)
     assert net.parameters_to_ignore == frozen  # what DDP's start-up broadcast and its buckets skip
 
     names = {id(p): n for n, p in model.named_parameters()}
@@ -71,10 +71,10 @@ def test_ddp_holds_only_the_trainable_parameters(one_process_group, tiny_dinov3_
     assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
 
 
-def test_ranks_with_different_frozen_encoders_are_refused(one_process_group, monkeypatch):
-    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: ["f014eca758be992b", "0123456789abcdef"])
-    with pytest.raises(ConfigError, match="frozen encoder differs between processes"):
-        wrap_ddp(torch.nn.Linear(2, 2), one_process_group, frozen_fingerprint="f014eca758be992b")
+def test_ranks_with_different_frozen_weights_are_refused(one_process_group, monkeypatch):
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [obj, "0123456789abcdef"])  # another rank's
+    with pytest.raises(ConfigError, match="frozen weights differ between processes"):
+        wrap_ddp(torch.nn.Linear(2, 2).requires_grad_(False), one_process_group)
 
 
 def test_static_graph_is_refused_with_gradient_accumulation():
