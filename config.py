@@ -209,6 +209,12 @@ class TrainConfig:
     # Stop after this many optimizer steps (0 = no limit) without changing the LR schedule: an
     # interruption on purpose; train.resume=auto continues from that batch.
     max_steps: int = within(0, "[0, 2e9]")
+    # Also save last.pth, with the position inside the epoch, every this many optimizer steps (0 = at
+    # epoch ends only): a killed run (torchrun --max-restarts, a lost node) loses at most this many steps.
+    save_every_steps: int = within(0, "[0, 2e9]")
+    # DDP's static_graph (engine.distributed.wrap_ddp): only when every trainable parameter is used in
+    # every step; refused with accum_steps > 1, whose no_sync it breaks in torch 2.14.
+    ddp_static_graph: bool = False
     fused_adamw: bool = True  # on CUDA
 
 

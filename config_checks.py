@@ -59,6 +59,8 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     ("train.scheduler", lambda c: c.train.scheduler != Scheduler.plateau or c.data.val_fraction > 0 or c.data.val_set,
      "plateau steps on the validation loss, but there is no validation split: set data.val_fraction > 0 "
      "(or data.val_set), or use train.scheduler=cosine"),
+    ("train.ddp_static_graph", lambda c: not c.train.ddp_static_graph or c.train.accum_steps == 1,
+     "DDP's static_graph breaks gradient accumulation (no_sync) in torch 2.14: set train.accum_steps=1 or leave it false"),
     ("train.warmup_epochs", lambda c: c.train.scheduler != Scheduler.plateau or c.train.warmup_epochs == 0,
      "warm-up belongs to train.scheduler=cosine; set it to 0 with plateau"),
 ]  # fmt: skip

@@ -7,7 +7,13 @@
       resized to each mask's original size (bilinear) and written as 8-bit PNGs to
       <out>/preds/<benchmark>/, then scored. Default --out: <run folder>/test/<checkpoint name>/
       when the checkpoint is in train.py's run folder (beside its config.yaml), else
-      outputs/test/<checkpoint name>/.
+      outputs/test/<checkpoint name>/. --ckpt also takes a model folder written by
+      scripts/export.py --hf (config.json, model.safetensors).
+
+  torchrun --standalone --nproc-per-node=4 test.py --ckpt best.pth [...]
+      The same on several GPUs: the images are shared out among the processes, rank 0 receives
+      every map, writes them and scores them once (the other ranks write nothing); the numbers
+      are the same as with one process.
 
   python test.py --preds maps/SINetV2 [--preds maps/Ours ...] --data-root data/COD
       Scores saved maps, no model: each DIR holds one folder of maps per benchmark
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -55,9 +62,18 @@ from evaluation.scoring import Scorer, pair_folder, score_benchmark
 log = logging.getLogger("test")
 
 
+def is_model_folder(path: Path) -> bool:
+    """A folder written by scripts/export.py --hf."""
+    from engine.hub import is_hf_folder
+
+    return is_hf_folder(path)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", type=Path, help="checkpoint written by train.py (best.pth / last.pth)")
+    p.add_argument(
+        "--ckpt", type=Path, help="checkpoint written by train.py (best.pth / last.pth), or an export.py --hf folder"
+    )
     p.add_argument(
         "--preds",
         type=Path,
@@ -78,10 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.preds):
         p.error("give either --ckpt PATH (evaluate a checkpoint) or --preds DIR --data-root ROOT (score saved maps)")
-    if args.ckpt and not args.ckpt.is_file():
+    if args.ckpt and not args.ckpt.is_file() and not is_model_folder(args.ckpt):
         p.error(
             f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py, e.g. "
-            "checkpoint/e2net_dinov3/best.pth)"
+            "checkpoint/e2net_dinov3/best.pth, or a folder written by scripts/export.py --hf)"
         )
     if args.images:
         if not args.images.is_dir():
@@ -163,12 +179,12 @@ def score_saved_maps(args: argparse.Namespace) -> None:
     write_outputs(scored, args.out or Path("outputs/scores"), images, report=not args.no_report)
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace, device=None):
     """--ckpt (and --config, key=value, --data-root) -> the trained model, see :mod:`engine.trained`."""
     from engine.trained import load_trained
 
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    return load_trained(args.ckpt, args.config, overrides)
+    return load_trained(args.ckpt, args.config, overrides, device=device)
 
 
 def with_tta(model, cfg):
@@ -191,23 +207,31 @@ def with_tta(model, cfg):
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
-    """--ckpt mode: predict every test benchmark, write the maps, score them."""
+    """--ckpt mode: predict every test benchmark, write the maps, score them. Under torchrun the
+    ranks share the prediction; rank 0 writes and scores."""
     import torch
 
     import datasets
+    from engine.distributed import cleanup_distributed, setup_distributed
     from engine.predict import predict_loader
 
-    trained = load_model(args)
-    cfg, device, precision = trained.cfg, trained.device, trained.precision
-    model, tta = with_tta(trained.model, cfg)
-    del trained
-    out = args.out or default_out(args.ckpt, "test", "_".join(filter(None, (args.ckpt.stem, tta))))
-    test_sets = datasets.build_test_sets(cfg)
-    predicted = {}
-    for bench, ds in test_sets.items():
-        loader = datasets.build_loader(ds, cfg, train=False)
-        predicted[bench] = predict_loader(model, loader, precision, device, out / "preds" / bench, desc=bench)
-        log.info("%s: %d maps written to %s", bench, len(predicted[bench]), out / "preds" / bench)
+    env = setup_distributed()
+    try:
+        trained = load_model(args, env.device)
+        cfg, device, precision = trained.cfg, trained.device, trained.precision
+        model, tta = with_tta(trained.model, cfg)
+        del trained
+        out = args.out or default_out(args.ckpt, "test", "_".join(filter(None, (args.ckpt.stem, tta))))
+        test_sets = datasets.build_test_sets(cfg)
+        predicted = {}
+        for bench, ds in test_sets.items():
+            loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
+            predicted[bench] = predict_loader(model, loader, precision, device, out / "preds" / bench, desc=bench)
+            log.info("%s: %d maps written to %s", bench, len(predicted[bench]), out / "preds" / bench)
+    finally:
+        cleanup_distributed()  # scoring is rank 0's alone
+    if not env.is_main:
+        return
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -254,7 +278,10 @@ def predict_own_images(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    rank = int(os.environ.get("RANK") or 0)  # set by torchrun
+    logging.basicConfig(level=logging.WARNING if rank else logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    if rank and (args.preds or args.images):
+        return 0  # one process does these: under torchrun, rank 0
     from engine.errors import USER_ERRORS
 
     try:

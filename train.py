@@ -1,12 +1,15 @@
 """Train E2Net-DINOv3.
 
     python train.py --config e2net_dinov3.yaml [key=value ...]
-    torchrun --nproc_per_node=4 train.py --config e2net_dinov3.yaml [key=value ...]
+    torchrun --standalone --nproc-per-node=4 train.py --config e2net_dinov3.yaml [key=value ...]
+    (several machines, SLURM, restarts after a failure: docs/distributed.md)
 
 The run folder (train.run_dir, default checkpoint/<train.name>) receives config.yaml (the
-resolved config), last.pth (every epoch), best.pth (best train.best_metric: on validation, or
-the lowest mean training loss of an epoch), final.pth (the weights after the last epoch), train.log, tb/ (TensorBoard: losses, validation metrics and loss, labelled image grids, the
-config as text, and test/<Benchmark>/<metric> at the end when data.test_sets names benchmarks)
+resolved config), last.pth (every epoch; also every train.save_every_steps steps), best.pth (best
+train.best_metric: on validation, or the lowest mean training loss of an epoch), final.pth (the
+weights after the last epoch), train.log, tb/ (TensorBoard: losses, validation metrics and loss,
+labelled image grids, the config as text, and test/<Benchmark>/<metric> at the end when
+data.test_sets names benchmarks)
 and, while a run writes there, train.lock (a second train.py on the folder is refused). The same
 command continues a killed run (train.resume=auto). SIGTERM, SIGUSR1 and Ctrl-C stop at the next
 optimizer step with the position inside the epoch saved in last.pth (exit 0; 130 for Ctrl-C); the
@@ -26,7 +29,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import datasets
@@ -35,7 +37,7 @@ from config import BestMetric, ConfigError, Scheduler, load_config, save_config
 from engine.amp import NonFiniteGuard, resolve_precision
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.cli import add_config_arguments, error_line
-from engine.distributed import DistEnv, cleanup_distributed, setup_distributed
+from engine.distributed import DistEnv, cleanup_distributed, restart_store_problem, setup_distributed, wrap_ddp
 from engine.errors import USER_ERRORS
 from engine.logger import TENSORBOARD_COMMAND, RunWriter
 from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for
@@ -102,25 +104,23 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
     model = build_model(cfg).to(env.device)
     loss_fn = build_loss(cfg)
     state = build_state(cfg, model, len(train_loader), precision.grad_scaler(), env)
+    n_params = sum(p.numel() for g in state.optimizer.param_groups for p in g["params"])
     log.info(
-        "%d training images (%d steps/epoch), %s validation images, %.2fM trainable parameters, "
-        "amp=%s, %d process(es) on %s",
-        len(train_loader.dataset),
-        math.ceil(len(train_loader) / t.accum_steps),
-        len(val_loader.dataset) if val_loader else 0,
-        sum(p.numel() for g in state.optimizer.param_groups for p in g["params"]) / 1e6,
-        precision.amp,
-        env.world_size,
-        env.device,
-    )
+        "%d training images (%d steps/epoch), %s validation images, %.2fM trainable parameters, amp=%s, "
+        "%d process(es) on %s", len(train_loader.dataset), math.ceil(len(train_loader) / t.accum_steps),
+        len(val_loader.dataset) if val_loader else 0, n_params / 1e6, precision.amp, env.world_size, env.device,
+    )  # fmt: skip
     if ckpt is not None:
         state.load_state_dict(ckpt, ckpt_path, len(train_loader))
         log.info("resumed from %s: %s done, best %s %s", ckpt_path, state.position, t.best_metric, state.best)
     elif (run_dir / "last.pth").is_file():
         log.warning("train.resume is empty: starting fresh, %s will be overwritten", run_dir / "last.pth")
 
-    devices = [env.local_rank] if env.device.type == "cuda" else None
-    net = DDP(model, device_ids=devices, gradient_as_bucket_view=True) if env.distributed else model
+    net = model
+    if env.distributed:
+        net = wrap_ddp(model, env, static_graph=t.ddp_static_graph)
+        if env.is_main and (problem := restart_store_problem()):
+            log.warning("%s", problem)
     writer = RunWriter(run_dir, env.is_main, purge_step=state.step + 1 if ckpt else None)
     writer.text("config", OmegaConf.to_yaml(cfg), state.step)
     guard = NonFiniteGuard(t.max_nonfinite, env.device)
@@ -128,7 +128,17 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
         if (t.max_steps and state.step >= t.max_steps) or stop.agreed(env.device):
             break
         datasets.set_epoch(train_loader, epoch, state.batch)
-        train_one_epoch(net, train_loader, loss_fn, state, precision=precision, guard=guard, writer=writer, stop=stop)
+        train_one_epoch(
+            net,
+            train_loader,
+            loss_fn,
+            state,
+            precision=precision,
+            guard=guard,
+            writer=writer,
+            stop=stop,
+            save=lambda: save_position(state),
+        )
         if end_of_epoch(state, val_loader, loss_fn, precision, writer, stop, epoch):
             break
 
@@ -137,14 +147,20 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
         best = run_dir / "best.pth" if state.best is not None else None
         test_at_end(model, cfg, loss_fn, precision, writer, env, state.step, best)
     writer.close()
+    report_end(state, stop)
+
+
+def report_end(state: TrainState, stop: StopRequest) -> None:
+    """Where a stopped run can continue from, or what a finished one achieved and how to look at it."""
+    t, env, run_dir = state.cfg.train, state.env, Path(state.cfg.train.run_dir)
     if stop.signum:
         saved = run_dir / "last.pth" if (run_dir / "last.pth").is_file() else "nothing saved yet:"
         log.warning("stopped by %s: %s holds %s; run the same command to continue", stop.name, saved, state.position)
-    else:
-        log.info("done: %d steps; best %s = %s in %s", state.step, t.best_metric, state.best, run_dir)
-        if env.device.type == "cuda":
-            log.info("peak GPU memory %.2f GiB", torch.cuda.max_memory_allocated(env.device) / 2**30)
-        log.info("TensorBoard: %s", TENSORBOARD_COMMAND.format(logdir=f"{run_dir.parent}/"))
+        return
+    log.info("done: %d steps; best %s = %s in %s", state.step, t.best_metric, state.best, run_dir)
+    if env.device.type == "cuda":
+        log.info("peak GPU memory %.2f GiB", torch.cuda.max_memory_allocated(env.device) / 2**30)
+    log.info("TensorBoard: %s", TENSORBOARD_COMMAND.format(logdir=f"{run_dir.parent}/"))
 
 
 def save_run_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -185,16 +201,30 @@ def build_state(cfg: DictConfig, model, batches_per_epoch: int, scaler, env: Dis
     return TrainState(cfg, model, optimizer, scheduler, scaler, env)
 
 
+def check_finite(state: TrainState) -> None:
+    """A diverged model is never saved (last.pth keeps the last finite state): the run stops."""
+    bad = first_nonfinite(state.model.trainable_state_dict())
+    if bad:
+        raise FloatingPointError(
+            f"weight '{bad}' is NaN/Inf after {state.step} steps: the run has diverged and stops here; "
+            f"{Path(state.cfg.train.run_dir) / 'last.pth'} keeps the last finite state. Lower train.lr"
+        )
+
+
+def save_position(state: TrainState) -> None:
+    """last.pth with the position inside the epoch (train.save_every_steps); every rank calls it."""
+    check_finite(state)
+    checkpoint = state.state_dict()  # every rank: the random states are gathered
+    if state.env.is_main:
+        save_checkpoint(Path(state.cfg.train.run_dir) / "last.pth", checkpoint)
+        log.info("saved last.pth at %s", state.position)
+
+
 def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop: StopRequest, epoch: int) -> bool:
     """Check the weights, validate when due, save best.pth / last.pth (and final.pth after the last
     epoch); returns whether to stop."""
     t, env, run_dir = state.cfg.train, state.env, Path(state.cfg.train.run_dir)
-    bad = first_nonfinite(state.model.trainable_state_dict())
-    if bad:  # a diverged model is never saved (last.pth keeps the last finite state)
-        raise FloatingPointError(
-            f"weight '{bad}' is NaN/Inf after {state.step} steps: the run has diverged and stops here; "
-            f"{run_dir / 'last.pth'} keeps the last finite state. Lower train.lr"
-        )
+    check_finite(state)
     inside = state.epoch == epoch  # stopped inside the epoch (a signal or train.max_steps): keep the position
     finished = state.epoch == t.epochs or bool(t.max_steps and state.step >= t.max_steps)
     improved = False

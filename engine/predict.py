@@ -10,12 +10,13 @@ resize to ``data.image_size``), so a photo gives exactly the map it would as a b
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from cod_benchmarks import list_images
 from datasets import BadFile, decode_image, eval_input, probe
 from engine.amp import Precision
+from engine.distributed import all_gather_objects, gather_to_main, interleave
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,17 @@ def write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write '{path}' (check free disk space and write permission)")
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.dtype} {image.shape} map as PNG")
+    return buf.tobytes()
+
+
 @torch.no_grad()
 def predict_loader(
     model: nn.Module,
-    loader: Iterable[dict],
+    loader: Sequence[dict],
     precision: Precision,
     device: torch.device,
     out_dir: Path,
@@ -58,19 +67,34 @@ def predict_loader(
     """Write ``out_dir/<name>.png`` for every sample of ``loader`` (batches as built by
     ``datasets.build_loader``: ``image`` [B, 3, S, S], ``size`` [(H, W)], ``name``, ``mask_path``).
 
-    Returns ``[(name, map path, mask path)]`` in loader order, ready for scoring.
+    Under torch.distributed (a loader built with ``distributed=True``) each rank predicts its shard
+    and sends the encoded maps to rank 0, which writes them all: one writer, and no file system
+    shared between machines needed. Returns ``[(name, map path, mask path)]`` in dataset order,
+    ready for scoring, on rank 0; ``[]`` on the other ranks.
     """
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-        x = batch["image"].to(device, non_blocking=True)
-        _, prob = forward_probs(model, x, precision)
-        for j, name in enumerate(batch["name"]):
-            path = out_dir / f"{name}.png"
-            write_png(path, to_uint8(prob[j : j + 1], batch["size"][j]))
-            written.append((name, str(path), batch["mask_path"][j]))
-    return written
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    shards: list[list[tuple[str, str, str]]] = []
+    steps = max(all_gather_objects(len(loader)))  # a rank may hold one batch fewer than another
+    batches = iter(loader)
+    for _ in tqdm(range(steps), desc=desc, unit="batch", leave=False, disable=None if main else True):
+        batch = next(batches, None)
+        maps = []
+        if batch is not None:
+            _, prob = forward_probs(model, batch["image"].to(device, non_blocking=True), precision)
+            for j, name in enumerate(batch["name"]):
+                maps.append((name, encode_png(to_uint8(prob[j : j + 1], batch["size"][j])), batch["mask_path"][j]))
+        gathered = gather_to_main(maps)
+        for r, rank_maps in enumerate(gathered or []):
+            if r == len(shards):
+                shards.append([])
+            for name, png, mask_path in rank_maps:
+                path = out_dir / f"{name}.png"
+                path.write_bytes(png)
+                shards[r].append((name, str(path), mask_path))
+    return interleave(shards)
 
 
 def list_own_images(folder: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 checkpoint -> config (its own, or the one given, with overrides) -> precision for this machine ->
 pre-build checks -> model -> trained weights. The frozen encoder is read again from
 ``model.encoder.pretrained_path``; a fingerprint stored in the checkpoint warns when it differs.
+A checkpoint is a ``.pth`` of train.py or a folder of scripts/export.py --hf (:mod:`engine.hub`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from config import Amp, ConfigError, load_config
 from encoders.loading import Architecture
 from engine.amp import Precision, resolve_precision
 from engine.checkpoint import load_checkpoint
+from engine.hub import is_hf_folder, load_hf_folder
 from engine.weights import check_fingerprint, encoder_fingerprint, load_weights
 from models.e2net import E2Net
 
@@ -46,7 +48,7 @@ def load_trained(
     Raises ``CheckpointError`` / ``ConfigError`` (one line) for anything a user can fix.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    state = load_checkpoint(ckpt, required=("model",) if config else ("model", "config"))
+    state = read_trained(ckpt, required=("model",) if config else ("model", "config"))
     cfg = load_config(config or state["config"], list(overrides))
     if not config and not any(o.partition("=")[0].strip() == "train.amp" for o in overrides):
         cfg.train.amp = Amp.auto
@@ -62,3 +64,8 @@ def load_trained(
     load_weights(model, state["model"], ckpt)
     log.info("loaded %s (epoch %s, step %s) on %s", ckpt, state.get("epoch"), state.get("step"), device)
     return Trained(cfg, model.to(device).eval(), precision, architecture, device)
+
+
+def read_trained(ckpt: Path, required: Sequence[str] = ("model", "config")) -> dict:
+    """The checkpoint's contents: a train.py ``.pth`` or an export.py --hf folder, read alike."""
+    return load_hf_folder(ckpt) if is_hf_folder(ckpt) else load_checkpoint(ckpt, required=required)

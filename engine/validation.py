@@ -16,7 +16,7 @@ from torch import nn
 import datasets
 from engine.amp import Precision
 from engine.checkpoint import load_checkpoint
-from engine.distributed import DistEnv, all_gather_objects
+from engine.distributed import DistEnv, all_gather_objects, interleave
 from engine.logger import RunWriter, labelled_grid
 from engine.optim import steps_per_iteration
 from engine.predict import forward_probs, to_uint8
@@ -84,10 +84,8 @@ def merge(shard: Shard) -> tuple[dict, int]:
     Rank r scored images r, r + W, r + 2W, ...: they are interleaved back to the dataset order."""
     shards = all_gather_objects((shard.scores, shard.loss_sum, shard.n_loss, shard.nonfinite))
     metrics = CODMetrics()
-    for i in range(max(len(s[0]) for s in shards)):
-        for scores, *_ in shards:
-            if i < len(scores):
-                metrics.add(scores[i])
+    for scores in interleave([s[0] for s in shards]):
+        metrics.add(scores)
     results = metrics.results()
     results["loss"] = sum(s[1] for s in shards) / max(1, sum(s[2] for s in shards))
     return results, sum(s[3] for s in shards)

@@ -70,21 +70,26 @@ def encoder_fingerprint(model: nn.Module, cfg) -> dict[str, Any]:
     (``model.encoder.weights_dtype``) gives the same fingerprint.
     """
     enc = cfg.model.encoder
-    frozen = sorted(model.frozen_keys())
+    frozen = model.frozen_keys()
     state = model.state_dict()
-    h = hashlib.sha256()
-    for k in frozen:
-        v = state[k].detach()
-        sample = v.flatten()[:: max(1, v.numel() // 256)][:256].to(torch.bfloat16).float().cpu()
-        h.update(f"{k}{tuple(v.shape)}".encode())
-        h.update(sample.numpy().tobytes())
     return {
         "name": str(enc.name),
         "backend": str(enc.backend),
         "pretrained_path": str(enc.pretrained_path),
         "frozen_tensors": len(frozen),
-        "weights_hash": h.hexdigest()[:16],
+        "weights_hash": tensors_hash({k: state[k] for k in frozen}),
     }
+
+
+def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """16 hex digits from the names, shapes and ~256 values (rounded to bfloat16) of each tensor."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach()
+        sample = v.flatten()[:: max(1, v.numel() // 256)][:256].to(torch.bfloat16).float().cpu()
+        h.update(f"{k}{tuple(v.shape)}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_fingerprint(ckpt: Mapping[str, Any], path: Path, now: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ uses a saved one instead), at ``--size`` px, and measures after warm-up, as medi
              data.augment_on=device path's images/s on --device (bench_data.bench_device)
   feed       training steps fed by the real DataLoader (train.num_workers = min(8, cores)), once per
              data.augment_on: share of the wall time spent waiting for data (scripts/bench_feed.py)
+  ddp        (only when named in --phases) two processes, DDP settings for the frozen trunk: the
+             start-up broadcast and the step time of each variant (scripts/bench_ddp.py)
 
 Each phase runs in a fresh subprocess so that its peak memory is its own: CUDA
 ``max_memory_allocated``, CPU peak RSS (VmHWM, reset after the model is built). Ratios in the
@@ -52,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PHASES = ("matmul", "encoder", "train", "infer", "loader", "feed")
+OPTIONAL = ("ddp",)  # run only when --phases names them
 RATIO_PHASES = PHASES[:5]  # the ratios need these; feed adds the data-waiting shares
 ONCE = ("matmul", "loader")  # independent of --batch
 # --tiny: the model keys that shrink the decoder to the 4-block, 64-wide random encoder it builds
@@ -170,6 +173,11 @@ def run_phase(phase: str, spec: dict) -> dict:
             )
             for on in ("workers", "device")
         }
+
+    if phase == "ddp":
+        from scripts.bench_ddp import VARIANTS, bench_ddp
+
+        return bench_ddp({**spec, "threads": spec["threads"] or 1, "variants": list(VARIANTS)})
 
     from build import build_loss, build_model
     from config import load_config
@@ -344,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(ROOT / "e2net_dinov3.yaml"), help="recipe to build the model from")
     ap.add_argument("--encoder", default="", help="a saved DINOv3 folder instead of a random ViT-B/16")
     ap.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated subset (ratios need {','.join(RATIO_PHASES)})"
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset (ratios need {','.join(RATIO_PHASES)}; also: {','.join(OPTIONAL)})",
     )
     ap.add_argument("--quick", action="store_true", help="2048^2 matmul, shorter loader run, 2 repeats")
     ap.add_argument(
@@ -366,9 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device == "cuda"
     a.size = a.size or (64 if a.tiny else 384)
     phases = [p.strip() for p in a.phases.split(",") if p.strip()]
-    bad = [p for p in phases if p not in PHASES]
+    bad = [p for p in phases if p not in PHASES + OPTIONAL]
     if bad:
-        raise SystemExit(f"--phases: unknown {bad}; choose from {', '.join(PHASES)}")
+        raise SystemExit(f"--phases: unknown {bad}; choose from {', '.join(PHASES + OPTIONAL)}")
     # train.amp resolved once here, as train.py would on this device; every phase gets the result.
     from config import ConfigError, load_config
     from engine.amp import resolve_precision
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"benchmark.py: {err}") from None
     with tempfile.TemporaryDirectory(prefix="bench-dinov3-") as tmp:
         encoder = a.encoder
-        if not encoder and set(phases) & {"encoder", "train", "infer", "feed"}:
+        if not encoder and set(phases) & {"encoder", "train", "infer", "feed", "ddp"}:
             from scripts.make_tiny_dinov3 import make_tiny_dinov3
 
             # ViT-B/16 shape (MLP 3072, 4 registers); small init keeps random activations ordinary.

@@ -1,6 +1,15 @@
-"""Export a trained model to ONNX, encoder included, and check the file against PyTorch.
+"""Export a trained model: to ONNX (encoder included, checked against PyTorch), or as a folder in
+the Hugging Face format to share it.
 
     python scripts/export.py --ckpt checkpoint/e2net_dinov3/best.pth --onnx model.onnx [--config FILE] [key=value ...]
+    python scripts/export.py --ckpt checkpoint/e2net_dinov3/best.pth --hf DIR [--results results.json] [--push-to-hub USER/NAME]
+
+--hf DIR writes config.json (the resolved config; key=value overrides and --config apply),
+model.safetensors (the trained parts only: no encoder weights, whose licence is their owner's)
+and README.md, a model card with the encoder it needs, how to score it and the results table of
+--results (default: a results.json beside the checkpoint). test.py --ckpt DIR and --onnx with
+--ckpt DIR read the folder like a checkpoint. --push-to-hub uploads it to a Hub model repository
+(created if missing) with huggingface_hub's login (``hf auth login`` or HF_TOKEN).
 
 The exported graph takes ``image``: float32 [B, 3, H, W], RGB in [0, 1] (the model normalises
 it with the encoder's mean and std itself), with B, H and W free (H and W multiples of the
@@ -55,6 +64,24 @@ def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tu
     float32 = [*overrides, "train.amp=off", "model.encoder.weights_dtype=float32"]
     trained = load_trained(ckpt, config, float32, device=torch.device("cpu"))
     return trained.model.float(), trained.architecture.patch_size, int(trained.cfg.data.image_size)
+
+
+def export_hf(ckpt: Path, out: Path, config: Path | None, overrides: list[str], results: Path | None) -> None:
+    """The checkpoint as a Hugging Face-format folder (:mod:`engine.hub`), its config resolved again
+    with ``config`` / ``overrides``; the model card's results from ``results`` or a results.json
+    beside the checkpoint."""
+    import json
+
+    from config import load_config, to_dict
+    from engine.hub import save_hf_folder
+    from engine.trained import read_trained
+
+    state = read_trained(ckpt, required=("model",) if config else ("model", "config"))
+    state["config"] = to_dict(load_config(config or state["config"], overrides))
+    beside = (ckpt if ckpt.is_dir() else ckpt.parent) / "results.json"
+    results = results or (beside if beside.is_file() else None)
+    save_hf_folder(state, out, json.loads(results.read_text()) if results else None)
+    log.info("model card results: %s", results or "none (no results.json beside the checkpoint)")
 
 
 def export(model: nn.Module, path: Path, patch: int, size: int, opset: int = 18) -> None:
@@ -118,13 +145,28 @@ def check_shapes(patch: int, size: int) -> list[tuple[int, int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py (best.pth / last.pth)")
-    p.add_argument("--onnx", type=Path, required=True, help="output file, e.g. model.onnx")
+    p.add_argument(
+        "--ckpt",
+        type=Path,
+        required=True,
+        help="checkpoint written by train.py (best.pth / last.pth), or an --hf folder",
+    )
+    p.add_argument("--onnx", type=Path, help="ONNX output file, e.g. model.onnx")
+    p.add_argument("--hf", type=Path, metavar="DIR", help="Hugging Face-format output folder")
+    p.add_argument("--results", type=Path, help="results.json for the --hf model card (default: beside --ckpt)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="with --hf: upload the folder to this Hub repository")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-3, help="largest allowed |onnxruntime - PyTorch| (default 1e-3)")
     add_config_arguments(p)
     args = p.parse_args(argv)
-    if not args.ckpt.is_file():
+    if not args.onnx and not args.hf:
+        p.error("give --onnx FILE, --hf DIR or both")
+    if args.push_to_hub and not args.hf:
+        p.error("--push-to-hub uploads the --hf folder: give --hf DIR too")
+    if args.results and not args.results.is_file():
+        p.error(f"--results '{args.results}': no such file (a results.json written by test.py)")
+    if not args.ckpt.exists():
         p.error(f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py)")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
     for noisy in ("torch.onnx", "onnxscript", "onnx_ir", "torch._dynamo", "torch.export"):
@@ -132,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     from engine.errors import USER_ERRORS
 
     try:
+        if args.hf:
+            export_hf(args.ckpt, args.hf, args.config, args.overrides, args.results)
+            print(f"wrote {args.hf}: config.json, model.safetensors (trained parts only), README.md")
+            if args.push_to_hub:
+                from engine.hub import push_to_hub
+
+                print(f"uploaded to {push_to_hub(args.hf, args.push_to_hub, private=args.private)}")
+        if not args.onnx:
+            return 0
         model, patch, size = load_for_export(args.ckpt, args.config, args.overrides)
         export(model, args.onnx, patch, size, args.opset)
         shapes = check_shapes(patch, size)

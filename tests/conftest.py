@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,52 @@ def _no_cpu_precision_probe(monkeypatch):
         raise AssertionError("the CPU precision probe ran in a test: pass train.amp=off")
 
     monkeypatch.setattr(amp, "cpu_matmul_rates", probe)
+
+
+@dataclass(frozen=True)
+class DDPRun:
+    args: list[str]  # train.py's arguments, less train.run_dir
+    run: Path  # its run folder: last.pth holds the final state
+    log: str  # what torchrun printed
+    data: Path  # data.root: 12 training images, 5 test images (TestDataset/SynthCOD)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory: Callable[..., Path]) -> DDPRun:
+    """One two-process DDP training (torchrun --standalone, gloo on CPU) of the tiny model: 8
+    training images, 4 validation images, batch 2 per process, 2 epochs (4 optimizer steps).
+    tests/test_ddp.py checks the run itself; the multi-node, elastic and evaluation tests launch
+    the same arguments their own way and compare with it."""
+    import subprocess
+
+    from helpers import documented_env, tiny_model_args, torchrun
+    from scripts.make_synthetic_cod import generate
+
+    data, run = tmp_path_factory.mktemp("ddp_data"), tmp_path_factory.mktemp("ddp_run")
+    generate(data, n_train=12, n_test=5, size=48, seed=0)
+    args = [
+        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
+        "data.val_fraction=0.34",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "train.log_interval=1",
+        "train.epochs=2",
+    ]
+    cmd = [*torchrun(2), "train.py", *args, f"train.run_dir={run}"]
+    res = subprocess.run(cmd, cwd=ROOT, env=documented_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return DDPRun(args, run, res.stdout + res.stderr, data)
+
+
+@pytest.fixture(scope="session")
+def ddp_scored(ddp_run: DDPRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test.py in one process on ``ddp_run``'s last.pth: its output folder (results.json, preds/)."""
+    from helpers import SCORE_ARGS, load_test_cli
+
+    out = tmp_path_factory.mktemp("ddp_scored")
+    cli = load_test_cli("e2net_test_cli_scored")
+    assert cli.main(["--ckpt", str(ddp_run.run / "last.pth"), "--out", str(out), *SCORE_ARGS]) == 0
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import shlex
+import socket
+import string
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -50,6 +56,90 @@ def tiny_model_args(data: Path, encoder: Path) -> list[str]:
     ]
 
 
+# test.py's options when the tests score a checkpoint: one scoring process, no report, and batches
+# of 2, so that with two processes the ranks hold unequal numbers of batches.
+SCORE_ARGS = ["--workers", "1", "--no-report", "eval.batch_size=2"]
+
+
 def torchrun(nproc: int) -> list[str]:
-    """The command that launches ``nproc`` local processes of a script the way users run DDP."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    """The command that launches ``nproc`` local processes of a script the way users run DDP
+    (docs/distributed.md, "One machine")."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+
+
+def same_training(a: dict, b: dict) -> None:
+    """Two checkpoints at the same position with bit-identical weights, AdamW moments, schedule,
+    best metric and validation metrics."""
+    assert (a["epoch"], a["batch"], a["step"]) == (b["epoch"], b["batch"], b["step"])
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa and sa.keys() == sb.keys()
+    for i in sa:
+        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
+    assert a["scheduler"] == b["scheduler"] and a["best"] == b["best"] and a["metrics"] == b["metrics"]
+
+
+# ---- the multi-node command of docs/distributed.md, as the tests run it
+DISTRIBUTED_DOC = ROOT / "docs" / "distributed.md"
+
+
+def _documented_block() -> str:
+    blocks = re.findall(r"```bash\n(.*?)```", DISTRIBUTED_DOC.read_text(), re.DOTALL)
+    blocks = [b for b in blocks if "torchrun --nnodes=" in b]
+    assert len(blocks) == 1, "docs/distributed.md should hold one multi-node torchrun command"
+    return blocks[0]
+
+
+def documented_torchrun_line() -> str:
+    """The multi-node torchrun line of docs/distributed.md (scripts/slurm/train.sbatch runs it too)."""
+    return next(line for line in _documented_block().splitlines() if line.startswith("torchrun --nnodes="))
+
+
+def documented_exports() -> dict[str, str]:
+    """The environment variables the documented command is run with (its block's ``export`` lines)."""
+    return dict(re.findall(r"^export (\w+)=(\S+)$", _documented_block(), re.MULTILINE))
+
+
+def documented_env(**extra: str) -> dict[str, str]:
+    """This process's environment, one thread per process, offline, plus :func:`documented_exports`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **documented_exports(), **extra}
+
+
+def documented_torchrun(args: list[str], script: str = "train.py", **values: object) -> list[str]:
+    """The documented line as an argument list: its shell variables replaced by ``values``,
+    ``"$@"`` by ``args``, ``train.py`` by ``script`` and ``torchrun`` by this interpreter's module."""
+    cmd: list[str] = []
+    for token in shlex.split(documented_torchrun_line()):
+        if token == "torchrun":
+            cmd += [sys.executable, "-m", "torch.distributed.run"]
+        elif token == "$@":
+            cmd += args
+        elif token == "train.py":
+            cmd.append(script)
+        else:
+            cmd.append(string.Template(token).substitute({k: str(v) for k, v in values.items()}))
+    return cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cmds: list[list[str]], logs: list[Path], env: dict[str, str], timeout: float = 600) -> list[int]:
+    """Start every command at once (as on separate machines), each writing to its log; wait for all
+    and return their exit codes. On a timeout the ones still running are killed."""
+    procs = []
+    for cmd, log in zip(cmds, logs, strict=True):
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

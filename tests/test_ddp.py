@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+from pathlib import Path
 
+import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
+from build import build_loss, build_model
+from config import ConfigError, load_config
+from config_checks import check_config
+from engine import distributed
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, tiny_model_args, torchrun
+from engine.distributed import DistEnv, wrap_ddp
+from helpers import tiny_model_args
 
 
-def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory, synthetic_cod):
-    run = tmp_path / "run"
-    encoder = tiny_dinov3_factory(layers=4)
-    cmd = [
-        *torchrun(2),
-        "train.py",
-        *tiny_model_args(synthetic_cod, encoder),
-        "data.val_fraction=0.34",
-        "train.batch_size=2",
-        "train.num_workers=0",
-        "train.log_interval=1",
-        "train.epochs=2",
-        f"train.run_dir={run}",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
-
+def test_two_process_cpu_run(ddp_run):
+    run = ddp_run.run
     log_text = (run / "train.log").read_text()
     assert "2 process(es) on cpu" in log_text
     # 8 training images over 2 ranks at batch 2: 2 optimizer steps per epoch, logged once (rank 0 only)
@@ -40,3 +31,60 @@ def test_two_process_cpu_run(tmp_path, tiny_dinov3_factory, synthetic_cod):
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert ckpt["metrics"]["n_images"] == 4  # validation sharded over the ranks, merged back whole
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved from the unwrapped model
+
+
+# ---- DDP around a frozen trunk (engine.distributed.wrap_ddp), in this process: a gloo group of one
+@pytest.fixture
+def one_process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield DistEnv(0, 1, 0, torch.device("cpu"), True)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("static_graph", [False, True])
+def test_ddp_holds_only_the_trainable_parameters(one_process_group, tiny_dinov3_factory, static_graph):
+    """Frozen trunk weights are neither broadcast at start nor bucketed; LoRA adapters are, and
+    train (with DDP's static_graph too). Relies on DDP._set_params_and_buffers_to_ignore_for_model
+    reaching DDP.parameters_to_ignore, which fails here if torch moves it."""
+    _, recipe, *overrides = tiny_model_args(Path("data"), tiny_dinov3_factory(layers=4))
+    cfg = load_config(recipe, [*overrides, "model.encoder.lora.rank=2", "train.amp=off"])
+    model = build_model(cfg)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen and any("lora" in n for n in trainable)
+    net = wrap_ddp(model, one_process_group, static_graph=static_graph)
+    assert net.parameters_to_ignore == frozen  # what DDP's start-up broadcast and its buckets skip
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    bucketed = set()
+
+    def record(group, bucket):
+        bucketed.update(names[id(p)] for p in bucket.parameters())
+        return allreduce_hook(group, bucket)
+
+    net.register_comm_hook(None, record)
+    x, y = torch.rand(2, 3, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    loss_fn = build_loss(cfg)
+    for _ in range(2):
+        loss_fn(net(x), y)[0].backward()
+    assert bucketed == trainable
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
+
+
+def test_ranks_with_different_frozen_weights_are_refused(one_process_group, monkeypatch):
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [obj, "0123456789abcdef"])  # another rank's
+    with pytest.raises(ConfigError, match="frozen weights differ between processes"):
+        wrap_ddp(torch.nn.Linear(2, 2).requires_grad_(False), one_process_group)
+
+
+def test_static_graph_is_refused_with_gradient_accumulation():
+    with pytest.raises(ConfigError, match="train.ddp_static_graph"):
+        check_config(load_config(None, ["train.ddp_static_graph=true", "train.accum_steps=2"]))
+
+
+def test_restarts_with_torchruns_shared_store_are_warned_of(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in distributed.restart_store_problem()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # what TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives
+    assert distributed.restart_store_problem() is None

@@ -15,7 +15,7 @@ import torch
 import build
 import train
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, run_train
+from helpers import ROOT, run_train, same_training
 
 BATCHES = 2  # per epoch of the shared tiny run: 8 training images at batch 4
 
@@ -50,18 +50,6 @@ def _signal_during_batches(monkeypatch, signum: int, *batches: int) -> None:
     monkeypatch.setattr(train, "build_loss", signalling_loss)
 
 
-def _same_training(a: dict, b: dict) -> None:
-    assert (a["epoch"], a["batch"], a["step"]) == (b["epoch"], b["batch"], b["step"])
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa and sa.keys() == sb.keys()
-    for i in sa:
-        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
-    assert a["scheduler"] == b["scheduler"] and a["best"] == b["best"] and a["metrics"] == b["metrics"]
-
-
 @pytest.mark.parametrize(
     "signum, batch, position",
     [
@@ -83,7 +71,7 @@ def test_stop_signal_then_resume_is_bit_identical(
 
     monkeypatch.undo()
     assert run_train([*args, f"train.run_dir={run}", "train.resume=auto"]) == 0
-    _same_training(straight, load_checkpoint(run / "last.pth"))
+    same_training(straight, load_checkpoint(run / "last.pth"))
     assert not (run / "train.lock").exists()
 
 
