@@ -73,13 +73,13 @@ else  # dry run: the same stages at sizes a CPU finishes in a few minutes
     SIZE=64 N_TRAIN=12 N_TEST=4 BATCH=4 ENCODER=(--hidden 64 --layers 4 --heads 2)
     MODEL=(model.encoder.layers=[1,2,3,4] model.channels=16 model.context_heads=2)
     BENCH=(--batch 2,4 --tiny --threads 1)
-    LIMITS=(pytest 900 data 120 train 300 test 200 benchmark 900)
+    LIMITS=(pytest 900 data 300 train 300 test 300 benchmark 900)
     WORKERS=2
 fi
 declare -A LIMIT
 for ((i = 0; i < ${#LIMITS[@]}; i += 2)); do LIMIT[${LIMITS[i]}]=${LIMITS[i + 1]}; done
 
-stage env 30 "$PY" scripts/gpu_check_report.py env "$OUT/env.json" "$DEVICE"
+stage env 120 "$PY" scripts/gpu_check_report.py env "$OUT/env.json" "$DEVICE"
 stage pytest "${LIMIT[pytest]}" "$PY" -m pytest -m cuda -q -rs tests -p no:cacheprovider --junitxml="$OUT/pytest.xml"
 
 rm -rf "$WORK"

@@ -185,7 +185,7 @@ def _restore_logging():
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory: Callable[..., Path]) -> Path:
+def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory: Callable[..., Path]) -> Path:
     """Run folder of a finished seconds-long training (``helpers.tiny_model_args``, 12 epochs of 8
     images, each validated: 12 image grids, more than the 10 TensorBoard keeps by default), with
     ``best.pth``, ``tb/`` and ``train.log``; its data (``make_synthetic_cod``, benchmark SynthCOD)

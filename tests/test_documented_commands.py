@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from engine import amp
 from engine.logger import TENSORBOARD_COMMAND
 from helpers import ROOT, load_test_cli
 
+# The benchmark picks its precision as a user's run does: the real probe, not conftest's guard.
+CPU_PROBE = amp.cpu_matmul_rates
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Documented commands this test does not run, and where they are proven instead.
 NOT_RUN = {
@@ -96,17 +99,17 @@ COMMANDS = documented_commands()
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_run: Path, tmp_path_factory) -> dict:
+def tiny(logged_run: Path, tmp_path_factory) -> dict:
     """Tiny stand-ins for the documented paths, and the overrides that make a recipe tiny."""
     from helpers import tiny_model_args
 
     tmp = tmp_path_factory.mktemp("documented")
-    data = tiny_run.parent.parent / "data"
-    encoder = next(a.split("=", 1)[1] for a in _run_args(tiny_run) if a.startswith("model.encoder.pretrained_path="))
+    data = logged_run.parent.parent / "data"
+    encoder = next(a.split("=", 1)[1] for a in _run_args(logged_run) if a.startswith("model.encoder.pretrained_path="))
     return {
         "tmp": tmp,
         "data": data,
-        "ckpt": tiny_run / "best.pth",
+        "ckpt": logged_run / "best.pth",
         "overrides": [*tiny_model_args(data, Path(encoder))[2:], "train.epochs=1", "train.num_workers=0"],
     }
 
@@ -194,7 +197,7 @@ def test_documented_arguments_are_accepted(where, argv, tiny, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the first command of each script, run
-def _train(argv, tiny, monkeypatch):  # the tiny_run fixture trained; a real run of the recipe file
+def _train(argv, tiny, monkeypatch):  # the logged_run fixture trained; a real run of the recipe file
     from helpers import run_train
 
     assert run_train([*argv, *tiny["overrides"], f"train.run_dir={tiny['tmp'] / 'train'}", "train.max_steps=1"]) == 0
@@ -203,7 +206,7 @@ def _train(argv, tiny, monkeypatch):  # the tiny_run fixture trained; a real run
 def _test(argv, tiny, monkeypatch):
     images = [argv for _, argv in COMMANDS if argv[:2] == ["python", "test.py"] and "--images" in argv][0][2:]
     out = tiny["tmp"] / "my_masks"
-    assert _main("test.py")(_swap(images, tiny)) == 0
+    assert _main("test.py")([*_swap(images, tiny), "train.amp=off"]) == 0
     assert len(list(out.glob("*.png"))) == len(list((tiny["data"] / "TestDataset" / "SynthCOD" / "Imgs").iterdir()))
 
 
@@ -217,6 +220,7 @@ def _model_info(argv, tiny, monkeypatch):
 
 
 def _benchmark(argv, tiny, monkeypatch):
+    monkeypatch.setattr(amp, "cpu_matmul_rates", CPU_PROBE)
     assert _main("scripts/benchmark.py")([*argv, "--tiny"]) == 0
     report = json.loads(Path(argv[argv.index("--json") + 1]).read_text())
     from scripts.benchmark import GOALS, PHASES

@@ -52,10 +52,10 @@ def _served(port: int, run: str) -> tuple[set[str], dict[str, list[int]]]:
     return scalars, images
 
 
-def test_printed_command_serves_every_grid_and_scalar(tiny_run: Path) -> None:
-    scalars, images = _logged(tiny_run / "tb")
+def test_printed_command_serves_every_grid_and_scalar(logged_run: Path) -> None:
+    scalars, images = _logged(logged_run / "tb")
     assert len(images["val/image_mask_pred_coarse"]) == 12 and {"train/loss", "val/Sm", "val/loss"} <= scalars
-    logdir = tiny_run.parent
+    logdir = logged_run.parent
     argv = shlex.split(TENSORBOARD_COMMAND.format(logdir=f"{logdir}/"))
     assert argv[0] == "tensorboard"
     argv[0] = str(Path(sys.executable).with_name("tensorboard"))  # the venv's, as `make demo` prints it
@@ -66,7 +66,7 @@ def test_printed_command_serves_every_grid_and_scalar(tiny_run: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    run = f"{tiny_run.name}/tb"
+    run = f"{logged_run.name}/tb"
     served, deadline = (set(), {}), time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline:
