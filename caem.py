@@ -40,6 +40,7 @@ class CAEM(nn.Module):
             the finest level's size before squeeze-excitation, as the reference).
         reduce_norm: norm + ReLU after the 1x1 reductions; False gives a plain 1x1 conv with bias
             (the reference).
+        se_bias: biases in the squeeze-excitation layers (the published E2Net's have none).
 
     ``forward(feats)``: list of ``num_levels`` maps [B, C_i, H_i, W_i], finest first (any
     strides, e.g. 4/8/16/32 or all 16) -> list of ``num_levels`` maps [B, out_channels, H_i, W_i]
@@ -55,6 +56,7 @@ class CAEM(nn.Module):
         num_levels: int = 4,
         align: str = "own",
         reduce_norm: bool = True,
+        se_bias: bool = True,
     ) -> None:
         super().__init__()
         widths = [in_channels] * num_levels if isinstance(in_channels, int) else list(in_channels)
@@ -67,7 +69,7 @@ class CAEM(nn.Module):
             conv_norm_act(c, out_channels, 1, norm) if reduce_norm else nn.Conv2d(c, out_channels, 1) for c in widths
         )
         self.fuse = nn.ModuleList(conv_norm_act(2 * out_channels, out_channels, 3, norm) for _ in widths[:-1])
-        self.attend = nn.ModuleList(squeeze_excite(out_channels) for _ in widths)
+        self.attend = nn.ModuleList(squeeze_excite(out_channels, bias=se_bias) for _ in widths)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         if len(feats) != self.num_levels:

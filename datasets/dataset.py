@@ -105,7 +105,8 @@ class CODDataset(Dataset):
         s = self.samples[i]
         needed = self.transform.needed_side(size)
         image = read_image(s.image_path, self.max_pixels, needed)
-        mask = read_mask(s.mask_path, self.max_pixels, needed)
+        # a transform that keeps soft masks reads their grey levels (see datasets.transforms)
+        mask = read_mask(s.mask_path, self.max_pixels, needed, binarize=not self.transform.soft_masks)
         if mask.shape != image.shape[:2]:  # reported at build time; nearest keeps the mask binary
             mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         img, msk = self.transform(image, mask, size, rng)

@@ -151,11 +151,11 @@ def read_image(path: str | Path, max_pixels: int, needed_side: float = 0.0) -> n
     return decode_image(path, reduction(height, width, needed_side))
 
 
-def read_mask(path: str | Path, max_pixels: int, needed_side: float = 0.0) -> np.ndarray:
+def read_mask(path: str | Path, max_pixels: int, needed_side: float = 0.0, binarize: bool = True) -> np.ndarray:
     """uint8 {0, 255} [h, w]: like :func:`read_image`, for a mask (so a mask of its image's size
-    is decoded at the image's reduction)."""
+    is decoded at the image's reduction); ``binarize=False`` keeps its grey levels."""
     height, width = header_size(path, max_pixels)
-    return decode_mask(path, reduction(height, width, needed_side))
+    return decode_mask(path, reduction(height, width, needed_side), binarize)
 
 
 def _read_bytes(path: str | Path) -> np.ndarray:
@@ -176,9 +176,9 @@ def decode_image(path: str | Path, reduce: int = 1) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
 
 
-def decode_mask(path: str | Path, reduce: int = 1) -> np.ndarray:
+def decode_mask(path: str | Path, reduce: int = 1, binarize: bool = True) -> np.ndarray:
     """uint8 [H, W] with values {0, 255}: grey level > 127 (of 255; 16-bit files by their own
-    range, see :func:`cod_benchmarks.mask_levels`) is object."""
+    range, see :func:`cod_benchmarks.mask_levels`) is object. ``binarize=False``: the grey levels."""
     grey = cv2.imdecode(_read_bytes(path), _REDUCED_GREY[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
     if grey is None:
         raise BadFile("cannot be decoded as an image")
@@ -186,7 +186,7 @@ def decode_mask(path: str | Path, reduce: int = 1) -> np.ndarray:
         grey = mask_levels(grey)
     except ValueError as err:
         raise BadFile(f"mask {err}") from None
-    return cv2.threshold(grey, 127, 255, cv2.THRESH_BINARY)[1]
+    return cv2.threshold(grey, 127, 255, cv2.THRESH_BINARY)[1] if binarize else grey
 
 
 def reduction(height: int, width: int, needed: float) -> int:

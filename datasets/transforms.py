@@ -3,7 +3,8 @@
 Training: horizontal flip, random scale-crop and small rotation are composed into ONE affine
 matrix and applied by one ``cv2.warpAffine`` per array, then colour jitter on the image only.
 Masks are interpolated bilinearly like the image and thresholded at 50%, so their edge sits where
-the image's edge does (nearest neighbour is up to half a pixel off, and not mirror-symmetric).
+the image's edge does (nearest neighbour is up to half a pixel off, and not mirror-symmetric);
+``soft_masks`` keeps the interpolated grey levels instead, as the published E2Net trained.
 Test: resize only. Outputs are float tensors in [0, 1]; normalisation belongs to the model.
 """
 
@@ -16,13 +17,15 @@ import numpy as np
 import torch
 
 
-def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 RGB [H, W, 3] and uint8 mask [H, W] -> float32 [3, H, W] in [0, 1], [1, H, W] in {0, 1} (> 127)."""
+def to_tensors(image: np.ndarray, mask: np.ndarray, soft_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 RGB [H, W, 3] and uint8 mask [H, W] -> float32 [3, H, W] in [0, 1], [1, H, W] in {0, 1}
+    (> 127), or with ``soft_mask`` the mask's grey levels / 255."""
     img = np.empty((3, *image.shape[:2]), np.float32)
     for c, plane in enumerate(cv2.split(image)):  # planar copy + scale in one pass per channel
         np.multiply(plane, np.float32(1 / 255), out=img[c], dtype=np.float32)
-    msk = torch.from_numpy(mask).gt(127).float().unsqueeze(0)
-    return torch.from_numpy(img), msk
+    msk = torch.from_numpy(mask)
+    msk = msk.float().div_(255) if soft_mask else msk.gt(127).float()
+    return torch.from_numpy(img), msk.unsqueeze(0)
 
 
 def affine_matrix(
@@ -41,11 +44,25 @@ def affine_matrix(
     return box_matrix((x0, y0, cw, ch), size, angle_deg, flip)
 
 
-def side_crop_box(height: int, width: int, cuts: tuple[float, float, float, float]) -> tuple[float, ...]:
-    """The reference E2Net's crop: ``cuts`` = fractions cut from the left, top, right and bottom
-    sides, each drawn independently, so the aspect ratio changes. -> (x0, y0, crop width, crop height)."""
-    left, top, right, bottom = cuts
-    return left * width, top * height, width * (1 - left - right), height * (1 - top - bottom)
+def side_crop_box(height: int, width: int, fraction: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The published E2Net's crop (its ``RandomCrop``), in whole pixels: per axis, a total cut
+    drawn uniformly from {0, ..., int(fraction * side) - 1}, of which the left (top) side loses a
+    uniform share in {0, ..., cut - 1} and the right (bottom) side the rest; so each axis loses on
+    average about ``fraction / 2`` of its side and always less than ``fraction``, and the aspect
+    ratio changes. -> (x0, y0, crop width, crop height).
+
+    The width's cut is drawn first, then the height's, then the top's share and the left's, as
+    published; an axis shorter than ``1 / fraction`` pixels is not cut (the published code fails).
+    """
+
+    def cut(side: int) -> int:
+        n = int(side * fraction)
+        return int(rng.integers(n)) if n > 0 else 0
+
+    cut_w, cut_h = cut(width), cut(height)
+    top = int(rng.integers(cut_h)) if cut_h else 0
+    left = int(rng.integers(cut_w)) if cut_w else 0
+    return left, top, width - cut_w, height - cut_h
 
 
 def box_matrix(box: tuple[float, ...], size: int, angle_deg: float, flip: bool) -> np.ndarray:
@@ -74,8 +91,9 @@ def color_jitter(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
 class TrainTransform:
     """Random flip + scale-crop + rotation (one warp), colour jitter; see :func:`affine_matrix`.
 
-    ``side_crop`` > 0 replaces the aspect-keeping area crop of ``scale`` by the reference E2Net's
-    crop of up to that fraction of each side, drawn independently (:func:`side_crop_box`).
+    ``side_crop`` > 0 replaces the aspect-keeping area crop of ``scale`` by the published E2Net's
+    crop: per axis, a total cut of less than that fraction of the side, split at random between its
+    two sides (:func:`side_crop_box`). ``soft_masks``: see :func:`to_tensors`.
     """
 
     def __init__(
@@ -85,14 +103,15 @@ class TrainTransform:
         scale: tuple[float, float] = (0.75, 1.0),
         color_jitter: float = 0.2,
         side_crop: float = 0.0,
+        soft_masks: bool = False,
     ) -> None:
         self.hflip, self.rotate, self.scale, self.jitter = hflip, rotate, tuple(scale), color_jitter
-        self.side_crop = side_crop
+        self.side_crop, self.soft_masks = side_crop, soft_masks
 
     def needed_side(self, size: int) -> float:
         """Short side the decoded image must keep so that the smallest crop is not upsampled."""
         if self.side_crop > 0:
-            return size / (1 - 2 * self.side_crop)
+            return size / (1 - self.side_crop)
         return size / math.sqrt(self.scale[0])
 
     def draw(
@@ -102,7 +121,7 @@ class TrainTransform:
         ``size`` x ``size`` and the colour-jitter factors (None without jitter). The device path
         (``data.augment_on=device``) draws through here too, so both paths see the same augmentations."""
         if self.side_crop > 0:
-            box = side_crop_box(height, width, tuple(rng.uniform(0, self.side_crop, size=4)))
+            box = side_crop_box(height, width, self.side_crop, rng)
             m = box_matrix(box, size, rng.uniform(-self.rotate, self.rotate), bool(rng.random() < self.hflip))
         else:
             m = affine_matrix(
@@ -129,11 +148,15 @@ class TrainTransform:
         mask = cv2.warpAffine(mask, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if factors is not None:
             image = color_jitter(image, factors)
-        return to_tensors(image, mask)
+        return to_tensors(image, mask, self.soft_masks)
 
 
 class TestTransform:
-    """Resize to ``size`` x ``size`` (bilinear, as in training; the mask is thresholded after)."""
+    """Resize to ``size`` x ``size`` (bilinear, as in training; the mask is thresholded after,
+    unless ``soft_masks``)."""
+
+    def __init__(self, soft_masks: bool = False) -> None:
+        self.soft_masks = soft_masks
 
     def needed_side(self, size: int) -> float:
         return float(size)
@@ -143,7 +166,7 @@ class TestTransform:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
-        return to_tensors(image, mask)
+        return to_tensors(image, mask, self.soft_masks)
 
     def image(self, image: np.ndarray, size: int) -> torch.Tensor:
         """The image part of ``__call__`` alone (no mask): float32 [3, size, size]."""

@@ -1,8 +1,9 @@
 """Pretrained trunks seen one way, whatever the library: four tapped feature maps and last-layer tokens.
 
-Every trunk runs through its library's public forward: transformers' ``output_hidden_states`` (then
-the model's final norm, as ``get_intermediate_layers(norm=True)`` does) and timm's
-``forward_intermediates`` / ``forward_features``. Fine-tuning the last blocks needs no block-by-block
+Every trunk runs through its library's public forward: transformers' ``output_hidden_states`` (then,
+unless ``norm=False`` asks for the raw hidden states, the model's final norm, as
+``get_intermediate_layers(norm=True)`` does) and timm's ``forward_intermediates`` /
+``forward_features``. Fine-tuning the last blocks needs no block-by-block
 loop: frozen blocks take no input that requires a gradient, so autograd records nothing for them,
 and the first trainable block starts the graph. What a trunk must name for that — its ``blocks``
 and final ``norm`` — are the only library attributes read outside a forward, and
@@ -62,8 +63,12 @@ class Trunk(nn.Module):
         that DistributedDataParallel sees no trainable parameter without a gradient."""
         return [p for n, p in self.model.named_parameters() if n.split(".")[-1] == "mask_token"]
 
-    def forward(self, x: torch.Tensor, taps: Sequence[int]) -> list[torch.Tensor]:
-        """x: [B, 3, H, W] normalised -> [B, C_i, H / s_i, W / s_i] after each block in ``taps``."""
+    def forward(self, x: torch.Tensor, taps: Sequence[int], norm: bool = True) -> list[torch.Tensor]:
+        """x: [B, 3, H, W] normalised -> [B, C_i, H / s_i, W / s_i] after each block in ``taps``.
+
+        ``norm``: a ViT's tapped layers go through its final norm; False returns the raw hidden
+        states (what the published E2Net fed its decoder). A ConvNeXt's stages have no final norm.
+        """
         raise NotImplementedError
 
     def last_tokens(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -115,11 +120,13 @@ class HFViT(Trunk):
     def norm(self) -> nn.Module:
         return getattr(self.model, self._norm_name)
 
-    def forward(self, x, taps):
+    def forward(self, x, taps, norm=True):
         # hidden_states: the embeddings' output, then one entry per block, before the final norm.
         hidden = self.model(pixel_values=x, output_hidden_states=True).hidden_states
-        norm, dtype = self.norm, self.norm.weight.dtype
-        return [self._to_map(norm(hidden[t].to(dtype)), *x.shape[-2:]) for t in taps]
+        if not norm:
+            return [self._to_map(hidden[t], *x.shape[-2:]) for t in taps]
+        final, dtype = self.norm, self.norm.weight.dtype
+        return [self._to_map(final(hidden[t].to(dtype)), *x.shape[-2:]) for t in taps]
 
     def last_tokens(self, x):
         return self._split(self.model(pixel_values=x).last_hidden_state, *x.shape[-2:])
@@ -153,10 +160,10 @@ class TimmViT(Trunk):
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.model.patch_embed.proj.weight.dtype)  # frozen weights may be stored in bf16
 
-    def forward(self, x, taps):
+    def forward(self, x, taps, norm=True):
         indices = _distinct_indices(taps)
         maps = self.model.forward_intermediates(
-            self._input(x), indices=indices, norm=True, stop_early=True, output_fmt="NCHW", intermediates_only=True
+            self._input(x), indices=indices, norm=norm, stop_early=True, output_fmt="NCHW", intermediates_only=True
         )
         return [maps[indices.index(t - 1)] for t in taps]
 
@@ -192,7 +199,7 @@ class TimmConvNeXt(Trunk):
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(next(self.model.stem.parameters()).dtype)
 
-    def forward(self, x, taps):
+    def forward(self, x, taps, norm=True):  # stages have no final norm: ``norm`` changes nothing
         indices = _distinct_indices(taps)
         maps = self.model.forward_intermediates(
             self._input(x), indices=indices, stop_early=True, intermediates_only=True

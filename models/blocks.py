@@ -48,9 +48,13 @@ def conv_norm_act(cin: int, cout: int, kernel_size: int = 3, norm: str = "gn", a
     )
 
 
-def squeeze_excite(channels: int, ratio: int = 16) -> nn.Module:
-    """SENet channel attention: x * sigmoid(fc(relu(fc(avgpool(x))))); keeps at least 8 hidden units."""
-    return SqueezeExcitation(channels, max(channels // ratio, 8))
+def squeeze_excite(channels: int, ratio: int = 16, bias: bool = True) -> nn.Module:
+    """SENet channel attention: x * sigmoid(fc(relu(fc(avgpool(x))))); keeps at least 8 hidden units.
+    ``bias=False``: its two layers have no bias (the published E2Net's)."""
+    se = SqueezeExcitation(channels, max(channels // ratio, 8))
+    if not bias:
+        se.fc1.bias = se.fc2.bias = None
+    return se
 
 
 def resize_to(x: Tensor, like: Tensor | tuple[int, int]) -> Tensor:

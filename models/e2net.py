@@ -20,8 +20,9 @@ class E2Net(nn.Module):
             convolutions prefer.
         compile: ``torch.compile`` CAEM and the decoder (in place, so state-dict keys do not change).
 
-    ``forward(x [B, 3, H, W] in [0, 1]) -> list of logits [B, 1, H, W]``, final prediction last;
-    the same list in training and evaluation mode.
+    ``forward(x [B, 3, H, W] in [0, 1], size=None) -> list of logits [B, 1, *size]`` (``size``
+    defaults to the input's (H, W)), final prediction last; the same list in training and
+    evaluation mode.
     """
 
     def __init__(
@@ -50,13 +51,13 @@ class E2Net(nn.Module):
                 if m is not None:
                     m.compile(dynamic=False)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> list[Tensor]:
         feats = self.encoder(x)
         if self.channels_last:
             feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
         if self.caem is not None:
             feats = self.caem(feats)
-        return self.decoder(feats, tuple(x.shape[-2:]))
+        return self.decoder(feats, tuple(size) if size is not None else tuple(x.shape[-2:]))
 
     # -- checkpoints: everything but the frozen encoder weights ----------------------------------
     def frozen_keys(self) -> set[str]:

@@ -1,10 +1,11 @@
-"""COD losses: small pure functions on logits [B, 1, H, W] and masks [B, 1, H, W] in {0, 1}, and
-``CODLoss``, their weighted sum over the deep-supervision outputs.
+"""COD losses: small pure functions on logits [B, 1, H, W] and masks [B, 1, H, W] in [0, 1]
+(binary, or soft where the data keeps grey levels), and ``CODLoss``, their weighted sum over the
+deep-supervision outputs.
 
 Every function returns the mean over the batch of a per-image value (so the loss does not depend
-on the batch size), unless ``pooled=True`` asks for the reference E2Net's sums over the whole
-batch, and expects float32 inputs; ``CODLoss`` casts and disables autocast, because sums over
-147k pixels and log-sigmoids lose too much in bfloat16.
+on the batch size), unless ``pooled=True`` (or the Sobel term's ``peak="batch"``) asks for the
+published E2Net's quantities over the whole batch, and expects float32 inputs; ``CODLoss`` casts
+and disables autocast, because sums over 147k pixels and log-sigmoids lose too much in bfloat16.
 """
 
 from __future__ import annotations
@@ -78,25 +79,42 @@ def edge_loss(logits: Tensor, mask: Tensor, width: int = 2) -> Tensor:
     return ((band * bce).sum(dim=(2, 3)) / band.sum(dim=(2, 3)).clamp_min(1)).mean()
 
 
-def sobel_edges(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Sobel gradient magnitude [B, 1, H, W] (kornia: normalised 3x3 kernels, replicated border),
-    scaled per image so that its maximum is 1 (a map whose maximum is <= 1e-6 is left as it is)."""
-    mag = kornia.filters.sobel(x, normalized=True, eps=eps)
-    peak = mag.amax(dim=(1, 2, 3), keepdim=True)
-    return torch.where(peak > 1e-6, mag / peak.clamp_min(1e-6), mag)
+SOBEL_PADDING = {"replicate": "replicate", "zeros": "constant"}  # config.SobelBorder -> F.pad mode
 
 
-def sobel_edge_loss(logits: Tensor, mask: Tensor, threshold: float = 0.1) -> Tensor:
-    """The reference E2Net's edge term: BCE between the Sobel edges of the probabilities and the
-    mask's Sobel edges binarised at ``threshold`` of their maximum, averaged over pixels per image.
+def sobel_magnitude(x: Tensor, border: str = "replicate", eps: float = 1e-8) -> Tensor:
+    """``sqrt(gx^2 + gy^2 + eps)`` [B, 1, H, W] of x [B, 1, H, W], with the plain 3x3 Sobel kernels
+    ([-1, 0, 1] x [1, 2, 1], unnormalised, as the published E2Net) and the border ``"replicate"``d
+    or ``"zeros"``-padded."""
+    kernels = kornia.filters.get_sobel_kernel2d().to(x)[:, None]  # [2, 1, 3, 3]: d/dx, d/dy
+    grads = F.conv2d(F.pad(x, (1, 1, 1, 1), mode=SOBEL_PADDING[border]), kernels)
+    return torch.sqrt(grads.square().sum(dim=1, keepdim=True) + eps)
 
-    Two deliberate differences from the reference: the maxima are taken per image, not over the
-    batch, so an image's loss does not depend on its batch-mates; and the border is replicated,
-    not zero-padded, so an object touching the image border gets no edge along the frame. The
-    mask's magnitude has no epsilon, so an empty mask has no edge (rather than edges everywhere).
+
+def sobel_edges(x: Tensor, peak: str = "image", border: str = "replicate", eps: float = 1e-8) -> Tensor:
+    """Sobel magnitude [B, 1, H, W] (:func:`sobel_magnitude`) divided by its maximum over each
+    image (``peak="image"``) or over the whole batch (``"batch"``, as published); a maximum
+    <= 1e-6 leaves the map as it is."""
+    mag = sobel_magnitude(x, border, eps)
+    top = mag.amax(dim=(1, 2, 3), keepdim=True) if peak == "image" else mag.amax()
+    return torch.where(top > 1e-6, mag / top.clamp_min(1e-6), mag)
+
+
+def sobel_edge_loss(
+    logits: Tensor, mask: Tensor, threshold: float = 0.1, peak: str = "image", border: str = "replicate"
+) -> Tensor:
+    """The published E2Net's edge term: BCE between the Sobel edges of the probabilities and the
+    mask's Sobel edges binarised at ``threshold`` of their maximum, averaged over every pixel.
+
+    ``peak="image"`` scales each image by its own maxima, so its loss does not depend on its
+    batch-mates; ``"batch"`` takes them over the batch, as published. ``border``: ``"replicate"``
+    gives an object touching the image border no edge along the frame; ``"zeros"`` (published)
+    does, on mask and prediction alike. The prediction's magnitude has the published epsilon
+    (1e-8, which keeps the square root's gradient finite); the mask's has none, so an empty mask
+    has no edge (published: edges everywhere, when the whole batch is empty).
     """
-    pred_edge = sobel_edges(torch.sigmoid(logits))  # eps (the reference's 1e-8) keeps the sqrt's gradient finite
-    mask_edge = (sobel_edges(mask, eps=0.0) > threshold).float()
+    pred_edge = sobel_edges(torch.sigmoid(logits), peak, border)
+    mask_edge = (sobel_edges(mask, peak, border, eps=0.0) > threshold).float()
     bce = F.binary_cross_entropy(pred_edge.clamp(0, 1), mask_edge, reduction="none")
     return bce.mean(dim=(1, 2, 3)).mean()
 
@@ -104,10 +122,10 @@ def sobel_edge_loss(logits: Tensor, mask: Tensor, threshold: float = 0.1) -> Ten
 # The loss terms by the name the config gives them (loss.<name> weights, loss.coarse_terms).
 TERMS: dict[str, Callable[..., Tensor]] = {
     "bce": lambda x, m, weight, **_: weighted_bce(x, m, torch.ones_like(m) if weight is None else weight),
-    "iou": lambda x, m, weight, pooled, **_: weighted_iou(x, m, weight, pooled=pooled),
-    "dice": lambda x, m, pooled, **_: dice_loss(x, m, pooled=pooled),
+    "iou": lambda x, m, weight, pooled, smooth, **_: weighted_iou(x, m, weight, smooth, pooled=pooled),
+    "dice": lambda x, m, pooled, smooth, **_: dice_loss(x, m, smooth, pooled=pooled),
     "edge": lambda x, m, edge_width, **_: edge_loss(x, m, edge_width),
-    "sobel": lambda x, m, **_: sobel_edge_loss(x, m),
+    "sobel": lambda x, m, sobel_peak, sobel_border, **_: sobel_edge_loss(x, m, peak=sobel_peak, border=sobel_border),
 }
 
 
@@ -120,9 +138,11 @@ class CODLoss(nn.Module):
     ``coarse_terms`` the sides are every output but the last; with them the coarse map (the first
     output) is scored by ``C`` = the unweighted sum of those terms instead, and the sides are the
     outputs between the first and the last. ``weighted``: BCE and IoU use SINet-V2's boundary
-    weight; ``pooled``: Dice and IoU sum over the batch. ``terms`` holds each weighted term of the
-    final output plus ``"side"`` and ``"coarse"`` when present, all float32 tensors that still
-    carry gradients (detach them for logging).
+    weight; ``pooled``: Dice and IoU sum over the batch; ``smooth``: their additive smoothing
+    (the published E2Net's is 1e-5); ``sobel_peak`` and ``sobel_border``: see
+    :func:`sobel_edge_loss`. ``terms`` holds each weighted term of the final output plus
+    ``"side"`` and ``"coarse"`` when present, all float32 tensors that still carry gradients
+    (detach them for logging).
     """
 
     def __init__(
@@ -135,6 +155,9 @@ class CODLoss(nn.Module):
         coarse_terms: Sequence[str] = (),
         coarse: float = 0.2,
         edge_width: int = 2,
+        smooth: float = 1.0,
+        sobel_peak: str = "image",
+        sobel_border: str = "replicate",
     ) -> None:
         super().__init__()
         unknown = [t for t in (*weights, *coarse_terms) if t not in TERMS]
@@ -145,9 +168,10 @@ class CODLoss(nn.Module):
             raise ValueError(f"every loss weight is 0: give at least one of {', '.join(TERMS)} a weight > 0")
         self.coarse_weights = dict.fromkeys(coarse_terms, coarse)
         self.side, self.weighted, self.pooled, self.edge_width = side, weighted, pooled, edge_width
+        self._args = {"smooth": smooth, "sobel_peak": sobel_peak, "sobel_border": sobel_border}
 
     def _terms(self, weights: dict[str, float], logits: Tensor, mask: Tensor, weight: Tensor | None) -> dict:
-        args = {"weight": weight, "pooled": self.pooled, "edge_width": self.edge_width}
+        args = {"weight": weight, "pooled": self.pooled, "edge_width": self.edge_width, **self._args}
         return {name: w * TERMS[name](logits, mask, **args) for name, w in weights.items() if w}
 
     def forward(self, outputs: Sequence[Tensor], mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -105,11 +105,18 @@ class E2NetRefDecoder(nn.Module):
 
     ``forward(feats: num_levels maps [B, C, H_i, W_i] finest first, size=(H, W)) -> [coarse, final]``,
     each logits [B, 1, H, W] (bilinearly resized to ``size``), final prediction last.
+
+    ``coarse_sigmoid``: the coarse map is returned as probabilities (sigmoid, then the resize),
+    which the loss reads as logits: the published E2Net's double sigmoid. Its coarse terms then
+    see a map in (0, 1) whose "probabilities" sigmoid(p) lie in (0.5, 0.73), so they can never
+    call a pixel background. CFZM is unaffected (it reads the coarse map through one sigmoid).
     """
 
-    def __init__(self, channels: int = 256, num_levels: int = 4, heads: int = 8, norm: str = "bn") -> None:
+    def __init__(
+        self, channels: int = 256, num_levels: int = 4, heads: int = 8, norm: str = "bn", coarse_sigmoid: bool = False
+    ) -> None:
         super().__init__()
-        self.num_levels = num_levels
+        self.num_levels, self.coarse_sigmoid = num_levels, coarse_sigmoid
         self.lfsm = LFSM(channels, heads, norm=norm)
         self.cfzm = CFZM(channels, num_levels, norm)
         self.ccm = CCM(channels, num_levels, heads, norm)
@@ -119,4 +126,6 @@ class E2NetRefDecoder(nn.Module):
             raise ValueError(f"E2NetRefDecoder expects {self.num_levels} feature maps, got {len(feats)}")
         coarse = self.lfsm(feats[-1])
         final = self.ccm(self.cfzm(feats, coarse))
+        if self.coarse_sigmoid:
+            coarse = torch.sigmoid(coarse)
         return [resize_to(coarse, size), resize_to(final, size)]
