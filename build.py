@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from caem import CAEM
-from config import Amp, Decoder, LossTerm, WeightsDtype
+from config import Amp, Decoder, Init, LossTerm, WeightsDtype
 from config_checks import check_config as check_keys
 from dinov3_encoder import PyramidEncoder, build_dinov3_encoder
 from encoders.adapters import Adapters
@@ -19,6 +19,7 @@ from encoders.loading import Architecture
 from encoders.lora import LoRA
 from models.e2net import E2Net
 from models.heads import E2NetDecoder
+from models.init import published_init_
 from models.linear import LinearDecoder
 from models.losses import CODLoss
 from models.reference import E2NetRefDecoder
@@ -66,6 +67,12 @@ def build_encoder(cfg: DictConfig) -> PyramidEncoder:
             init_scale=e.adapter.init_scale,
         ),
         pyramid=e.pyramid,
+        tap_norm=e.tap_norm,
+        channel_order=e.channel_order,
+        # the config's 0..255 statistics on the [0, 1] scale of the model's input
+        mean=[v / 255 for v in e.pixel_mean] or None,
+        std=[v / 255 for v in e.pixel_std] or None,
+        drop_border=e.drop_border,
     )
 
 
@@ -77,6 +84,8 @@ def build_model(cfg: DictConfig) -> E2Net:
     levels = len(encoder.out_channels)
     if m.decoder == Decoder.linear:
         decoder = LinearDecoder(encoder.out_channels, levels, norm=m.norm)
+        if m.init == Init.published:
+            published_init_([decoder])
         return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
     caem = CAEM(
         encoder.out_channels,
@@ -85,11 +94,18 @@ def build_model(cfg: DictConfig) -> E2Net:
         num_levels=levels,
         align=m.caem_align,
         reduce_norm=m.caem_reduce_norm,
+        se_bias=m.caem_se_bias,
     )
+    keep_conv_bias = []
     if m.decoder == Decoder.e2net_ref:
-        decoder = E2NetRefDecoder(m.channels, levels, heads=m.context_heads, norm=m.norm)
+        decoder = E2NetRefDecoder(
+            m.channels, levels, heads=m.context_heads, norm=m.norm, coarse_sigmoid=m.coarse_sigmoid
+        )
+        keep_conv_bias = [decoder.lfsm, decoder.cfzm]  # the published initialize() never reset these
     else:
         decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
+    if m.init == Init.published:
+        published_init_([caem, decoder], keep_conv_bias=keep_conv_bias)
     return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
 
 
@@ -103,4 +119,7 @@ def build_loss(cfg: DictConfig) -> CODLoss:
         pooled=lo.pooled,
         coarse_terms=[str(t) for t in lo.coarse_terms],
         coarse=lo.coarse,
+        smooth=lo.smooth,
+        sobel_peak=lo.sobel_peak,
+        sobel_border=lo.sobel_border,
     )

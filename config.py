@@ -45,6 +45,10 @@ Pyramid = StrEnum("Pyramid", ["vitdet", "interpolate", "projected"])
 Scheduler = StrEnum("Scheduler", ["cosine", "cosine_epoch", "plateau"])
 LossTerm = StrEnum("LossTerm", ["bce", "iou", "dice", "edge", "sobel"])
 AugmentOn = StrEnum("AugmentOn", ["workers", "device"])
+ChannelOrder = StrEnum("ChannelOrder", ["rgb", "bgr"])
+Init = StrEnum("Init", ["default", "published"])
+SobelPeak = StrEnum("SobelPeak", ["image", "batch"])
+SobelBorder = StrEnum("SobelBorder", ["replicate", "zeros"])
 # What train.best_metric may pick: a metric of results.json, the validation loss, or the epoch's training loss.
 BestMetric = StrEnum("BestMetric", {k: k for k in (*METRIC_KEYS, "loss", "train_loss")})
 
@@ -113,6 +117,22 @@ class EncoderConfig:
     weights_dtype: WeightsDtype = WeightsDtype.auto
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # Tapped layers through the trunk's final norm (DINOv3's get_intermediate_layers(norm=True));
+    # false: the raw hidden states, as the published E2Net fed them (transformers' hidden_states).
+    tap_norm: bool = True
+    # Colour order fed to the trunk: rgb (what DINOv3 was trained on); bgr = OpenCV's order, which the
+    # published E2Net fed by mistake.
+    channel_order: ChannelOrder = ChannelOrder.rgb
+    # Per-channel mean and std on the 0..255 scale, in the order the trunk receives the channels
+    # (after channel_order); empty = the checkpoint's own (ImageNet's for DINOv3). The published
+    # E2Net's: mean [124.55, 118.90, 102.94], std [56.77, 55.97, 57.50].
+    pixel_mean: list[float] = within([], "[0, 255]")
+    pixel_std: list[float] = within([], "(0, 255]")
+    # Crop each input to the largest multiple of the patch size inside the model, dropping its right
+    # and bottom border, as the published patch layer did at 392 px (24 patches = 384 px); the
+    # prediction is still resized to the whole input, so it is stretched by size / cropped size.
+    # false: an image size that is not a multiple of the patch is an error.
+    drop_border: bool = False
 
 
 @dataclass
@@ -128,6 +148,13 @@ class ModelConfig:
     context_heads: int = within(4, "[1, 256]")  # heads of the decoder's attention; divides channels
     channels_last: bool = False
     compile: bool = False  # torch.compile the trainable decoder
+    # Weights of CAEM and the decoder: default = PyTorch's per-layer defaults; published = the published
+    # E2Net's initialize() (He normal fan-out convs, N(0, 0.01) squeeze-excitation, Xavier linear; models/init.py).
+    init: Init = Init.default
+    caem_se_bias: bool = True  # biases in CAEM's squeeze-excitation layers (the published E2Net's have none)
+    # e2net_ref: the coarse map is returned as probabilities, which the loss reads as logits again (the
+    # published E2Net's double sigmoid: its coarse terms can never call a pixel background).
+    coarse_sigmoid: bool = False
 
 
 @dataclass
@@ -144,6 +171,12 @@ class LossConfig:
     # one more side output with the final map's terms.
     coarse_terms: list[LossTerm] = field(default_factory=list)
     coarse: float = within(0.2, WEIGHT)
+    smooth: float = within(1.0, "[0, 1e6]")  # added to both sides of the dice and iou ratios (the published: 1e-5)
+    # The sobel term's edge maps are divided by their maximum over each image, or over the whole
+    # batch (the published: an image's loss then depends on its batch-mates).
+    sobel_peak: SobelPeak = SobelPeak.image
+    # Border of the sobel filter: replicate; zeros (the published: an object touching the frame has an edge there).
+    sobel_border: SobelBorder = SobelBorder.replicate
 
 
 @dataclass
@@ -153,6 +186,9 @@ class DataConfig:
     test_sets: list[str] = field(default_factory=list)  # scored at the end of training; test.py: empty = all
     val_fraction: float = within(0.05, "[0, 1)")  # seeded hold-out of the training images
     val_set: str = ""  # a test benchmark name used for validation instead (not a clean protocol)
+    # Validate on the training transforms (random crop and flip, drawn anew each epoch), as the published
+    # E2Net did; the validation then reports its loss only (the maps do not match the masks on disk).
+    val_augment: bool = False
     image_size: int = within(384, "[32, 8192]")
     multi_scale: list[int] = within([], "[32, 8192]")  # e.g. [320, 384, 448], one per batch
     strict: bool = False  # bad files fail at start-up instead of being skipped
@@ -160,9 +196,17 @@ class DataConfig:
     rotate: float = within(10.0, "[0, 180]")  # degrees
     scale: list[float] = within([0.75, 1.0], "(0, 1]")  # [min, max] random crop area
     color_jitter: float = within(0.2, "[0, 1)")  # brightness/contrast/saturation factors 1 +- it
-    # Crop up to this fraction of each side independently (the aspect changes), instead of the
-    # aspect-keeping area crop of `scale`; 0 = off.
-    side_crop: float = within(0.0, "[0, 0.5)")
+    # The published E2Net's crop instead of the aspect-keeping area crop of `scale`: per axis, a total
+    # cut of a whole number of pixels below this fraction of the side (uniform), split at random
+    # between its two sides, so the aspect changes; 0.125 is the published value (mean cut 1/16 of
+    # the side per axis); 0 = off.
+    side_crop: float = within(0.0, "[0, 1)")
+    # Keep the masks' grey levels (/ 255, interpolated) as training and validation targets, as the
+    # published E2Net did; false: binarised at 127 after resizing. Scores always binarise the masks on disk.
+    soft_masks: bool = False
+    # Decode large JPEGs at 1/2, 1/4 or 1/8 size (in the DCT, several times faster) when the transform
+    # needs no more pixels; false: full size, then the bilinear resize alone, as the published E2Net.
+    reduced_decode: bool = True
     # workers: DataLoader processes decode and augment (OpenCV); device: decoded once into memory as uint8,
     # warped and jittered on the training device, which keeps a fast GPU fed (datasets/device_augment.py).
     augment_on: AugmentOn = AugmentOn.workers
@@ -232,6 +276,10 @@ class TTAConfig:
 class EvalConfig:
     batch_size: int = within(8, "[1, 65536]")  # images per forward pass in validation and test.py
     workers: int = within(0, "[0, 4096]")  # test.py scoring processes; 0 = all cores; same numbers for any count
+    # Resize the final logits straight from the decoder's own output to each mask's size, then the
+    # sigmoid (the published test path); false: probabilities at the input size, resized after. No TTA.
+    resize_logits: bool = False
+    floor_maps: bool = False  # 8-bit maps by truncating 255 p (the published astype(uint8)); false: rounding
     tta: TTAConfig = field(default_factory=TTAConfig)  # test.py only; validation never uses it
 
 

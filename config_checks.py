@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from config import CaemAlign, ConfigError, Decoder, LossTerm, Pyramid, Scheduler
+from config import AugmentOn, BestMetric, CaemAlign, ConfigError, Decoder, LossTerm, Pyramid, Scheduler
 
 
 def _levels(c: DictConfig) -> int:
@@ -63,6 +63,22 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "DDP's static_graph breaks gradient accumulation (no_sync) in torch 2.14: set train.accum_steps=1 or leave it false"),
     ("train.warmup_epochs", lambda c: c.train.scheduler != Scheduler.plateau or c.train.warmup_epochs == 0,
      "warm-up belongs to train.scheduler=cosine; set it to 0 with plateau"),
+    ("model.encoder.pixel_mean",
+     lambda c: len(c.model.encoder.pixel_mean) == len(c.model.encoder.pixel_std) and len(c.model.encoder.pixel_std) in (0, 3),
+     "give three values, and three for model.encoder.pixel_std (or leave both empty for the checkpoint's own)"),
+    ("model.coarse_sigmoid", lambda c: not c.model.coarse_sigmoid or c.model.decoder == Decoder.e2net_ref,
+     "the double sigmoid belongs to the published decoder (model.decoder=e2net_ref)"),
+    ("train.best_metric", lambda c: not c.data.val_augment or c.train.best_metric == BestMetric.loss,
+     "data.val_augment validates on cropped and flipped images, which the masks on disk do not match: "
+     "only the loss can choose the checkpoint (train.best_metric=loss)"),
+    ("eval.resize_logits", lambda c: not c.eval.resize_logits or not (c.eval.tta.hflip or c.eval.tta.scales),
+     "test-time augmentation averages probabilities at the input size: turn eval.tta off or resize_logits off"),
+    ("data.augment_on", lambda c: c.data.augment_on != AugmentOn.device or not c.data.soft_masks and c.data.reduced_decode,
+     "the device path decodes each image once, area-resized and binarised: set data.augment_on=workers "
+     "for data.soft_masks=true or data.reduced_decode=false"),
+    ("data.cache", lambda c: not c.data.cache or not c.data.soft_masks and c.data.reduced_decode,
+     "the cache stores pre-resized images and 1-bit masks: set data.cache=false "
+     "for data.soft_masks=true or data.reduced_decode=false"),
 ]  # fmt: skip
 
 

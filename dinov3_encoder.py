@@ -4,9 +4,10 @@ Any supported trunk (DINOv3 or DINOv2, from transformers or timm; see :mod:`enco
 is tapped at four transformer blocks (counted from 1; default: quarters of the depth, (3, 6, 9, 12)
 for ViT-S/B, (6, 12, 18, 24) for ViT-L, (8, 16, 24, 32) for H+, (10, 20, 30, 40) for 7B). Each tapped
 layer goes through the trunk's final LayerNorm (as DINOv3's ``get_intermediate_layers(norm=True)``
-and transformers' ``DINOv3ViTBackbone`` do), loses its CLS and register tokens and is reshaped to a
-[B, D, H/p, W/p] map. ViTDet's simple feature pyramid then turns the four stride-p maps into strides
-p/4, p/2, p, 2p (learnable transposed convolutions up, max-pooling down), ``pyramid="interpolate"``
+and transformers' ``DINOv3ViTBackbone`` do; ``tap_norm=False``: raw, as the published E2Net), loses
+its CLS and register tokens and is reshaped to a [B, D, H/p, W/p] map. ViTDet's simple feature
+pyramid then turns the four stride-p maps into strides p/4, p/2, p, 2p (learnable transposed
+convolutions up, max-pooling down), ``pyramid="interpolate"``
 resizes them bilinearly (no weights, the trunk's width on every level) and ``pyramid="projected"``
 projects each level (Linear, LayerNorm, GELU) before resizing it, as E2Net-DINOv2 does;
 ``simple=True`` keeps all four at stride p. A timm DINOv3 ConvNeXt gives its four native stages instead.
@@ -140,7 +141,12 @@ class PyramidEncoder(nn.Module):
 
     Wraps any :class:`~encoders.trunks.Trunk` (DINOv3 or DINOv2, transformers or timm, ViT or ConvNeXt)
     with its normalisation, the choice of tapped blocks, freezing and the pyramid.
-    H and W must be multiples of ``patch_size``. ``weights_dtype`` is the storage dtype of the frozen
+    H and W must be multiples of ``patch_size``, unless ``drop_border`` crops every input to the
+    largest multiple inside it (its right and bottom border dropped, as the published E2Net's patch
+    layer did at 392 px). ``channel_order="bgr"`` reverses the channels before the normalisation
+    (``mean``/``std`` then apply to B, G, R), as the published E2Net fed OpenCV's images.
+    ``tap_norm=False`` returns the tapped layers without the trunk's final norm.
+    ``weights_dtype`` is the storage dtype of the frozen
     trunk weights (``torch.bfloat16`` pays off only under bf16 autocast); trainable blocks, LoRA, the
     final norm and the pyramid always stay float32. Outputs are float32 unless autocast is on.
     ``lora``: low-rank adapters on the frozen trunk (:mod:`encoders.lora`); ``adapters``: bottleneck
@@ -162,9 +168,15 @@ class PyramidEncoder(nn.Module):
         lora: LoRA | None = None,
         adapters: Adapters | None = None,
         pyramid: str = "vitdet",
+        tap_norm: bool = True,
+        channel_order: str = "rgb",
+        drop_border: bool = False,
     ):
         super().__init__()
         self.trunk = trunk
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order '{channel_order}' is not rgb or bgr")
+        self.tap_norm, self.bgr, self.drop_border = tap_norm, channel_order == "bgr", drop_border
         depth = trunk.depth
         if not 0 <= trainable_blocks <= depth:
             raise ValueError(f"trainable_blocks={trainable_blocks} must be between 0 and the trunk's {depth} blocks")
@@ -222,7 +234,8 @@ class PyramidEncoder(nn.Module):
 
         trunk.requires_grad_(not freeze)
         if freeze and trainable_blocks:
-            for m in [*list(trunk.blocks)[depth - trainable_blocks :], trunk.norm]:
+            # the final norm trains with the last blocks when the taps go through it (unused, it would get no gradient)
+            for m in [*list(trunk.blocks)[depth - trainable_blocks :], trunk.norm if tap_norm else None]:
                 if m is not None:
                     m.requires_grad_(True)
                     m.register_forward_pre_hook(_inputs_in_own_dtype, with_kwargs=True)
@@ -260,12 +273,17 @@ class PyramidEncoder(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got shape {list(x.shape)}")
         H, W = x.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
+        p = self.patch_size
+        if self.drop_border:
+            x = x[..., : H // p * p, : W // p * p]
+        elif H % p or W % p:
             fix = lambda s: nearest_sizes(s, self.patch_size)[0]  # noqa: E731
             raise ValueError(
                 f"input size {H}x{W} is not a multiple of the encoder's patch size {self.patch_size}: "
                 f"resize or pad it, e.g. to {fix(H)}x{fix(W)}"
             )
+        if self.bgr:
+            x = x.flip(1)
         return (x.float() - self.pixel_mean) / self.pixel_std
 
     def _out_dtype(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -281,7 +299,7 @@ class PyramidEncoder(nn.Module):
         """x: [B, 3, H, W] in [0, 1] -> the four tapped layers as [B, D, H/p, W/p] (ConvNeXt: its stages)."""
         xn = self._normalise(x)
         with self._grad():
-            maps = self.trunk(xn, self.layers)
+            maps = self.trunk(xn, self.layers, norm=self.tap_norm)
         return [self._out_dtype(x, m) for m in maps]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -314,6 +332,11 @@ def build_dinov3_encoder(
     lora: LoRA | None = None,
     adapters: Adapters | None = None,
     pyramid: str = "vitdet",
+    tap_norm: bool = True,
+    channel_order: str = "rgb",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    drop_border: bool = False,
 ) -> PyramidEncoder:
     """Load a trunk of any supported family and wrap it; see :class:`PyramidEncoder` for the forward contract.
 
@@ -324,13 +347,14 @@ def build_dinov3_encoder(
     ``vit_base_patch14_reg4_dinov2.lvd142m``, ...), ``pretrained_path`` a Meta-format (or timm)
     ``.pth``; without one timm's own hub weights are tried. ``layers=None`` taps
     :func:`default_layers` of the depth. ``timm_kwargs`` go to ``timm.create_model`` (tests use them
-    for tiny architectures).
+    for tiny architectures). ``mean`` and ``std`` (on the [0, 1] scale, in the order the trunk
+    receives the channels) replace the checkpoint's own normalisation.
     """
-    trunk, mean, std = load_trunk(model_name, pretrained_path, backend, timm_kwargs)
+    trunk, own_mean, own_std = load_trunk(model_name, pretrained_path, backend, timm_kwargs)
     enc = PyramidEncoder(
         trunk,
-        mean=mean,
-        std=std,
+        mean=own_mean if mean is None else mean,
+        std=own_std if std is None else std,
         layers=layers,
         simple=simple,
         freeze=freeze,
@@ -339,6 +363,9 @@ def build_dinov3_encoder(
         lora=lora,
         adapters=adapters,
         pyramid=pyramid,
+        tap_norm=tap_norm,
+        channel_order=channel_order,
+        drop_border=drop_border,
     )
     n_adapters = len(getattr(trunk, "adapters", ()))
     log.info(

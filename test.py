@@ -213,7 +213,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
     import datasets
     from engine.distributed import cleanup_distributed, setup_distributed
-    from engine.predict import predict_loader
+    from engine.predict import MapRule, predict_loader
 
     env = setup_distributed()
     try:
@@ -226,7 +226,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         predicted = {}
         for bench, ds in test_sets.items():
             loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
-            predicted[bench] = predict_loader(model, loader, precision, device, out / "preds" / bench, desc=bench)
+            predicted[bench] = predict_loader(
+                model, loader, precision, device, out / "preds" / bench, desc=bench, rule=MapRule.of(cfg)
+            )
             log.info("%s: %d maps written to %s", bench, len(predicted[bench]), out / "preds" / bench)
     finally:
         cleanup_distributed()  # scoring is rank 0's alone
@@ -254,7 +256,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
 def predict_own_images(args: argparse.Namespace) -> None:
     """--ckpt --images mode: masks and overlays, no metrics."""
-    from engine.predict import list_own_images, predict_images
+    from engine.predict import MapRule, list_own_images, predict_images
 
     trained = load_model(args)
     cfg = trained.cfg
@@ -270,6 +272,8 @@ def predict_own_images(args: argparse.Namespace) -> None:
         size=int(cfg.data.image_size),
         batch_size=int(cfg.eval.batch_size),
         max_pixels=int(cfg.data.max_pixels),
+        rule=MapRule.of(cfg),
+        reduced_decode=bool(cfg.data.reduced_decode),
     )
     if n == 0:
         raise EvaluationError(f"none of the {len(paths)} files in '{args.images}' could be read as an image")

@@ -229,6 +229,7 @@ def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop
     finished = state.epoch == t.epochs or bool(t.max_steps and state.step >= t.max_steps)
     improved = False
     if val_loader is not None and not inside and (state.epoch % t.val_interval == 0 or finished):
+        datasets.set_epoch(val_loader, state.epoch)  # each epoch's own draws under data.val_augment
         improved = validate(state, state.model, val_loader, loss_fn, precision, writer)
     if not inside:
         train_loss = state.epoch_loss()  # every rank: the sums are gathered

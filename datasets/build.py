@@ -114,11 +114,25 @@ def split_train_val(samples: list[Sample], fraction: float, seed: int, root: Pat
     return ([s for i, s in enumerate(samples) if i not in val_ids], [s for i, s in enumerate(samples) if i in val_ids])
 
 
-def _test_dataset(samples: list[Sample], cfg, name: str) -> CODDataset:
-    d = cfg.data
-    return CODDataset(
-        samples, TestTransform(), int(d.image_size), max_pixels=int(d.max_pixels), on_error="blank", name=name
+def train_transform(d) -> TrainTransform:
+    """The training augmentation of the ``data`` section ``d``."""
+    return TrainTransform(
+        hflip=float(d.hflip),
+        rotate=float(d.rotate),
+        scale=tuple(d.scale),
+        color_jitter=float(d.color_jitter),
+        side_crop=float(d.side_crop),
+        soft_masks=bool(d.soft_masks),
+        reduced_decode=bool(d.reduced_decode),
     )
+
+
+def _test_dataset(samples: list[Sample], cfg, name: str, transform=None) -> CODDataset:
+    """Evaluation samples, resized (or through ``transform``, e.g. the training augmentation)."""
+    d = cfg.data
+    if transform is None:
+        transform = TestTransform(soft_masks=bool(d.soft_masks), reduced_decode=bool(d.reduced_decode))
+    return CODDataset(samples, transform, int(d.image_size), max_pixels=int(d.max_pixels), on_error="blank", name=name)
 
 
 def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
@@ -169,13 +183,7 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
         from .cache import cache_samples  # only needed when asked for
 
         train = cache_samples(train, d)
-    transform = TrainTransform(
-        hflip=float(d.hflip),
-        rotate=float(d.rotate),
-        scale=tuple(d.scale),
-        color_jitter=float(d.color_jitter),
-        side_crop=float(d.side_crop),
-    )
+    transform = train_transform(d)
     if d.augment_on == AugmentOn.device:
         from .device_augment import DecodedTrainSet
 
@@ -185,7 +193,8 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
         train_ds = CODDataset(
             train, transform, int(d.image_size), max_pixels=int(d.max_pixels), seed=seed, on_error="next", name="train"
         )
-    val_ds = _test_dataset(val_samples, cfg, "val") if val_samples else None
+    val_transform = transform if d.val_augment else None  # the published E2Net validated on augmented images
+    val_ds = _test_dataset(val_samples, cfg, "val", val_transform) if val_samples else None
     return train_ds, val_ds
 
 

@@ -43,13 +43,14 @@ class Sample:
     mask_width: int
 
 
-def eval_input(path: str, size: int, max_pixels: int) -> torch.Tensor:
+def eval_input(path: str, size: int, max_pixels: int, reduced_decode: bool = True) -> torch.Tensor:
     """How the model sees an image file outside training: float32 [3, size, size] RGB in [0, 1].
 
     The same steps as :meth:`CODDataset.load` with :class:`TestTransform` (validation and
-    ``test.py --ckpt``), so ``test.py --images`` gives the same map for the same file.
+    ``test.py --ckpt``; ``reduced_decode`` as ``data.reduced_decode``), so ``test.py --images``
+    gives the same map for the same file.
     """
-    transform = TestTransform()
+    transform = TestTransform(reduced_decode=reduced_decode)
     return transform.image(read_image(path, max_pixels, transform.needed_side(size)), size)
 
 

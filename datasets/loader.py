@@ -74,13 +74,22 @@ class SeededBatchSampler(Sampler):
 
 
 class ShardSampler(Sampler):
-    """Indices ``rank, rank + world, ...`` in order: evaluation shards without padded duplicates."""
+    """Indices ``rank, rank + world, ...`` in order: evaluation shards without padded duplicates.
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(rank, n, world_size))
+    After :meth:`set_epoch` it yields ``(index, size, epoch)`` keys, so that a validation set
+    through the training augmentation (``data.val_augment``) draws each epoch's own crops and flips.
+    """
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, size: int = 0) -> None:
+        self.indices, self.size, self.epoch = list(range(rank, n, world_size)), size, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int | tuple[int, int, int]]:
+        if self.epoch is None:
+            return iter(self.indices)
+        return iter([(i, self.size, self.epoch) for i in self.indices])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -142,7 +151,7 @@ def build_loader(ds: Dataset, cfg, train: bool, distributed: bool = False) -> Da
         sizes = list(cfg.data.multi_scale) or [int(cfg.data.image_size)]
         batches = SeededBatchSampler(sampler, batch, drop_last=len(sampler) >= batch, sizes=sizes, seed=seed)
         return DataLoader(ds, batch_sampler=batches, **common)
-    sampler = ShardSampler(len(ds), rank, world)
+    sampler = ShardSampler(len(ds), rank, world, size=int(cfg.data.image_size))
     return DataLoader(ds, batch_size=int(cfg.eval.batch_size), sampler=sampler, **common)
 
 

@@ -193,7 +193,10 @@ def reduction(height: int, width: int, needed: float) -> int:
     """Largest decode reduction (1, 2, 4, 8) that keeps both sides >= ``needed`` pixels.
 
     OpenCV's reduced decodes round sizes down for some formats, so the test is on whole pixels.
+    ``needed`` <= 0 asks for the full size (1).
     """
+    if needed <= 0:
+        return 1
     r = 1
     while r < 8 and min(height, width) // (2 * r) >= math.ceil(needed):
         r *= 2

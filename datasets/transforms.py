@@ -93,7 +93,8 @@ class TrainTransform:
 
     ``side_crop`` > 0 replaces the aspect-keeping area crop of ``scale`` by the published E2Net's
     crop: per axis, a total cut of less than that fraction of the side, split at random between its
-    two sides (:func:`side_crop_box`). ``soft_masks``: see :func:`to_tensors`.
+    two sides (:func:`side_crop_box`). ``soft_masks``: see :func:`to_tensors`. ``reduced_decode=False``
+    asks for every file at full size (:meth:`needed_side` 0), as the published E2Net decoded them.
     """
 
     def __init__(
@@ -104,12 +105,16 @@ class TrainTransform:
         color_jitter: float = 0.2,
         side_crop: float = 0.0,
         soft_masks: bool = False,
+        reduced_decode: bool = True,
     ) -> None:
         self.hflip, self.rotate, self.scale, self.jitter = hflip, rotate, tuple(scale), color_jitter
-        self.side_crop, self.soft_masks = side_crop, soft_masks
+        self.side_crop, self.soft_masks, self.reduced_decode = side_crop, soft_masks, reduced_decode
 
     def needed_side(self, size: int) -> float:
-        """Short side the decoded image must keep so that the smallest crop is not upsampled."""
+        """Short side the decoded image must keep so that the smallest crop is not upsampled
+        (0: the full decoded size)."""
+        if not self.reduced_decode:
+            return 0.0
         if self.side_crop > 0:
             return size / (1 - self.side_crop)
         return size / math.sqrt(self.scale[0])
@@ -153,13 +158,13 @@ class TrainTransform:
 
 class TestTransform:
     """Resize to ``size`` x ``size`` (bilinear, as in training; the mask is thresholded after,
-    unless ``soft_masks``)."""
+    unless ``soft_masks``); ``reduced_decode``: see :class:`TrainTransform`."""
 
-    def __init__(self, soft_masks: bool = False) -> None:
-        self.soft_masks = soft_masks
+    def __init__(self, soft_masks: bool = False, reduced_decode: bool = True) -> None:
+        self.soft_masks, self.reduced_decode = soft_masks, reduced_decode
 
     def needed_side(self, size: int) -> float:
-        return float(size)
+        return float(size) if self.reduced_decode else 0.0
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator | None = None

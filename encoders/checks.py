@@ -13,13 +13,15 @@ from encoders.trunks import Family
 def check_encoder(cfg: DictConfig) -> Architecture:
     """Read the encoder's architecture once (its config.json, or timm's model on the meta device)
     and check ``cfg`` against it: image sizes tile into whole patches, tapped and fine-tuned blocks
-    exist, adapters sit on blocks that feed a tapped one. Returns the :class:`~encoders.loading.Architecture`; raises :class:`ConfigError`."""
+    exist, adapters sit on blocks that feed a tapped one (``model.encoder.drop_border`` accepts any
+    size: the model crops it to whole patches). Returns the :class:`~encoders.loading.Architecture`;
+    raises :class:`ConfigError`."""
     enc = cfg.model.encoder
     arch = read_architecture(enc.name, enc.pretrained_path, enc.backend)
     p = arch.patch_size
     for key, sizes in (("data.image_size", [cfg.data.image_size]), ("data.multi_scale", list(cfg.data.multi_scale))):
         for s in sizes:
-            if s % p:
+            if s % p and not enc.drop_border:
                 sizes_near = " or ".join(map(str, nearest_sizes(s, p)))
                 raise ConfigError(
                     f"config key '{key}': {s} is not a multiple of the encoder's patch size {p} (try {sizes_near})"

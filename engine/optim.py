@@ -131,6 +131,10 @@ def build_plateau_scheduler(
     validation loss, down to ``min_lr_ratio`` of its starting lr; stepped with the loss after each
     validation (never per iteration). Its state dict holds the best loss and the bad-epoch count."""
     min_lrs = [g["lr"] * min_lr_ratio for g in optimizer.param_groups]
+    for g in (
+        optimizer.param_groups
+    ):  # the base rate, as other schedulers record it: resuming compares it, not the lowered lr
+        g.setdefault("initial_lr", g["lr"])
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lrs
     )

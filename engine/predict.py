@@ -2,7 +2,8 @@
 
 Probability maps are resized bilinearly to the mask's (or image's) original size and
 stored as 8-bit PNGs (``round(255 * p)``), the form PySODMetrics and every published COD
-evaluation reads. One's own images go through the data package's
+evaluation reads; a :class:`MapRule` can ask for the published E2Net's path instead (the final
+logits resized from the decoder's own output straight to that size, then ``floor(255 * p)``). One's own images go through the data package's
 :func:`datasets.dataset.eval_input`, the very steps of validation and ``--ckpt`` (square
 resize to ``data.image_size``), so a photo gives exactly the map it would as a benchmark image.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -37,10 +39,46 @@ def forward_probs(model: nn.Module, x: Tensor, precision: Precision) -> tuple[li
     return outputs, torch.sigmoid(outputs[-1].float())
 
 
-def to_uint8(prob: Tensor, size: tuple[int, int]) -> np.ndarray:
+@dataclass(frozen=True)
+class MapRule:
+    """How the final output becomes an 8-bit map at an original size (``eval.resize_logits``,
+    ``eval.floor_maps``): ``resize_logits`` runs the model once more per image with its output
+    resized straight to that size, then the sigmoid; ``floor`` truncates ``255 p`` instead of rounding."""
+
+    resize_logits: bool = False
+    floor: bool = False
+
+    @classmethod
+    def of(cls, cfg) -> MapRule:
+        return cls(resize_logits=bool(cfg.eval.resize_logits), floor=bool(cfg.eval.floor_maps))
+
+
+def quantise(prob: Tensor, floor: bool = False) -> np.ndarray:
+    """[1, 1, H, W] probabilities -> uint8 [H, W]: ``round(255 p)``, or ``floor(255 p)``."""
+    scaled = prob[0, 0].float() * 255
+    return (scaled.floor() if floor else scaled.round()).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def to_uint8(prob: Tensor, size: tuple[int, int], floor: bool = False) -> np.ndarray:
     """``prob``: [1, 1, h, w] float probabilities -> uint8 [H, W] at ``size`` = (H, W) (bilinear)."""
     prob = F.interpolate(prob.float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
-    return (prob[0, 0] * 255).round().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return quantise(prob, floor)
+
+
+def final_maps(
+    model: nn.Module, x: Tensor, prob: Tensor, sizes: Sequence[tuple[int, int]], precision: Precision, rule: MapRule
+) -> list[np.ndarray]:
+    """uint8 maps [H_j, W_j] of the final prediction for the images ``x`` [B, 3, S, S] at ``sizes``:
+    ``prob`` (their final probabilities from :func:`forward_probs`) resized, or under
+    ``rule.resize_logits`` the model's final logits at each size (one more forward per image)."""
+    if not rule.resize_logits:
+        return [to_uint8(prob[j : j + 1], size, rule.floor) for j, size in enumerate(sizes)]
+    maps = []
+    for j, size in enumerate(sizes):
+        with precision.autocast():
+            logits = model(x[j : j + 1], size=tuple(int(s) for s in size))[-1]
+        maps.append(quantise(torch.sigmoid(logits.float()), rule.floor))
+    return maps
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -63,9 +101,11 @@ def predict_loader(
     device: torch.device,
     out_dir: Path,
     desc: str = "predict",
+    rule: MapRule = MapRule(),
 ) -> list[tuple[str, str, str]]:
     """Write ``out_dir/<name>.png`` for every sample of ``loader`` (batches as built by
-    ``datasets.build_loader``: ``image`` [B, 3, S, S], ``size`` [(H, W)], ``name``, ``mask_path``).
+    ``datasets.build_loader``: ``image`` [B, 3, S, S], ``size`` [(H, W)], ``name``, ``mask_path``),
+    made by ``rule``.
 
     Under torch.distributed (a loader built with ``distributed=True``) each rank predicts its shard
     and sends the encoded maps to rank 0, which writes them all: one writer, and no file system
@@ -83,9 +123,11 @@ def predict_loader(
         batch = next(batches, None)
         maps = []
         if batch is not None:
-            _, prob = forward_probs(model, batch["image"].to(device, non_blocking=True), precision)
-            for j, name in enumerate(batch["name"]):
-                maps.append((name, encode_png(to_uint8(prob[j : j + 1], batch["size"][j])), batch["mask_path"][j]))
+            x = batch["image"].to(device, non_blocking=True)
+            _, prob = forward_probs(model, x, precision)
+            images = final_maps(model, x, prob, batch["size"], precision, rule)
+            for name, image, mask_path in zip(batch["name"], images, batch["mask_path"]):
+                maps.append((name, encode_png(image), mask_path))
         gathered = gather_to_main(maps)
         for r, rank_maps in enumerate(gathered or []):
             if r == len(shards):
@@ -102,13 +144,15 @@ def list_own_images(folder: Path) -> list[Path]:
     return sorted(p for files in list_images(folder).values() for p in files)
 
 
-def _inputs(paths: list[Path], size: int, max_pixels: int) -> Iterator[tuple[Path, torch.Tensor]]:
+def _inputs(
+    paths: list[Path], size: int, max_pixels: int, reduced_decode: bool = True
+) -> Iterator[tuple[Path, torch.Tensor]]:
     """Each file as the model sees it (:func:`datasets.dataset.eval_input`, as in validation and
     ``--ckpt``); unreadable files, non-images and decompression bombs are skipped with a warning."""
     for path in paths:
         try:
             probe(path, max_pixels)
-            yield path, eval_input(str(path), size, max_pixels)
+            yield path, eval_input(str(path), size, max_pixels, reduced_decode)
         except BadFile as err:
             log.warning("skipping %s: %s", path, err)
 
@@ -136,9 +180,12 @@ def predict_images(
     size: int,
     batch_size: int,
     max_pixels: int,
+    rule: MapRule = MapRule(),
+    reduced_decode: bool = True,
 ) -> int:
-    """Masks (``out_dir/masks/<stem>.png``) and overlays (``out_dir/overlays/<stem>.jpg``) for
-    images of any size. Returns the number of images written."""
+    """Masks (``out_dir/masks/<stem>.png``, made by ``rule``) and overlays
+    (``out_dir/overlays/<stem>.jpg``) for images of any size (``reduced_decode``: see
+    :func:`datasets.dataset.eval_input`). Returns the number of images written."""
     model.eval()
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -147,8 +194,8 @@ def predict_images(
 
     def flush() -> None:
         nonlocal count
-        x = torch.stack([x for _, x in batch])
-        _, prob = forward_probs(model, x.to(device), precision)
+        x = torch.stack([x for _, x in batch]).to(device)
+        _, prob = forward_probs(model, x, precision)
         for j, (path, _) in enumerate(batch):
             try:
                 img = decode_image(path)  # full size, for the overlay
@@ -157,7 +204,7 @@ def predict_images(
                 continue
             stem = path.stem if path.stem not in stems else f"{path.stem}_{path.suffix.lstrip('.')}"
             stems.add(stem)
-            mask = to_uint8(prob[j : j + 1], img.shape[:2])
+            mask = final_maps(model, x[j : j + 1], prob[j : j + 1], [img.shape[:2]], precision, rule)[0]
             write_png(out_dir / "masks" / f"{stem}.png", mask)
             side = cv2.cvtColor(overlay(img, mask), cv2.COLOR_RGB2BGR)
             if not cv2.imwrite(str(out_dir / "overlays" / f"{stem}.jpg"), side, [cv2.IMWRITE_JPEG_QUALITY, 90]):
@@ -165,7 +212,8 @@ def predict_images(
             count += 1
         batch.clear()
 
-    for item in tqdm(_inputs(paths, size, max_pixels), total=len(paths), desc="predict", unit="image", disable=None):
+    inputs = _inputs(paths, size, max_pixels, reduced_decode)
+    for item in tqdm(inputs, total=len(paths), desc="predict", unit="image", disable=None):
         batch.append(item)
         if len(batch) == batch_size:
             flush()

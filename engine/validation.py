@@ -19,7 +19,7 @@ from engine.checkpoint import load_checkpoint
 from engine.distributed import DistEnv, all_gather_objects, interleave
 from engine.logger import RunWriter, labelled_grid
 from engine.optim import steps_per_iteration
-from engine.predict import forward_probs, to_uint8
+from engine.predict import MapRule, final_maps, forward_probs
 from engine.resume import TrainState
 from engine.weights import load_weights
 from evaluation.maps import read_mask
@@ -52,9 +52,13 @@ def evaluate(
     writer: RunWriter,
     device: torch.device,
     grid_images: int = 4,
+    rule: MapRule | None = None,
+    score_maps: bool = True,
 ) -> Shard:
-    """Score this process's share of ``loader``: maps at each mask's original size, the training
-    loss on the masks at the training size, and an image grid of the first batch."""
+    """Score this process's share of ``loader``: maps at each mask's original size (made by
+    ``rule``), the training loss on the masks at the training size, and an image grid of the first
+    batch. ``score_maps=False`` (augmented validation images, which the masks on disk do not
+    match) computes the loss alone."""
     model.eval()
     scores, grid, nonfinite = [], None, torch.zeros((), dtype=torch.int64, device=device)
     loss_sum, n_loss = torch.zeros((), device=device), 0
@@ -69,12 +73,15 @@ def evaluate(
             tiles = torch.stack([x[:k].float(), *(g.expand(-1, 3, -1, -1) for g in gray)], dim=1)
             grid = labelled_grid(tiles, GRID_COLUMNS)
         nonfinite += (~torch.isfinite(prob.flatten(1))).any(1).sum()
-        for j in range(x.shape[0]):
-            gt = read_mask(Path(batch["mask_path"][j]))
+        if not score_maps:
+            continue
+        gts = [read_mask(Path(path)) for path in batch["mask_path"]]
+        for path, gt in zip(batch["mask_path"], gts):
             if gt is None:  # vanished or damaged since the dataset was built
-                log.warning("validation mask %s is unreadable: image skipped", batch["mask_path"][j])
-                continue
-            scores.append(image_scores(to_uint8(prob[j : j + 1], gt.shape), gt))
+                log.warning("validation mask %s is unreadable: image skipped", path)
+        keep = [j for j, gt in enumerate(gts) if gt is not None]
+        maps = final_maps(model, x[keep], prob[keep], [gts[j].shape for j in keep], precision, rule or MapRule())
+        scores += [image_scores(m, gts[j]) for m, j in zip(maps, keep)]
     return Shard(scores, float(loss_sum), n_loss, int(nonfinite), grid)
 
 
@@ -86,7 +93,7 @@ def merge(shard: Shard) -> tuple[dict, int]:
     metrics = CODMetrics()
     for scores in interleave([s[0] for s in shards]):
         metrics.add(scores)
-    results = metrics.results()
+    results = metrics.results() if len(metrics) else {"n_images": 0}  # no maps: the loss alone
     results["loss"] = sum(s[1] for s in shards) / max(1, sum(s[2] for s in shards))
     return results, sum(s[3] for s in shards)
 
@@ -99,8 +106,18 @@ def validate(state: TrainState, model, loader, loss_fn, precision: Precision, wr
     """Score the validation split into ``state.metrics`` (a plateau scheduler steps on its loss);
     returns whether it is a new best (never with ``train.best_metric=train_loss``, which the epoch's
     training loss decides). Maps holding NaN/Inf (a diverged model) never are."""
-    metric = state.cfg.train.best_metric
-    shard = evaluate(model, loader, loss_fn, precision, writer, state.env.device)
+    cfg = state.cfg
+    metric = cfg.train.best_metric
+    shard = evaluate(
+        model,
+        loader,
+        loss_fn,
+        precision,
+        writer,
+        state.env.device,
+        rule=MapRule.of(cfg),
+        score_maps=not cfg.data.val_augment,
+    )
     metrics, nonfinite = merge(shard)
     if not steps_per_iteration(state.scheduler):
         state.scheduler.step(metrics["loss"])
@@ -132,7 +149,7 @@ def test_at_end(
     which = best.name if best is not None else "the final weights"
     for bench, ds in datasets.build_test_sets(cfg).items():
         loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
-        shard = evaluate(model, loader, loss_fn, precision, writer, env.device)
+        shard = evaluate(model, loader, loss_fn, precision, writer, env.device, rule=MapRule.of(cfg))
         metrics, _ = merge(shard)
         writer.scalars(f"test/{bench}", {k: metrics[k] for k in METRIC_KEYS}, step)
         if shard.grid is not None:

@@ -113,7 +113,13 @@ class E2NetRefDecoder(nn.Module):
     """
 
     def __init__(
-        self, channels: int = 256, num_levels: int = 4, heads: int = 8, norm: str = "bn", coarse_sigmoid: bool = False
+        self,
+        channels: int = 256,
+        num_levels: int = 4,
+        *,
+        heads: int = 8,
+        norm: str = "bn",
+        coarse_sigmoid: bool = False,
     ) -> None:
         super().__init__()
         self.num_levels, self.coarse_sigmoid = num_levels, coarse_sigmoid

@@ -65,7 +65,9 @@ def test_timm_raw_taps_are_the_normed_taps_before_the_final_norm() -> None:
 # ------------------------------------------------------------------ initialisation
 def _published_decoder(channels: int = 64, se_bias: bool = False) -> tuple[CAEM, E2NetRefDecoder]:
     torch.manual_seed(0)
-    caem = CAEM(channels, channels, "bn", 4, align="finest", reduce_norm=False, se_bias=se_bias)
+    caem = CAEM(
+        channels, out_channels=channels, norm="bn", num_levels=4, align="finest", reduce_norm=False, se_bias=se_bias
+    )
     decoder = E2NetRefDecoder(channels, 4, heads=8, norm="bn")
     for m in [*caem.modules(), *decoder.modules()]:  # a trained-looking state, so that the reset shows
         if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
@@ -221,18 +223,23 @@ def test_loss_with_the_published_switches_is_the_published_loss() -> None:
     final = 3 * torch.randn(3, 1, 24, 24)
     coarse = torch.rand(3, 1, 24, 24)  # a probability map, read as logits (the double sigmoid)
     loss = CODLoss(
-        dice=2.5, bce=1.0, iou=1.0, sobel=0.7, side=0, weighted=False, pooled=True, coarse_terms=["dice", "bce"],
-        coarse=0.2, smooth=1e-5, sobel_peak="batch", sobel_border="zeros",
-    )  # fmt: skip
+        weights={"dice": 2.5, "bce": 1.0, "iou": 1.0, "sobel": 0.7},
+        side=0,
+        weighted=False,
+        pooled=True,
+        coarse_terms=["dice", "bce"],
+        coarse=0.2,
+        smooth=1e-5,
+        sobel_peak="batch",
+        sobel_border="zeros",
+    )
     total, _ = loss([coarse, final], target)
     assert total.item() == pytest.approx(published_loss(final, coarse, target).item(), rel=1e-5)
     # each switch matters here: the per-image maxima and the replicated border give other values
+    sobel = {"weights": {"sobel": 1.0}, "side": 0, "weighted": False}
+    base, _ = CODLoss(**sobel, sobel_peak="batch", sobel_border="zeros")([final], target)
     for other in ({"sobel_peak": "image"}, {"sobel_border": "replicate"}):
-        kw = {"sobel_peak": "batch", "sobel_border": "zeros", **other}
-        changed, _ = CODLoss(dice=0, bce=0, iou=0, sobel=1, side=0, weighted=False, **kw)([final], target)
-        base, _ = CODLoss(
-            dice=0, bce=0, iou=0, sobel=1, side=0, weighted=False, sobel_peak="batch", sobel_border="zeros"
-        )([final], target)
+        changed, _ = CODLoss(**sobel, **{"sobel_peak": "batch", "sobel_border": "zeros", **other})([final], target)
         assert changed.item() != pytest.approx(base.item(), rel=1e-3)
 
 
@@ -249,3 +256,170 @@ def test_coarse_sigmoid_returns_the_resized_probabilities() -> None:
     want = F.interpolate(torch.sigmoid(lfsm), size=(24, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(c1, want)  # sigmoid first, then the resize, as published
     assert not torch.allclose(torch.sigmoid(c0), c1)  # not the sigmoid of the resized logits
+
+
+# ------------------------------------------------------------------ the two configs
+PUBLISHED, REFERENCE = "configs/e2net_published.yaml", "configs/e2net_reference.yaml"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def test_reference_differs_from_published_exactly_on_its_differs_lines() -> None:
+    import yaml
+
+    published, reference = (_leaves(yaml.safe_load(open(f))) for f in (PUBLISHED, REFERENCE))
+    assert set(published) == set(reference)
+    differing = {k for k in published if published[k] != reference[k]}
+    # the keys on lines marked DIFFERS, found by indentation (each nested key's section precedes it)
+    marked, path = set(), []
+    for line in open(REFERENCE):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        key = line.strip().split(":")[0]
+        path = [*path[:depth], key]
+        if "# DIFFERS:" in line:
+            marked.add(".".join(path))
+    assert differing == marked | {"train.name"}
+    assert {"model.encoder.channel_order", "model.coarse_sigmoid", "loss.sobel_peak", "data.image_size"} <= marked
+
+
+def _tiny(path: str, encoder, *more: str):
+    from config import load_config
+
+    return load_config(
+        path, [f"model.encoder.pretrained_path={encoder}", "model.channels=16", "model.context_heads=4", *more]
+    )
+
+
+def test_bgr_order_and_published_statistics_reach_the_trunk(tiny_dinov3) -> None:
+    from build import build_model
+
+    model = build_model(_tiny(PUBLISHED, tiny_dinov3)).eval()
+    seen = []
+    model.encoder.trunk.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["pixel_values"]), with_kwargs=True
+    )
+    x = torch.rand(1, 3, 64, 48)
+    with torch.no_grad():
+        model(x)
+    mean = torch.tensor([124.55, 118.90, 102.94]).view(1, 3, 1, 1)
+    std = torch.tensor([56.77, 55.97, 57.50]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen[0], (255 * x.flip(1) - mean) / std)  # B, G, R, each by the published statistics
+    reference = build_model(_tiny(REFERENCE, tiny_dinov3)).eval()
+    reference.encoder.trunk.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["pixel_values"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        reference(x)
+    torch.testing.assert_close(seen[1], (255 * x - mean) / std)  # the same statistics, on R, G, B
+
+
+def test_392_px_gives_24_patches_and_drops_the_border_as_published(tiny_dinov3) -> None:
+    from build import build_model
+
+    model = build_model(_tiny(PUBLISHED, tiny_dinov3)).eval()  # patch 16
+    x = torch.rand(1, 3, 392, 392)
+    edited = x.clone()
+    edited[..., 384:, :] = 0  # the last 8 rows and columns: read by no patch
+    edited[..., :, 384:] = 1
+    with torch.no_grad():
+        maps, maps_edited = model.encoder(x), model.encoder(edited)
+        outputs = model(x)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(24, 24)] * 4
+    assert all(torch.equal(a, b) for a, b in zip(maps, maps_edited))
+    assert [tuple(o.shape) for o in outputs] == [(1, 1, 392, 392)] * 2  # stretched over the whole input
+    inside = x.clone()
+    inside[..., 383, 0] = 1 - inside[..., 383, 0]
+    with torch.no_grad():
+        assert not torch.equal(model.encoder(inside)[0], maps[0])
+
+
+def test_published_test_time_path_resizes_logits_then_floors(tiny_dinov3) -> None:
+    from build import build_model
+    from engine.amp import Precision
+    from engine.predict import MapRule, final_maps, forward_probs, quantise
+
+    torch.manual_seed(0)
+    model = build_model(_tiny(PUBLISHED, tiny_dinov3, "data.image_size=48")).eval()
+    x, sizes = torch.rand(2, 3, 48, 48), [(37, 61), (50, 29)]
+    precision = Precision("cpu", "off")
+    with torch.no_grad():
+        _, prob = forward_probs(model, x, precision)
+        published = final_maps(model, x, prob, sizes, precision, MapRule(resize_logits=True, floor=True))
+        plain = final_maps(model, x, prob, sizes, precision, MapRule())
+        for j, size in enumerate(sizes):
+            ccm = model.decoder.ccm(
+                model.decoder.cfzm(feats := model.caem(model.encoder(x[j : j + 1])), model.decoder.lfsm(feats[-1]))
+            )
+            logits = F.interpolate(ccm, size=size, mode="bilinear", align_corners=False)  # from CCM's own output
+            want = (torch.sigmoid(logits)[0, 0] * 255).numpy().astype(np.uint8)  # test_e2net.py
+            np.testing.assert_array_equal(published[j], want)
+            assert plain[j].shape == size and not np.array_equal(plain[j], published[j])
+    assert quantise(torch.full((1, 1, 1, 1), 0.999), floor=True).item() == 254
+    assert quantise(torch.full((1, 1, 1, 1), 0.999)).item() == 255
+
+
+# ------------------------------------------------------------------ end to end on generated data
+@pytest.fixture(scope="module")
+def published_args(tmp_path_factory, tiny_dinov3_factory):
+    from scripts.make_synthetic_cod import generate
+
+    data = tmp_path_factory.mktemp("synth_published")
+    generate(data, n_train=8, n_test=3, size=48, seed=0)
+    return [
+        "--config",
+        PUBLISHED,
+        f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.channels=16",
+        "model.context_heads=4",
+        f"data.root={data}",
+        "data.val_set=SynthCOD",  # the generated set's only benchmark stands in for CAMO-test
+        "data.image_size=40",  # 2x2 patches of 16 px, the last 8 px dropped, as 392 -> 384
+        "train.batch_size=4",
+        "train.num_workers=0",
+        "train.deterministic=true",
+        "train.lr=1e-2",
+        "train.epochs=2",
+    ]
+
+
+def test_val_augment_draws_new_crops_and_flips_every_epoch(published_args) -> None:
+    import datasets
+    from config import load_config
+
+    cfg = load_config(published_args[1], published_args[2:])
+    _, val = datasets.build_train_val(cfg)
+    assert isinstance(val.transform, TrainTransform) and val.transform.soft_masks
+    loader = datasets.build_loader(val, cfg, train=False)
+    masks = []
+    for epoch in (1, 2):
+        datasets.set_epoch(loader, epoch)
+        masks.append(torch.cat([b["mask"] for b in loader]))
+    assert masks[0].shape == (3, 1, 40, 40) and not torch.equal(masks[0], masks[1])
+    assert ((masks[0] > 0) & (masks[0] < 1)).any()  # soft masks
+
+
+def test_published_recipe_trains_validates_resumes_and_scores(tmp_path, published_args) -> None:
+    from engine.checkpoint import load_checkpoint
+    from helpers import load_test_cli, run_train
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train([*published_args, f"train.run_dir={straight}"]) == 0
+    assert run_train([*published_args, f"train.run_dir={resumed}", "train.max_steps=3"]) == 0
+    assert run_train([*published_args, f"train.run_dir={resumed}"]) == 0
+    a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(resumed / "last.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 4)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert set(a["metrics"]) == {"loss", "n_images"}  # augmented validation: the loss alone
+    best = load_checkpoint(straight / "best.pth")
+    assert best["best"] == best["metrics"]["loss"]
+    cli = load_test_cli("test_cli_published")
+    assert cli.main(["--ckpt", str(straight / "best.pth"), "--out", str(tmp_path / "scores")]) == 0
+    assert (tmp_path / "scores" / "results.json").is_file()

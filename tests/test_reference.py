@@ -209,7 +209,13 @@ def test_side_crop_box_and_its_matrix() -> None:
         (["model.decoder=e2net_reference"], ["model.decoder", "e2net_ref"]),
         (["train.best_metric=val_loss"], ["train.best_metric", "loss"]),
         (["loss.coarse_terms=[dice,dice]"], ["loss.coarse_terms"]),
-        (["data.side_crop=0.5"], ["data.side_crop"]),
+        (["data.side_crop=1.0"], ["data.side_crop"]),
+        (["model.encoder.pixel_mean=[120,110,100]"], ["model.encoder.pixel_mean"]),
+        (["model.coarse_sigmoid=true"], ["model.coarse_sigmoid", "e2net_ref"]),
+        (["data.val_augment=true"], ["train.best_metric", "loss"]),
+        (["eval.resize_logits=true", "eval.tta.hflip=true"], ["eval.resize_logits"]),
+        (["data.soft_masks=true", "data.augment_on=device"], ["data.augment_on"]),
+        (["data.reduced_decode=false", "data.cache=true"], ["data.cache"]),
     ],
 )
 def test_bad_combinations_stop_before_building_naming_the_keys(overrides, keys) -> None:
