@@ -68,9 +68,10 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "give three values, and three for model.encoder.pixel_std (or leave both empty for the checkpoint's own)"),
     ("model.coarse_sigmoid", lambda c: not c.model.coarse_sigmoid or c.model.decoder == Decoder.e2net_ref,
      "the double sigmoid belongs to the published decoder (model.decoder=e2net_ref)"),
-    ("train.best_metric", lambda c: not c.data.val_augment or c.train.best_metric == BestMetric.loss,
+    ("train.best_metric",
+     lambda c: not c.data.val_augment or c.train.best_metric in (BestMetric.loss, BestMetric.train_loss),
      "data.val_augment validates on cropped and flipped images, which the masks on disk do not match: "
-     "only the loss can choose the checkpoint (train.best_metric=loss)"),
+     "only a loss can choose the checkpoint (train.best_metric=loss or train_loss)"),
     ("eval.resize_logits", lambda c: not c.eval.resize_logits or not (c.eval.tta.hflip or c.eval.tta.scales),
      "test-time augmentation averages probabilities at the input size: turn eval.tta off or resize_logits off"),
     ("data.augment_on", lambda c: c.data.augment_on != AugmentOn.device or not c.data.soft_masks and c.data.reduced_decode,
