@@ -63,12 +63,12 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from build import build_loss, build_model
+    from build import build_model
     from config import load_config
     from engine.amp import select_precision
     from engine.distributed import DistEnv
-    from engine.optim import optimizer_for
     from engine.step import optimisation_step
+    from scripts.benchmark import step_arguments
 
     torch.set_num_threads(spec["threads"])
     cuda = spec["device"] == "cuda"
@@ -105,14 +105,8 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
         net, broadcast = _wrap(variant, model, env)
         sync()
         results[variant] = {"wrap_s": time.perf_counter() - t0, "broadcast_mb": broadcast / 2**20, "all_step_s": []}
-        step_args = {
-            "loss_fn": build_loss(cfg),
-            "optimizer": optimizer_for(model, cfg.train, device),
-            "scaler": precision.grad_scaler(),
-            "precision": precision,
-            "grad_clip": cfg.train.grad_clip,
-        }
         net.train()
+        step_args = step_arguments(cfg, model, device, precision)
         steps[variant] = functools.partial(optimisation_step, net, [(x, y)], 1, **step_args)
     # Round robin, so that a change in the machine's load touches every variant alike.
     for i in range(spec["warmup"] + spec["repeats"]):

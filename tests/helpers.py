@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 import shlex
@@ -56,9 +57,9 @@ def tiny_model_args(data: Path, encoder: Path) -> list[str]:
     ]
 
 
-# test.py's options when the tests score a checkpoint: one scoring process, no report, and batches
-# of 2, so that with two processes the ranks hold unequal numbers of batches.
-SCORE_ARGS = ["--workers", "1", "--no-report", "eval.batch_size=2"]
+# test.py's options when the tests score a checkpoint: one scoring process, no report, float32 (no
+# CPU probe), and batches of 2, so that with two processes the ranks hold unequal numbers of batches.
+SCORE_ARGS = ["--workers", "1", "--no-report", "eval.batch_size=2", "train.amp=off"]
 
 
 def torchrun(nproc: int) -> list[str]:
@@ -77,7 +78,7 @@ def same_training(a: dict, b: dict) -> None:
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa and sa.keys() == sb.keys()
     for i in sa:
-        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
+        assert sa[i].keys() == sb[i].keys() and all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
     assert a["scheduler"] == b["scheduler"] and a["best"] == b["best"] and a["metrics"] == b["metrics"]
 
 
@@ -121,6 +122,26 @@ def documented_torchrun(args: list[str], script: str = "train.py", **values: obj
         else:
             cmd.append(string.Template(token).substitute({k: str(v) for k, v in values.items()}))
     return cmd
+
+
+def loopback_torchrun(
+    args: list[str], *, nnodes: int, nproc: int, max_restarts: int = 0, script: str = "train.py"
+) -> list[str]:
+    """The documented line for ``nnodes`` launches on this machine (each one "machine"), the
+    rendezvous on 127.0.0.1 at a free port under a job id of its own. Launch it ``nnodes`` times."""
+    return documented_torchrun(
+        args,
+        script,
+        NNODES=nnodes,
+        GPUS_PER_NODE=nproc,
+        HEAD_NODE="127.0.0.1",
+        PORT=free_port(),
+        JOB_ID=f"test-{os.getpid()}-{next(_job_ids)}",
+        MAX_RESTARTS=max_restarts,
+    )
+
+
+_job_ids = itertools.count()
 
 
 def free_port() -> int:

@@ -4,25 +4,15 @@ handler, no save) makes torchrun restart the group; the new group continues from
 
 from __future__ import annotations
 
-import os
-
 from engine.checkpoint import load_checkpoint
-from helpers import documented_env, documented_torchrun, free_port, launch, same_training
+from helpers import documented_env, launch, loopback_torchrun, same_training
 
 
 def test_killed_worker_restarts_from_the_last_save(tmp_path, ddp_run):
     run, log = tmp_path / "run", tmp_path / "torchrun.log"
     # 2 steps per epoch: save at step 3 (epoch 2, batch 1 of 2); rank 1 dies in its 4th batch.
-    cmd = documented_torchrun(
-        [*ddp_run.args, f"train.run_dir={run}", "train.save_every_steps=3"],
-        script="tests/hooked_train.py",
-        NNODES=1,
-        GPUS_PER_NODE=2,
-        HEAD_NODE="127.0.0.1",
-        PORT=free_port(),
-        JOB_ID=f"elastic-{os.getpid()}",
-        MAX_RESTARTS=1,
-    )
+    args = [*ddp_run.args, f"train.run_dir={run}", "train.save_every_steps=3"]
+    cmd = loopback_torchrun(args, nnodes=1, nproc=2, max_restarts=1, script="tests/hooked_train.py")
     assert launch([cmd], [log], documented_env(KILL_RANK="1", KILL_AT_BATCH="4")) == [0], log.read_text()[-4000:]
 
     assert "exitcode: -9" in log.read_text()  # rank 1 was SIGKILLed, then the group restarted

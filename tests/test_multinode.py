@@ -4,25 +4,15 @@ machine running the same number of processes."""
 
 from __future__ import annotations
 
-import os
-
 from torch.distributed.run import get_args_parser
 
 from engine.checkpoint import load_checkpoint
-from helpers import documented_env, documented_torchrun, free_port, launch, same_training
+from helpers import documented_env, documented_torchrun, launch, loopback_torchrun, same_training
 
 
 def test_two_nodes_train_like_one_node(tmp_path, ddp_run):
     run = tmp_path / "run"
-    node = documented_torchrun(
-        [*ddp_run.args, f"train.run_dir={run}"],
-        NNODES=2,
-        GPUS_PER_NODE=1,
-        HEAD_NODE="127.0.0.1",
-        PORT=free_port(),
-        JOB_ID=f"test-{os.getpid()}",
-        MAX_RESTARTS=0,
-    )
+    node = loopback_torchrun([*ddp_run.args, f"train.run_dir={run}"], nnodes=2, nproc=1)
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     codes = launch([node, node], logs, documented_env())
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)

@@ -18,10 +18,9 @@ from helpers import (
     ROOT,
     documented_env,
     documented_exports,
-    documented_torchrun,
     documented_torchrun_line,
-    free_port,
     launch,
+    loopback_torchrun,
 )
 
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
@@ -130,16 +129,7 @@ def test_torchrun_passes_usr1_on_and_the_run_saves_its_position(tmp_path, ddp_ru
     stops at the next step with the position inside the epoch saved. torchrun itself then ends with
     an error (it stopped on a signal), which the template does not read: it requeues."""
     run, log = tmp_path / "run", tmp_path / "torchrun.log"
-    cmd = documented_torchrun(
-        [*ddp_run.args, f"train.run_dir={run}"],
-        script="tests/hooked_train.py",
-        NNODES=1,
-        GPUS_PER_NODE=1,
-        HEAD_NODE="127.0.0.1",
-        PORT=free_port(),
-        JOB_ID=f"usr1-{os.getpid()}",
-        MAX_RESTARTS=0,
-    )
+    cmd = loopback_torchrun([*ddp_run.args, f"train.run_dir={run}"], nnodes=1, nproc=1, script="tests/hooked_train.py")
     assert launch([cmd], [log], documented_env(SIGNAL_LAUNCHER_AT_BATCH="2")) != [0]
     assert "stopped by SIGUSR1" in (run / "train.log").read_text(), log.read_text()[-3000:]
     ckpt = load_checkpoint(run / "last.pth")  # one process, 4 batches per epoch: stopped inside the first
