@@ -136,7 +136,9 @@ def test_cosine_epoch_is_cosine_annealing_stepped_per_epoch() -> None:
     for _ in range(epochs):
         for _ in range(steps):  # held for the whole epoch
             assert math.isclose(ours.param_groups[0]["lr"], torchs.param_groups[0]["lr"], rel_tol=1e-9)
+            ours.step()
             scheduler.step()
+        torchs.step()
         reference.step()
 
 
