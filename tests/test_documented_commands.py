@@ -207,7 +207,9 @@ def _test(argv, tiny, monkeypatch):
     images = [argv for _, argv in COMMANDS if argv[:2] == ["python", "test.py"] and "--images" in argv][0][2:]
     out = tiny["tmp"] / "my_masks"
     assert _main("test.py")([*_swap(images, tiny), "train.amp=off"]) == 0
-    assert len(list(out.glob("*.png"))) == len(list((tiny["data"] / "TestDataset" / "SynthCOD" / "Imgs").iterdir()))
+    assert len(list((out / "masks").glob("*.png"))) == len(
+        list((tiny["data"] / "TestDataset" / "SynthCOD" / "Imgs").iterdir())
+    )
 
 
 def _export(argv, tiny, monkeypatch):
