@@ -200,9 +200,12 @@ def test_run_folder_and_tensorboard(tiny_run):
     from config import load_config
 
     run = tiny_run.straight
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "last.pth", "best.pth", "train.log", "tb"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "last.pth", "best.pth", "final.pth", "train.log", "tb"}
     assert load_config(run / "config.yaml").train.run_dir == str(run)  # the resolved config
     last, best = _load(run / "last.pth"), _load(run / "best.pth")
+    final = _load(run / "final.pth")  # the weights after the last epoch
+    assert final["epoch"] == 2 and final["model"].keys() == last["model"].keys()
+    assert all(torch.equal(final["model"][k], last["model"][k]) for k in last["model"])
     assert last["epoch"] == 2 and last["step"] == 4 and set(last["metrics"]) >= {"Sm", "MAE", "Em_mean", "Fm_mean"}
     assert best["best"] >= last["metrics"]["Sm"] and best["best"] == best["metrics"]["Sm"]
     assert "optimizer" not in best and "optimizer" in last
