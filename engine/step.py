@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from build import build_loss
 from datasets import training_inputs
 from engine.amp import NonFiniteGuard, Precision, step_optimizer
 from engine.logger import RunWriter
-from engine.optim import lr_label, steps_per_iteration
+from engine.optim import lr_label, optimizer_for, steps_per_iteration
 from engine.resume import TrainState
 from engine.stop import StopRequest
 
@@ -78,6 +79,18 @@ def optimisation_step(
     step_optimizer(optimizer, scaler, finite)
     optimizer.zero_grad(set_to_none=True)
     return StepResult(terms, grad_norm, finite, images)
+
+
+def step_arguments(cfg, model: nn.Module, device: torch.device, precision: Precision) -> dict:
+    """Keyword arguments of :func:`optimisation_step` for ``model`` as train.py builds them: the loss,
+    AdamW, a loss scaler when the precision needs one, the clipping norm (for the benchmarks)."""
+    return {
+        "loss_fn": build_loss(cfg),
+        "optimizer": optimizer_for(model, cfg.train, device),
+        "scaler": precision.grad_scaler(),
+        "precision": precision,
+        "grad_clip": cfg.train.grad_clip,
+    }
 
 
 def _groups(batches: Iterable[dict], start: int, n: int, accum: int) -> Iterator[list[dict]]:

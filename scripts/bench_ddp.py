@@ -67,8 +67,7 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
     from config import load_config
     from engine.amp import select_precision
     from engine.distributed import DistEnv
-    from engine.step import optimisation_step
-    from scripts.benchmark import step_arguments
+    from engine.step import optimisation_step, step_arguments
 
     torch.set_num_threads(spec["threads"])
     cuda = spec["device"] == "cuda"

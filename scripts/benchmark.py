@@ -182,7 +182,7 @@ def run_phase(phase: str, spec: dict) -> dict:
     from build import build_model
     from config import load_config
     from engine.amp import select_precision
-    from engine.step import optimisation_step
+    from engine.step import optimisation_step, step_arguments
 
     cfg = load_config(spec["config"], spec["overrides"])
     precision = select_precision(cfg.train.amp, device)
@@ -217,21 +217,6 @@ def run_phase(phase: str, spec: dict) -> dict:
     r["peak_bytes"] = _peak_bytes(device)
     r["autocast"] = str(precision.dtype).replace("torch.", "") if precision.dtype else "off"
     return r
-
-
-def step_arguments(cfg, model, device, precision) -> dict:
-    """Keyword arguments of ``engine.step.optimisation_step`` for ``model``: a fresh loss, AdamW
-    (as train.py builds them), a loss scaler when the precision needs one, the clipping norm."""
-    from build import build_loss
-    from engine.optim import optimizer_for
-
-    return {
-        "loss_fn": build_loss(cfg),
-        "optimizer": optimizer_for(model, cfg.train, device),
-        "scaler": precision.grad_scaler(),
-        "precision": precision,
-        "grad_clip": cfg.train.grad_clip,
-    }
 
 
 # --------------------------------------------------------------------------- driver (parent process)
