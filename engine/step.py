@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from datasets import training_inputs
 from engine.amp import NonFiniteGuard, Precision, step_optimizer
 from engine.logger import RunWriter
-from engine.optim import lr_label, steps_per_iteration
+from engine.optim import lr_label, optimizer_for, steps_per_iteration
 from engine.resume import TrainState
 from engine.stop import StopRequest
 
@@ -78,6 +78,20 @@ def optimisation_step(
     step_optimizer(optimizer, scaler, finite)
     optimizer.zero_grad(set_to_none=True)
     return StepResult(terms, grad_norm, finite, images)
+
+
+def step_arguments(train_cfg, model: nn.Module, loss_fn: nn.Module, precision: Precision) -> dict:
+    """Keyword arguments of :func:`optimisation_step` for a model on its own (the benchmarks): AdamW
+    as train.py builds it (``train_cfg`` is ``cfg.train``), a loss scaler when the precision needs
+    one, the clipping norm."""
+    device = next(model.parameters()).device
+    return {
+        "loss_fn": loss_fn,
+        "optimizer": optimizer_for(model, train_cfg, device),
+        "scaler": precision.grad_scaler(),
+        "precision": precision,
+        "grad_clip": train_cfg.grad_clip,
+    }
 
 
 def _groups(batches: Iterable[dict], start: int, n: int, accum: int) -> Iterator[list[dict]]:

@@ -179,10 +179,10 @@ def run_phase(phase: str, spec: dict) -> dict:
 
         return bench_ddp({**spec, "threads": spec["threads"] or 1, "variants": list(VARIANTS)})
 
-    from build import build_model
+    from build import build_loss, build_model
     from config import load_config
     from engine.amp import select_precision
-    from engine.step import optimisation_step
+    from engine.step import optimisation_step, step_arguments
 
     cfg = load_config(spec["config"], spec["overrides"])
     precision = select_precision(cfg.train.amp, device)
@@ -206,7 +206,7 @@ def run_phase(phase: str, spec: dict) -> dict:
     elif phase == "train":
         model.train()
         y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
-        step_args = step_arguments(cfg, model, device, precision)
+        step_args = step_arguments(cfg.train, model, build_loss(cfg), precision)
 
         def step():  # train.py's own step (engine.step), one micro-batch
             optimisation_step(model, [(x, y)], 1, **step_args)
@@ -217,21 +217,6 @@ def run_phase(phase: str, spec: dict) -> dict:
     r["peak_bytes"] = _peak_bytes(device)
     r["autocast"] = str(precision.dtype).replace("torch.", "") if precision.dtype else "off"
     return r
-
-
-def step_arguments(cfg, model, device, precision) -> dict:
-    """Keyword arguments of ``engine.step.optimisation_step`` for ``model``: a fresh loss, AdamW
-    (as train.py builds them), a loss scaler when the precision needs one, the clipping norm."""
-    from build import build_loss
-    from engine.optim import optimizer_for
-
-    return {
-        "loss_fn": build_loss(cfg),
-        "optimizer": optimizer_for(model, cfg.train, device),
-        "scaler": precision.grad_scaler(),
-        "precision": precision,
-        "grad_clip": cfg.train.grad_clip,
-    }
 
 
 # --------------------------------------------------------------------------- driver (parent process)
