@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from build import build_loss
 from datasets import training_inputs
 from engine.amp import NonFiniteGuard, Precision, step_optimizer
 from engine.logger import RunWriter
@@ -81,15 +80,17 @@ def optimisation_step(
     return StepResult(terms, grad_norm, finite, images)
 
 
-def step_arguments(cfg, model: nn.Module, device: torch.device, precision: Precision) -> dict:
-    """Keyword arguments of :func:`optimisation_step` for ``model`` as train.py builds them: the loss,
-    AdamW, a loss scaler when the precision needs one, the clipping norm (for the benchmarks)."""
+def step_arguments(train_cfg, model: nn.Module, loss_fn: nn.Module, precision: Precision) -> dict:
+    """Keyword arguments of :func:`optimisation_step` for a model on its own (the benchmarks): AdamW
+    as train.py builds it (``train_cfg`` is ``cfg.train``), a loss scaler when the precision needs
+    one, the clipping norm."""
+    device = next(model.parameters()).device
     return {
-        "loss_fn": build_loss(cfg),
-        "optimizer": optimizer_for(model, cfg.train, device),
+        "loss_fn": loss_fn,
+        "optimizer": optimizer_for(model, train_cfg, device),
         "scaler": precision.grad_scaler(),
         "precision": precision,
-        "grad_clip": cfg.train.grad_clip,
+        "grad_clip": train_cfg.grad_clip,
     }
 
 

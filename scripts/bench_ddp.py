@@ -63,7 +63,7 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from build import build_model
+    from build import build_loss, build_model
     from config import load_config
     from engine.amp import select_precision
     from engine.distributed import DistEnv
@@ -105,7 +105,7 @@ def _worker(rank: int, port: int, spec: dict, out: str) -> None:
         sync()
         results[variant] = {"wrap_s": time.perf_counter() - t0, "broadcast_mb": broadcast / 2**20, "all_step_s": []}
         net.train()
-        step_args = step_arguments(cfg, model, device, precision)
+        step_args = step_arguments(cfg.train, model, build_loss(cfg), precision)
         steps[variant] = functools.partial(optimisation_step, net, [(x, y)], 1, **step_args)
     # Round robin, so that a change in the machine's load touches every variant alike.
     for i in range(spec["warmup"] + spec["repeats"]):

@@ -179,7 +179,7 @@ def run_phase(phase: str, spec: dict) -> dict:
 
         return bench_ddp({**spec, "threads": spec["threads"] or 1, "variants": list(VARIANTS)})
 
-    from build import build_model
+    from build import build_loss, build_model
     from config import load_config
     from engine.amp import select_precision
     from engine.step import optimisation_step, step_arguments
@@ -206,7 +206,7 @@ def run_phase(phase: str, spec: dict) -> dict:
     elif phase == "train":
         model.train()
         y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
-        step_args = step_arguments(cfg, model, device, precision)
+        step_args = step_arguments(cfg.train, model, build_loss(cfg), precision)
 
         def step():  # train.py's own step (engine.step), one micro-batch
             optimisation_step(model, [(x, y)], 1, **step_args)

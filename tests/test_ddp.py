@@ -43,15 +43,16 @@ def one_process_group():
 
 @pytest.mark.parametrize("static_graph", [False, True])
 def test_ddp_holds_only_the_trainable_parameters(one_process_group, tiny_dinov3_factory, static_graph):
-    """Frozen trunk weights are neither broadcast at start nor bucketed; LoRA adapters are, and
-    train (with DDP's static_graph too). Relies on DDP._set_params_and_buffers_to_ignore_for_model
+    """Frozen trunk weights are neither broadcast at start nor bucketed; LoRA and the block adapters
+    are, and train (with DDP's static_graph too). Relies on DDP._set_params_and_buffers_to_ignore_for_model
     reaching DDP.parameters_to_ignore, which fails here if torch moves it."""
     _, recipe, *overrides = tiny_model_args(Path("data"), tiny_dinov3_factory(layers=4))
-    cfg = load_config(recipe, [*overrides, "model.encoder.lora.rank=2", "train.amp=off"])
+    adapted = ["model.encoder.lora.rank=2", "model.encoder.adapter.blocks=[1,3]", "train.amp=off"]
+    cfg = load_config(recipe, [*overrides, *adapted])
     model = build_model(cfg)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert frozen and any("lora" in n for n in trainable)
+    assert frozen and any("lora" in n for n in trainable) and any(".adapters." in n for n in trainable)
     net = wrap_ddp(model, one_process_group, static_graph=static_graph)
     assert net.parameters_to_ignore == frozen  # what DDP's start-up broadcast and its buckets skip
 
