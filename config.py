@@ -328,19 +328,22 @@ def _valid_keys(schema: type, prefix: str = "") -> list[str]:
 
 
 def _check_keys(tree: Any, schema: type, prefix: str = "") -> None:
-    """Reject keys the schema does not have, listing the valid ones."""
+    """Reject keys the schema does not have, listing the valid ones, and switches set to anything
+    but true or false (OmegaConf would read 2 as true)."""
     if not isinstance(tree, dict):
         raise ConfigError(
             f"config key '{prefix.rstrip('.') or 'the config file'}' is a section, not a value (got {tree!r}); "
             f"set its keys instead, e.g. {_valid_keys(schema, prefix)[0]}=..."
         )
-    names, sections = {f.name for f in dataclasses.fields(schema)}, _sections(schema)
+    types, sections = {f.name: f.type for f in dataclasses.fields(schema)}, _sections(schema)
     for key, value in tree.items():
-        if key not in names:
+        if key not in types:
             where = prefix.rstrip(".") or "the top level"
             raise ConfigError(
                 f"unknown config key '{prefix}{key}' in {where}; valid keys: {', '.join(_valid_keys(schema, prefix))}"
             )
+        if types[key] == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"config key '{prefix}{key}': {value!r} is not true or false")
         if key in sections:
             _check_keys(value, sections[key], f"{prefix}{key}.")
 
