@@ -48,8 +48,7 @@ def bench_feed(
     from config import load_config
     from datasets.device_augment import opencv_pool_stopped
     from engine.amp import resolve_precision
-    from engine.optim import optimizer_for
-    from engine.step import optimisation_step
+    from engine.step import optimisation_step, step_arguments
     from scripts.bench_data import write_jpegs
 
     dev = torch.device(device)
@@ -73,13 +72,7 @@ def bench_feed(
         train_ds, _ = datasets.build_train_val(cfg)
         loader = datasets.build_loader(train_ds, cfg, train=True)
         model = build_model(cfg).to(dev).train()
-        step_args = {
-            "loss_fn": build_loss(cfg),
-            "optimizer": optimizer_for(model, cfg.train, dev),
-            "scaler": precision.grad_scaler(),
-            "precision": precision,
-            "grad_clip": cfg.train.grad_clip,
-        }
+        step_args = step_arguments(cfg.train, model, build_loss(cfg), precision)
         epoch = 0
         datasets.set_epoch(loader, epoch)  # the training sampler refuses a pass it was not told the epoch of
         it = iter(loader)
