@@ -2,7 +2,7 @@
 what test.py and the ONNX export read back like a checkpoint.
 
     DIR/config.json        the resolved training config, as a checkpoint stores it
-    DIR/model.safetensors  the trained weights only (decoder, heads, LoRA, fine-tuned blocks); the
+    DIR/model.safetensors  the trained weights only (decoder, heads, LoRA, adapters, fine-tuned blocks); the
                            frozen encoder is not in it (its weights are its owner's to share):
                            config.json names it, the model card says where to get it
     DIR/README.md          the model card: the encoder it needs, how to score it, the results
@@ -77,13 +77,17 @@ def model_card(ckpt: Mapping[str, Any], results: Mapping[str, dict] | None, name
         base_model=hub_id if enc["backend"] == "hf" else None,
     )
     fingerprint = (ckpt.get("encoder") or {}).get("weights_hash", "not recorded")
+    adapters = (enc.get("adapter") or {}).get("blocks")  # absent from configs saved before adapters existed
+    if adapters:
+        adapters = "every block" if adapters == "all" else f"blocks {adapters} (counted from 0)"
     score = f"python test.py --ckpt {name} data.root=data/COD"
     lines = [
         f"# {name}: camouflaged object detection on {hub_id}",
         "",
         f"An E2Net decoder ({cfg['model']['decoder']}, width {cfg['model']['channels']}) on the frozen "
         f"features of `{hub_id}` (blocks {enc['layers'] or 'evenly spaced'}"
-        f"{', LoRA rank ' + str(enc['lora']['rank']) if enc['lora']['rank'] else ''}), "
+        f"{', LoRA rank ' + str(enc['lora']['rank']) if enc['lora']['rank'] else ''}"
+        f"{', bottleneck adapters after ' + adapters if adapters else ''}), "
         f"{cfg['data']['image_size']} px inputs, {ckpt.get('step')} optimizer steps ({ckpt.get('epoch')} epochs).",
         "",
         "## The encoder it needs",

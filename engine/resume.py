@@ -168,19 +168,28 @@ class TrainState:
             raise CheckpointError(f"checkpoint '{path}': its 'rng' entry is malformed ({first_line(err)})") from None
 
     def _load_epoch_loss(self, saved: Any, path: Path) -> None:
-        """This process's loss sums of the epoch the checkpoint stopped inside (none at a boundary)."""
+        """This process's loss sums of the epoch the checkpoint stopped inside (none at a boundary);
+        not restored (with a warning) when another number of processes saved them."""
         self.loss_sum, self.loss_count = None, 0
         if saved is None:  # written before these sums were kept
             return
-        try:
-            total, count = saved[self.env.rank] if len(saved) == self.env.world_size else (0.0, 0)
-        except (TypeError, ValueError, IndexError, KeyError) as err:
+        if not isinstance(saved, list) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in saved):
             raise CheckpointError(
-                f"checkpoint '{path}': its 'epoch_loss' entry is malformed ({first_line(err)})"
-            ) from None
+                f"checkpoint '{path}': its 'epoch_loss' entry is malformed (not [sum, count] per process)"
+            )
+        if len(saved) != self.env.world_size:
+            log.warning("checkpoint has epoch loss sums for %d process(es), this run has %d: the epoch's training "
+                        "loss restarts from here", len(saved), self.env.world_size)  # fmt: skip
+            return
+        total, count = saved[self.env.rank]
+        # The sum may be NaN (a step whose loss was not finite); the count is whole micro-batches.
+        if not isinstance(total, float) or isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise CheckpointError(
+                f"checkpoint '{path}': its 'epoch_loss' entry {saved[self.env.rank]!r} is not a sum and a count"
+            )
         if count:
-            self.loss_sum = torch.tensor(float(total), device=self.env.device)
-            self.loss_count = int(count)
+            self.loss_sum = torch.tensor(total, device=self.env.device)
+            self.loss_count = count
 
 
 def _check_like(saved: Any, fresh: dict) -> None:
