@@ -81,7 +81,7 @@ def _thumbnail(src: str, dst: Path, side: int) -> None:
                     im.draft("RGB", (side, side))  # JPEG: DCT scaling, never below ``side``
                     im = im.convert("RGB")
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-                raise ValueError(f"{Path(src).name}: {err}") from None
+                raise ValueError(f"{Path(src).name}: decompression bomb ({err})") from None
         im.thumbnail((side, side), Image.Resampling.BILINEAR)
     else:
         grey = read_mask(Path(src))  # the scorer's reader

@@ -425,12 +425,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             results = {}
             for phase in phases:
-                if phase not in once:
-                    print(f"[{phase}, batch {batch}] ...", file=sys.stderr, flush=True)
-                    results[phase] = _child(phase, spec, in_process=a.tiny)
-                    if phase in ONCE:
-                        once[phase] = results[phase]
-                results[phase] = once.get(phase, results[phase])
+                if phase in once:  # measured at the first batch size
+                    results[phase] = once[phase]
+                    continue
+                print(f"[{phase}, batch {batch}] ...", file=sys.stderr, flush=True)
+                results[phase] = _child(phase, spec, in_process=a.tiny)
+                if phase in ONCE:
+                    once[phase] = results[phase]
             runs.append(_report(a, spec, torch, precision, results))
             if a.json:  # after every batch size: a run stopped by a time limit keeps what it measured
                 _write(a.json, runs)
