@@ -177,7 +177,7 @@ def _same(stored, given) -> bool:
     return stored == given or (math.isnan(stored) and math.isnan(given))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_keys, _values), max_size=4))
 def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
     overrides = [f"{k}={_render(v)}" for k, v in pairs]

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -14,15 +15,27 @@ ENTRY_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("script", ENTRY_POINTS)
-def test_help(script: str) -> None:
-    run = subprocess.run(
+def _help(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, script, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=240,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess]:
+    """Each script's ``--help`` in a fresh interpreter, four at a time: most of a run is importing
+    torch and transformers, which several processes do side by side on as many cores."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(ENTRY_POINTS, pool.map(_help, ENTRY_POINTS), strict=True))
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_help(script: str, helps) -> None:
+    run = helps[script]
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage" in run.stdout.lower()
