@@ -27,6 +27,7 @@ class Family(StrEnum):
     dinov3_convnext = "dinov3_convnext"
     dinov2 = "dinov2"
     dinov2_with_registers = "dinov2_with_registers"
+    sam2_hiera = "sam2_hiera"
 
 
 class Trunk(nn.Module):
