@@ -3,7 +3,7 @@
 Hiera is hierarchical: every block maps a [B, h, w, C] grid to another, and the first block of
 stages 2-4 pools its queries, halving h and w and doubling C. The last block of each stage gives one
 pyramid level (SAM2's own neck reads these four, with no final norm). ``taps`` count blocks from 1,
-as for a ViT, so ``stage_ends`` are the taps of the four levels; any other block can be tapped too.
+as for a ViT, so ``pyramid_taps`` (the stage ends) tap the four levels; any other block can be tapped too.
 
 Two libraries, one trunk:
 
@@ -49,7 +49,7 @@ LICENSE_NOTE = "SAM2 weights are Apache-2.0 and not gated"
 
 
 class Hiera(Trunk):
-    """A Hiera trunk: ``depth`` blocks in stages; ``stage_ends`` (from 1) tap the four pyramid levels.
+    """A Hiera trunk: ``depth`` blocks in stages; ``pyramid_taps`` (stage ends, from 1) tap the four levels.
 
     ``patch_size`` is the input granularity (32 for every SAM2 size), not a patch: the stem is a
     7x7 convolution of stride 4.
@@ -61,8 +61,8 @@ class Hiera(Trunk):
     def __init__(self, model: nn.Module, stages: Sequence[int], widths: Sequence[int], strides: Sequence[int], window):
         super().__init__()
         self.model = model
-        self.stage_ends = tuple(itertools.accumulate(stages))
-        self.depth = self.stage_ends[-1]
+        self.pyramid_taps = tuple(itertools.accumulate(stages))
+        self.depth = self.pyramid_taps[-1]
         self._stage_of = [s for s, n in enumerate(stages) for _ in range(n)]
         self.widths, self.strides = tuple(widths), tuple(strides)
         self.embed_dim = self.widths[-1]
@@ -101,9 +101,9 @@ class HFHiera(Hiera):
         )
         super().__init__(model, c.blocks_per_stage, c.embed_dim_per_stage, strides, c.window_size_per_stage[0])
 
-    def forward(self, x, taps):
-        if set(taps) <= set(self.stage_ends):  # the stage outputs every forward returns anyway
-            hidden = dict(zip(self.stage_ends, self.model(pixel_values=x).intermediate_hidden_states))
+    def forward(self, x, taps, norm=True):  # no final norm: ``norm`` changes nothing
+        if set(taps) <= set(self.pyramid_taps):  # the stage outputs every forward returns anyway
+            hidden = dict(zip(self.pyramid_taps, self.model(pixel_values=x).intermediate_hidden_states))
         else:  # [B, h, w, C] grids: the embedded input, then one per block
             hidden = dict(enumerate(self.model(pixel_values=x, output_hidden_states=True).hidden_states))
         return [hidden[t].permute(0, 3, 1, 2) for t in taps]
@@ -123,7 +123,7 @@ class TimmHiera(Hiera):
     def never_trained(self):
         return list(self.model.head.parameters())
 
-    def forward(self, x, taps):
+    def forward(self, x, taps, norm=True):  # no final norm: ``norm`` changes nothing
         indices = _distinct_indices(taps)
         x = x.to(self.model.patch_embed.proj.weight.dtype)  # frozen weights may be stored in bf16
         maps = self.model.forward_intermediates(

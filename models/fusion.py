@@ -9,33 +9,27 @@ place in its pyramid (finest with finest), so the shallow, local DINO layers mee
 levels. The 1x1 projection runs before the resize, at the secondary map's (usually smaller) size:
 both are linear and the bilinear weights sum to one, so the order changes the cost only.
 
-:class:`FusedEncoder` runs both encoders, each on the image resized once to its own input size,
-and fuses their outputs; to the rest of the network it is one encoder.
+:class:`FusedEncoder` runs both encoders (each resizes the image to its own input size itself) and
+fuses their outputs; to the rest of the network it is one encoder.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import resize_to
+from config import Fusion
 
 
-class FusionSource(StrEnum):
-    """Which secondary map each primary level receives (``model.fusion``)."""
-
-    concat = "concat"  # the deepest one, on every level (SAM2-UNeXT)
-    levels = "levels"  # level i of both pyramids
-
-
-def fusion_sources(kind: FusionSource | str, levels: int) -> list[int]:
-    """The secondary map index for each of ``levels`` primary levels."""
-    if FusionSource(kind) == FusionSource.concat:
-        return [levels - 1] * levels
+def fusion_sources(kind: Fusion | str, levels: int, secondary_maps: int) -> list[int]:
+    """The secondary map fused into each of ``levels`` primary levels: ``concat``, the last (deepest)
+    of ``secondary_maps`` into every level; ``levels``, map i into level i."""
+    if Fusion(kind) == Fusion.concat:
+        return [secondary_maps - 1] * levels
     return list(range(levels))
 
 
@@ -72,7 +66,9 @@ class PyramidFusion(nn.Module):
             raise ValueError(f"fusion expects {len(self.reduce)} primary levels, got {len(primary)}")
         out = []
         for p, s, align, reduce in zip(primary, self.sources, self.align, self.reduce):
-            d = resize_to(align(secondary[s].to(p.dtype)), p)
+            # Resized even where the sizes already agree: a traced graph (ONNX) must not take that
+            # shortcut for the example's size and keep it at every other size.
+            d = F.interpolate(align(secondary[s].to(p.dtype)), size=p.shape[-2:], mode="bilinear", align_corners=False)
             out.append(reduce(torch.cat((p, d), dim=1)))
         return out
 
@@ -82,37 +78,31 @@ class FusedEncoder(nn.Module):
 
     Args:
         primary: image -> maps whose levels the fused pyramid keeps (a SAM2 Hiera); has
-            ``out_channels`` and ``strides``.
-        secondary: image -> maps fused into them (DINO).
+            ``out_channels``, ``strides``, ``patch_size`` and ``input_size`` (None: the image as given).
+        secondary: image -> maps fused into them (DINO); the same attributes.
         fusion: ``(primary maps, secondary maps) -> maps`` with ``out_channels`` (:class:`PyramidFusion`).
-        primary_size, secondary_size: the square side each encoder sees; the image is resized to it
-            (bilinear, on the image's device) unless it already has that size. None: the image as given.
 
-    ``forward(x [B, 3, H, W] in [0, 1]) -> list of [B, out_channels[i], h_i, w_i]`` at the primary's
-    levels for its input size. ``strides`` are the primary's, relative to its own input.
+    ``forward(x [B, 3, H, W] in [0, 1]) -> list of [B, out_channels[i], h_i, w_i]``, the primary's
+    levels. ``strides`` are the primary's, relative to its own input; ``patch_size`` is what H and W
+    must be multiples of (1 when both encoders resize every image to their own size).
     """
 
-    def __init__(
-        self,
-        primary: nn.Module,
-        secondary: nn.Module,
-        fusion: nn.Module,
-        primary_size: int | None = None,
-        secondary_size: int | None = None,
-    ) -> None:
+    def __init__(self, primary: nn.Module, secondary: nn.Module, fusion: nn.Module) -> None:
         super().__init__()
         self.primary, self.secondary, self.fusion = primary, secondary, fusion
-        self.sizes = (primary_size, secondary_size)
         self.out_channels = list(fusion.out_channels)
         self.strides = list(primary.strides)
-
-    @staticmethod
-    def _resize(x: Tensor, size: int | None) -> Tensor:
-        if size is None or tuple(x.shape[-2:]) == (size, size):
-            return x
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        self.patch_size = math.lcm(*(e.patch_size for e in (primary, secondary) if e.input_size is None))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        primary = self.primary(self._resize(x, self.sizes[0]))
-        secondary = self.secondary(self._resize(x, self.sizes[1]))
-        return self.fusion(primary, secondary)
+        return self.fusion(self.primary(x), self.secondary(x))
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Both trunks' parameters, frozen or not."""
+        return self.primary.pretrained_parameters() + self.secondary.pretrained_parameters()
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return self.primary.lora_parameters() + self.secondary.lora_parameters()
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return self.primary.adapter_parameters() + self.secondary.adapter_parameters()

@@ -11,6 +11,8 @@ decoder; the trunk's weights under ``vision_encoder.backbone.``) and a ``preproc
 with ImageNet mean/std. ``--trunk-only`` writes the bare ``Sam2HieraDetModel`` instead.
 
 Each stage doubles the width and the heads of the previous one, as in every SAM2 size.
+``--preset large`` (or tiny, small, base_plus) writes a random model of that SAM2 size instead, for
+benchmarks: ``python scripts/make_tiny_sam2.py /tmp/hiera-l --preset large --trunk-only``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # what SAM2's image processor uses
+
+# The four SAM2 trunks (as Meta's sam2.1_hiera_*.yaml and timm's sam2_hiera_* define them):
+# first-stage width and heads, blocks per stage, windows per stage, global-attention blocks, background.
+PRESETS = {
+    name: {"hidden": h, "heads": n, "stages": b, "windows": w, "global_blocks": g, "background": bg}
+    for name, h, n, b, w, g, bg in [
+        ("tiny", 96, 1, (1, 2, 7, 2), (8, 4, 14, 7), (5, 7, 9), 7),
+        ("small", 96, 1, (1, 2, 11, 2), (8, 4, 14, 7), (7, 10, 13), 7),
+        ("base_plus", 112, 2, (2, 3, 16, 3), (8, 4, 14, 7), (12, 16, 20), 14),
+        ("large", 144, 2, (2, 6, 36, 4), (8, 4, 16, 8), (23, 33, 43), 7),
+    ]
+}
 
 
 def hiera_config(
@@ -60,23 +74,26 @@ def make_tiny_sam2(
     stages: Sequence[int] = (1, 2, 2, 1),
     windows: Sequence[int] = (8, 4, 4, 2),
     global_blocks: Sequence[int] = (4,),
+    background: int = 4,
     trunk_only: bool = False,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
     seed: int = 0,
+    init_std: float = 0.1,
 ) -> Path:
     """Save a randomly initialised ``Sam2Model`` (``trunk_only``: ``Sam2HieraDetModel``) and its image
     processor to ``out_dir``; returns the folder.
 
     The position embeddings are random (transformers initialises them to zero) so that tests of
-    position handling at other input sizes can fail.
+    position handling at other input sizes can fail; ``init_std`` (0.1, large) keeps every random
+    block visible in the output. Real sizes: ``**PRESETS[name]`` with ``init_std=0.02``.
     """
     import torch
     from transformers import Sam2Config, Sam2HieraDetModel, Sam2ImageProcessor, Sam2Model, Sam2VisionConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = hiera_config(hidden, heads, stages, windows, global_blocks)
+    backbone = hiera_config(hidden, heads, stages, windows, global_blocks, background, init_std)
     torch.manual_seed(seed)
     if trunk_only:
         model = Sam2HieraDetModel(backbone)
@@ -92,8 +109,8 @@ def make_tiny_sam2(
         model = Sam2Model(config)
         trunk = model.vision_encoder.backbone
     with torch.no_grad():
-        trunk.pos_embed.normal_(std=0.5)
-        trunk.pos_embed_window.normal_(std=0.5)
+        trunk.pos_embed.normal_(std=5 * init_std)
+        trunk.pos_embed_window.normal_(std=5 * init_std)
     model.eval().save_pretrained(out)
     Sam2ImageProcessor(image_mean=list(mean), image_std=list(std)).save_pretrained(out)
     return out
@@ -107,19 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", type=int, nargs=4, default=(1, 2, 2, 1), help="blocks per stage")
     p.add_argument("--windows", type=int, nargs=4, default=(8, 4, 4, 2), help="attention window per stage")
     p.add_argument("--global-blocks", type=int, nargs="*", default=(4,), help="blocks (from 0) with global attention")
+    p.add_argument("--background", type=int, default=4, help="side of the background position embedding")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a real SAM2 size (overrides the shape options)")
     p.add_argument("--trunk-only", action="store_true", help="write a bare Sam2HieraDetModel, not a whole Sam2Model")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    out = make_tiny_sam2(
-        a.out,
-        hidden=a.hidden,
-        heads=a.heads,
-        stages=a.stages,
-        windows=a.windows,
-        global_blocks=a.global_blocks,
-        trunk_only=a.trunk_only,
-        seed=a.seed,
-    )
+    shape = {
+        "hidden": a.hidden,
+        "heads": a.heads,
+        "stages": a.stages,
+        "windows": a.windows,
+        "global_blocks": a.global_blocks,
+        "background": a.background,
+    }
+    if a.preset:
+        shape = {**PRESETS[a.preset], "init_std": 0.02}
+    out = make_tiny_sam2(a.out, **shape, trunk_only=a.trunk_only, seed=a.seed)
     print(f"wrote a random {'Sam2HieraDetModel' if a.trunk_only else 'Sam2Model'} to {out}")
 
 

@@ -62,14 +62,14 @@ def test_hf_trunk_from_a_whole_sam2_checkpoint_is_its_vision_backbone(sam2: Path
     got = trunk.model.state_dict()
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
     assert (tuple(mean), tuple(std)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert (trunk.stage_ends, trunk.depth, trunk.patch_size) == ((1, 3, 5, 6), 6, 32)
+    assert (trunk.pyramid_taps, trunk.depth, trunk.patch_size) == ((1, 3, 5, 6), 6, 32)
     assert is_hiera("facebook/sam2.1-hiera-tiny", str(sam2), "hf")
     arch = read_hiera_architecture("x", str(sam2))
     assert (arch.family, arch.patch_size, arch.depth, arch.width) == ("sam2_hiera", 32, 6, 128)
     for H, W in SIZES:
         x = torch.randn(2, 3, H, W)
         with torch.no_grad():
-            maps = trunk(x, trunk.stage_ends)
+            maps = trunk(x, trunk.pyramid_taps)
             out = backbone(pixel_values=x, output_hidden_states=True)
             other = trunk(x, [2, 4, 6])  # taps inside stages read the per-block hidden states
         assert [tuple(m.shape) for m in maps] == [(2, 16 * 2**s, H // 4 // 2**s, W // 4 // 2**s) for s in range(4)]
@@ -84,8 +84,8 @@ def test_timm_trunk_loads_meta_pt_and_computes_what_transformers_computes(sam2: 
     pt = _meta_pt(sam2, tmp_path / "sam2.1_hiera_tiny.pt")
     timm_trunk, mean, std = load_hiera("sam2_hiera_tiny", str(pt), "timm", TIMM_KW)
     hf_trunk, *_ = load_hiera("x", str(sam2))
-    assert (timm_trunk.stage_ends, timm_trunk.widths, timm_trunk.strides) == (
-        hf_trunk.stage_ends,
+    assert (timm_trunk.pyramid_taps, timm_trunk.widths, timm_trunk.strides) == (
+        hf_trunk.pyramid_taps,
         hf_trunk.widths,
         hf_trunk.strides,
     )
@@ -138,7 +138,7 @@ def test_fusion_concatenates_each_level_with_its_projected_resized_source(kind: 
     primary_channels, secondary_channels = [4, 8, 16, 32], [6, 6, 6, 10]
     primary = [torch.randn(2, c, 24 // 2**i, 16 // 2**i) for i, c in enumerate(primary_channels)]
     secondary = [torch.randn(2, c, 7, 5) for c in secondary_channels]  # any size: resized onto each level
-    sources = fusion_sources(kind, 4)
+    sources = fusion_sources(kind, 4, 4)
     assert sources == ([3, 3, 3, 3] if kind == "concat" else [0, 1, 2, 3])
     fusion = PyramidFusion(primary_channels, secondary_channels, 12, sources)
     with torch.no_grad():
