@@ -21,8 +21,8 @@ from scripts.make_tiny_sam2 import make_tiny_sam2
 
 @pytest.fixture(scope="module")
 def dual_args(tmp_path_factory, tiny_dinov3_factory):
-    """A seconds-long configs/e2net_dual.yaml: 6-block Hiera (widths 16-128) at 64 px, LoRA rank 4;
-    4-block DINOv3 (width 32) at 32 px; images loaded at 64 px."""
+    """A seconds-long configs/e2net_dual.yaml: 6-block Hiera (widths 16-128) at 64 px with an adapter
+    after every block; 4-block DINOv3 (width 32) at 32 px; images loaded at 64 px."""
     from scripts.make_synthetic_cod import generate
 
     data = tmp_path_factory.mktemp("synth")
@@ -37,7 +37,6 @@ def dual_args(tmp_path_factory, tiny_dinov3_factory):
         "model.encoder.image_size=32",
         f"model.encoder2.pretrained_path={sam2}",
         "model.encoder2.image_size=64",
-        "model.encoder2.lora.rank=4",
         "model.channels=16",
         "model.context_heads=2",
         f"data.root={data}",
@@ -65,7 +64,11 @@ def test_only_adapters_fusion_and_decoder_train_and_frozen_parts_keep_no_activat
     trainable = {n.split(".")[0] if not n.startswith("encoder.") else ".".join(n.split(".")[:2]) for n, p in
                  model.named_parameters() if p.requires_grad}  # fmt: skip
     assert trainable == {"encoder.primary", "encoder.fusion", "caem", "decoder"}
-    assert all(".lora_" in n for n, p in enc.primary.named_parameters() if p.requires_grad)
+    adapters = {n: p for n, p in enc.primary.named_parameters() if p.requires_grad}
+    assert all(".adapters." in n for n in adapters) and len(enc.primary.trunk.adapters) == 6
+    # One adapter per Hiera block, each as wide as its block's output (16, 32, 32, 64, 64, 128).
+    widths = [enc.primary.trunk.adapters[str(i)].norm.normalized_shape[0] for i in range(6)]
+    assert widths == [16, 32, 32, 64, 64, 128]
     assert (enc.strides, enc.out_channels, enc.patch_size) == ([4, 8, 16, 32], [16] * 4, 32)
     x = torch.rand(2, 3, 64, 96)  # non-square; DINOv3 sees it resized to 32x32
     dino = enc.secondary(x)
@@ -99,10 +102,10 @@ def test_dual_run_resumes_exactly_is_scored_by_test_py_and_exports(tmp_path, dua
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["metrics"] == b["metrics"]
 
-    # No trunk weight in the checkpoint: of the encoders only LoRA and the fusion are stored.
+    # No trunk weight in the checkpoint: of the encoders only the adapters and the fusion are stored.
     encoder_keys = [k for k in a["model"] if k.startswith("encoder.")]
-    assert not [k for k in encoder_keys if not (".lora_" in k or k.startswith("encoder.fusion."))]
-    assert any(".lora_B." in k and a["model"][k].abs().max() > 0 for k in encoder_keys)  # LoRA trained
+    assert not [k for k in encoder_keys if not (".adapters." in k or k.startswith("encoder.fusion."))]
+    assert any(".adapters." in k and k.endswith(".up.weight") and a["model"][k].abs().max() > 0 for k in encoder_keys)
 
     # test.py --ckpt rebuilds both trunks from their folders and puts the trained weights back.
     cli = load_test_cli("e2net_test_cli_dual")
@@ -121,7 +124,7 @@ def test_dual_run_resumes_exactly_is_scored_by_test_py_and_exports(tmp_path, dua
 
 def test_dual_levels_fusion_trains_under_ddp(tmp_path, dual_args):
     """Two gloo processes, model.fusion=levels on DINOv3's four-level pyramid: every trainable weight
-    (LoRA, DINOv3's pyramid, the fusion) gets a gradient, or DDP's reducer stops the run."""
+    (the Hiera adapters, DINOv3's pyramid, the fusion) gets a gradient, or DDP's reducer stops the run."""
     run = tmp_path / "run"
     args = [a for a in dual_args if not a.startswith(("train.epochs", "train.deterministic", "model.encoder.layers"))]
     args += ["model.fusion=levels", "model.encoder.simple=false", "model.encoder.layers=[1,2,3,4]"]

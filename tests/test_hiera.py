@@ -131,6 +131,27 @@ def test_loading_errors_say_what_is_wrong(sam2: Path, tmp_path: Path, tiny_dinov
         load_hiera("sam2_hiera_tiny", str(pt), "timm", TIMM_KW)
 
 
+def test_adapters_after_hiera_blocks_take_each_blocks_width_and_reach_every_tap(sam2: Path) -> None:
+    from encoders.adapters import add_adapters
+
+    trunk, *_ = load_hiera("x", str(sam2))
+    trunk.requires_grad_(False)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before = trunk(x, [2, *trunk.pyramid_taps])
+    params = add_adapters(trunk, "all")
+    assert [trunk.adapters[str(i)].up.out_features for i in range(6)] == [16, 32, 32, 64, 64, 128]
+    assert params and all(p.requires_grad for p in params)
+    with torch.no_grad():
+        same = trunk(x, [2, *trunk.pyramid_taps])  # the up-projections start at zero
+        trunk.adapters["1"].up.weight.normal_()  # block 2 (counted from 1): inside stage 2
+        after = trunk(x, [2, *trunk.pyramid_taps])
+    assert all(torch.equal(a, b) for a, b in zip(before, same))
+    # Stage 1 ends before block 2; block 2's own output and everything after it change.
+    assert torch.equal(after[1], before[1]) and not any(torch.equal(a, b) for a, b in zip(after[2:], before[2:]))
+    assert not torch.equal(after[0], before[0])
+
+
 # -------------------------------------------------------------------- fusion
 @pytest.mark.parametrize("kind", ["concat", "levels"])
 def test_fusion_concatenates_each_level_with_its_projected_resized_source(kind: str) -> None:
