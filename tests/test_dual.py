@@ -109,7 +109,7 @@ def test_dual_run_resumes_exactly_is_scored_by_test_py_and_exports(tmp_path, dua
 
     # test.py --ckpt rebuilds both trunks from their folders and puts the trained weights back.
     cli = load_test_cli("e2net_test_cli_dual")
-    ns = argparse.Namespace(ckpt=straight / "best.pth", config=None, overrides=[], data_root=None)
+    ns = argparse.Namespace(ckpt=straight / "best.pth", config=None, overrides=["train.amp=off"], data_root=None)
     model = cli.load_model(ns).model
     best = load_checkpoint(straight / "best.pth")["model"]
     state = model.state_dict()
