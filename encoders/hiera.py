@@ -45,7 +45,7 @@ from encoders.trunks import Family, Trunk, _distinct_indices, square
 HF_TRUNK_TYPE = "sam2_hiera_det_model"
 META_PREFIX = "image_encoder.trunk."  # where Meta's sam2*_hiera_*.pt files keep the trunk
 TIMM_PATTERN = "sam2_hiera_*"
-LICENSE_NOTE = "SAM2 weights are Apache-2.0 and not gated"
+LICENSE_NOTE = "SAM2 weights are public (Apache-2.0)"
 
 
 class Hiera(Trunk):
