@@ -18,6 +18,7 @@ from encoders.checks import check_encoder
 from encoders.loading import Architecture
 from encoders.lora import LoRA
 from models.e2net import E2Net
+from models.fusion import FusedEncoder, PyramidFusion, fusion_sources
 from models.heads import E2NetDecoder
 from models.init import published_init_
 from models.linear import LinearDecoder
@@ -48,9 +49,10 @@ def frozen_weights_dtype(weights_dtype: WeightsDtype, amp: Amp) -> torch.dtype:
     return getattr(torch, weights_dtype)
 
 
-def build_encoder(cfg: DictConfig) -> PyramidEncoder:
-    """The encoder of ``cfg.model.encoder``, its frozen weights stored for ``cfg.train.amp``."""
-    e = cfg.model.encoder
+def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
+    """The encoder of ``cfg.model.<which>`` (``encoder`` or ``encoder2``), its frozen weights stored for
+    ``cfg.train.amp``."""
+    e = cfg.model[which]
     return build_dinov3_encoder(
         model_name=e.name,
         pretrained_path=e.pretrained_path,
@@ -73,14 +75,29 @@ def build_encoder(cfg: DictConfig) -> PyramidEncoder:
         mean=[v / 255 for v in e.pixel_mean] or None,
         std=[v / 255 for v in e.pixel_std] or None,
         drop_border=e.drop_border,
+        input_size=e.image_size or None,
     )
+
+
+def build_fused_encoder(cfg: DictConfig) -> FusedEncoder:
+    """model.encoder2's levels with model.encoder's maps fused into them (``model.fusion``), at
+    ``model.channels`` per level."""
+    m = cfg.model
+    primary, secondary = build_encoder(cfg, "encoder2"), build_encoder(cfg, "encoder")
+    levels, maps = len(primary.out_channels), len(secondary.out_channels)
+    fusion = PyramidFusion(
+        primary.out_channels, secondary.out_channels, m.channels, fusion_sources(m.fusion, levels, maps)
+    )
+    if m.compile:  # as E2Net compiles CAEM and the decoder: in place, one static graph per size
+        fusion.compile(dynamic=False)
+    return FusedEncoder(primary, secondary, fusion)
 
 
 def build_model(cfg: DictConfig) -> E2Net:
     """Encoder + CAEM + decoder from ``cfg.model`` (a full config from ``config.load_config``)."""
     check_keys(cfg)
     m = cfg.model
-    encoder = build_encoder(cfg)
+    encoder = build_fused_encoder(cfg) if m.encoder2.name else build_encoder(cfg)
     levels = len(encoder.out_channels)
     if m.decoder == Decoder.linear:
         decoder = LinearDecoder(encoder.out_channels, levels, norm=m.norm)

@@ -42,6 +42,7 @@ Amp = StrEnum("Amp", ["auto", "bf16", "fp16", "off"])
 Decoder = StrEnum("Decoder", ["e2net", "e2net_ref", "linear"])
 CaemAlign = StrEnum("CaemAlign", ["own", "finest"])
 Pyramid = StrEnum("Pyramid", ["vitdet", "interpolate", "projected"])
+Fusion = StrEnum("Fusion", ["concat", "levels"])
 Scheduler = StrEnum("Scheduler", ["cosine", "cosine_epoch", "plateau"])
 LossTerm = StrEnum("LossTerm", ["bce", "iou", "dice", "edge", "sobel"])
 AugmentOn = StrEnum("AugmentOn", ["workers", "device"])
@@ -133,11 +134,29 @@ class EncoderConfig:
     # prediction is still resized to the whole input, so it is stretched by size / cropped size.
     # false: an image size that is not a multiple of the patch is an error.
     drop_border: bool = False
+    # Side of the square image this encoder sees: the loaded image is resized to it on the device
+    # (bilinear, antialiased); 0 = the image as loaded (data.image_size).
+    image_size: int = within(0, "[0, 8192]")
+
+
+@dataclass
+class SecondEncoderConfig(EncoderConfig):
+    """model.encoder2: the same keys; off (name empty) unless set."""
+
+    name: str = ""
+    pretrained_path: str | None = None
 
 
 @dataclass
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # A second encoder (a SAM2 Hiera: sam2.1-hiera-* folders, timm sam2_hiera_*; name empty = off). The
+    # fused pyramid has its four levels, with model.encoder's maps fused into them before CAEM.
+    encoder2: SecondEncoderConfig = field(default_factory=SecondEncoderConfig)
+    # How model.encoder's maps join encoder2's levels (each 1x1-projected to the level's width, resized to its
+    # size, concatenated, 1x1 to model.channels): concat = its deepest map into every level (SAM2-UNeXT);
+    # levels = its level i into level i.
+    fusion: Fusion = Fusion.concat
     # e2net: ours (search -> focus -> refine at each level's own stride, deep supervision); e2net_ref: the
     # published E2Net (LFSM -> CFZM -> CCM); linear: the DINOv3 linear-probe baseline.
     decoder: Decoder = Decoder.e2net

@@ -10,11 +10,12 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from config import AugmentOn, BestMetric, CaemAlign, ConfigError, Decoder, LossTerm, Pyramid, Scheduler
+from config import AugmentOn, BestMetric, CaemAlign, ConfigError, Decoder, Fusion, LossTerm, Pyramid, Scheduler
 
 
 def _levels(c: DictConfig) -> int:
-    return len(c.model.encoder.layers) or 4
+    """Levels CAEM and the decoder receive: the fused pyramid's four, or model.encoder's maps."""
+    return 4 if c.model.encoder2.name else len(c.model.encoder.layers) or 4
 
 
 def _adapter_blocks_form(blocks) -> bool:
@@ -24,22 +25,40 @@ def _adapter_blocks_form(blocks) -> bool:
     return OmegaConf.is_list(blocks) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
 
 
+def _encoder_rules(which: str) -> list[tuple[str, Callable[[DictConfig], bool], str]]:
+    """The rules of one encoder section (model.encoder, model.encoder2): the same keys, the same rules."""
+    k = f"model.{which}"
+    e = lambda c: c.model[which]  # noqa: E731
+    return [
+        (f"{k}.layers", lambda c: len(e(c).layers) in (0, 4) or e(c).simple,
+         f"a pyramid ({k}.simple=false) is built from four tapped blocks; give four or []"),
+        (f"{k}.trainable_blocks", lambda c: e(c).freeze or e(c).trainable_blocks == 0,
+         f"applies to a frozen encoder ({k}.freeze=true); freeze=false already trains every block"),
+        (f"{k}.lora.rank", lambda c: e(c).lora.rank == 0 or (e(c).freeze and e(c).trainable_blocks == 0),
+         f"LoRA adapts a frozen trunk: set {k}.freeze=true and {k}.trainable_blocks=0"),
+        (f"{k}.adapter.blocks", lambda c: _adapter_blocks_form(e(c).adapter.blocks),
+         "give a list of 0-based block indices (e.g. [0, 1, 2]), 'all', or [] for no adapters"),
+        (f"{k}.adapter.blocks", lambda c: not e(c).adapter.blocks or (e(c).freeze and e(c).trainable_blocks == 0),
+         f"adapters go on a frozen trunk: set {k}.freeze=true and {k}.trainable_blocks=0"),
+        (f"{k}.pyramid", lambda c: not e(c).simple or e(c).pyramid == Pyramid.vitdet,
+         f"has no effect with {k}.simple=true (all levels at stride p): set simple=false or leave it at vitdet"),
+        (f"{k}.pixel_mean", lambda c: len(e(c).pixel_mean) == len(e(c).pixel_std) and len(e(c).pixel_std) in (0, 3),
+         f"give three values, and three for {k}.pixel_std (or leave both empty for the checkpoint's own)"),
+    ]  # fmt: skip
+
+
 # Keys that are valid alone but contradict each other: (the key to change, holds when, why).
 RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
-    ("model.encoder.layers", lambda c: _levels(c) == 4 or c.model.encoder.simple,
-     "a pyramid (model.encoder.simple=false) is built from four tapped blocks; give four or []"),
-    ("model.encoder.trainable_blocks", lambda c: c.model.encoder.freeze or c.model.encoder.trainable_blocks == 0,
-     "applies to a frozen encoder (model.encoder.freeze=true); freeze=false already trains every block"),
-    ("model.encoder.lora.rank",
-     lambda c: c.model.encoder.lora.rank == 0 or (c.model.encoder.freeze and c.model.encoder.trainable_blocks == 0),
-     "LoRA adapts a frozen trunk: set model.encoder.freeze=true and model.encoder.trainable_blocks=0"),
-    ("model.encoder.adapter.blocks", lambda c: _adapter_blocks_form(c.model.encoder.adapter.blocks),
-     "give a list of 0-based block indices (e.g. [0, 1, 2]), 'all', or [] for no adapters"),
-    ("model.encoder.adapter.blocks",
-     lambda c: not c.model.encoder.adapter.blocks or (c.model.encoder.freeze and c.model.encoder.trainable_blocks == 0),
-     "adapters go on a frozen trunk: set model.encoder.freeze=true and model.encoder.trainable_blocks=0"),
-    ("model.encoder.pyramid", lambda c: not c.model.encoder.simple or c.model.encoder.pyramid == Pyramid.vitdet,
-     "has no effect with model.encoder.simple=true (all levels at stride p): set simple=false or leave it at vitdet"),
+    *_encoder_rules("encoder"),
+    *_encoder_rules("encoder2"),
+    ("model.encoder2.simple", lambda c: not c.model.encoder2.name or not c.model.encoder2.simple,
+     "the fused pyramid keeps model.encoder2's four levels at their own strides: set simple=false"),
+    ("model.encoder.simple",
+     lambda c: not c.model.encoder2.name or c.model.fusion != Fusion.concat or c.model.encoder.simple,
+     "model.fusion=concat reads only model.encoder's deepest map, so a pyramid on it would never train: "
+     "set model.encoder.simple=true (and model.encoder.layers=[<its last block>] to tap only that one)"),
+    ("model.fusion", lambda c: c.model.fusion != Fusion.levels or len(c.model.encoder.layers) in (0, 4),
+     "levels fuses model.encoder's map i into level i: model.encoder.layers must give four (or [])"),
     ("model.channels", lambda c: c.model.channels % 8 == 0, "must be a multiple of 8"),
     ("model.context_heads", lambda c: c.model.channels % c.model.context_heads == 0, "must divide model.channels"),
     ("model.decoder", lambda c: c.model.decoder != Decoder.e2net or _levels(c) == 4,
@@ -63,9 +82,6 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "DDP's static_graph breaks gradient accumulation (no_sync) in torch 2.14: set train.accum_steps=1 or leave it false"),
     ("train.warmup_epochs", lambda c: c.train.scheduler != Scheduler.plateau or c.train.warmup_epochs == 0,
      "warm-up belongs to train.scheduler=cosine; set it to 0 with plateau"),
-    ("model.encoder.pixel_mean",
-     lambda c: len(c.model.encoder.pixel_mean) == len(c.model.encoder.pixel_std) and len(c.model.encoder.pixel_std) in (0, 3),
-     "give three values, and three for model.encoder.pixel_std (or leave both empty for the checkpoint's own)"),
     ("model.coarse_sigmoid", lambda c: not c.model.coarse_sigmoid or c.model.decoder == Decoder.e2net_ref,
      "the double sigmoid belongs to the published decoder (model.decoder=e2net_ref)"),
     ("train.best_metric",

@@ -10,7 +10,11 @@ pyramid then turns the four stride-p maps into strides p/4, p/2, p, 2p (learnabl
 convolutions up, max-pooling down), ``pyramid="interpolate"``
 resizes them bilinearly (no weights, the trunk's width on every level) and ``pyramid="projected"``
 projects each level (Linear, LayerNorm, GELU) before resizing it, as E2Net-DINOv2 does;
-``simple=True`` keeps all four at stride p. A timm DINOv3 ConvNeXt gives its four native stages instead.
+``simple=True`` keeps all four at stride p. A hierarchical trunk (a timm DINOv3 ConvNeXt, a SAM2
+Hiera: :mod:`encoders.hiera`) gives its four native stages instead.
+
+With ``input_size`` the encoder sees every image resized to that square (bilinear, antialiased, on
+the image's device), whatever size it arrives at: two encoders of one network each get their own.
 
 The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordinates in training
 mode (``pos_embed_rescale``), a pre-training augmentation that only adds noise here, and released
@@ -29,6 +33,7 @@ from torch import nn
 
 from config import Pyramid
 from encoders.adapters import Adapters, adapter_parameters, add_adapters
+from encoders.hiera import is_hiera, load_hiera
 from encoders.loading import default_layers, load_trunk, nearest_sizes
 from encoders.lora import LoRA, add_lora, lora_dropouts, lora_parameters
 from encoders.trunks import Trunk
@@ -171,9 +176,16 @@ class PyramidEncoder(nn.Module):
         tap_norm: bool = True,
         channel_order: str = "rgb",
         drop_border: bool = False,
+        input_size: int | None = None,
     ):
         super().__init__()
         self.trunk = trunk
+        if input_size is not None and input_size % trunk.patch_size:
+            sizes = " or ".join(map(str, nearest_sizes(input_size, trunk.patch_size)))
+            raise ValueError(
+                f"input_size {input_size} is not a multiple of the patch size {trunk.patch_size} (try {sizes})"
+            )
+        self.input_size = input_size
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order '{channel_order}' is not rgb or bgr")
         self.tap_norm, self.bgr, self.drop_border = tap_norm, channel_order == "bgr", drop_border
@@ -200,11 +212,12 @@ class PyramidEncoder(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = depth - trainable_blocks if freeze else 0
-        self.layers = tuple(int(i) for i in layers) if layers else default_layers(depth)
+        default = trunk.pyramid_taps or default_layers(depth)
+        self.layers = tuple(int(i) for i in layers) if layers else default
         if (len(self.layers) != 4 and not simple) or not all(1 <= i <= depth for i in self.layers):
             raise ValueError(
                 f"layers {list(self.layers)}: give {'block indices' if simple else 'four block indices'} in "
-                f"1..{depth} (blocks count from 1; e.g. {list(default_layers(depth))} for this {depth}-block model)"
+                f"1..{depth} (blocks count from 1; e.g. {list(default)} for this {depth}-block model)"
             )
         if self.frozen_blocks < depth and max(self.layers) < depth:
             # Trained but unused blocks would get no gradient, which DistributedDataParallel rejects.
@@ -216,10 +229,10 @@ class PyramidEncoder(nn.Module):
             raise ValueError(f"pyramid '{pyramid}' is not one of {', '.join(PYRAMIDS)}")
         channels, strides = trunk.tap_shapes(self.layers)
         self.pyramid: nn.Module | None = None
-        if len(set(strides)) > 1:  # a ConvNeXt: its stages already form the pyramid
-            if simple or (layers and tuple(layers) != default_layers(depth)):
+        if trunk.pyramid_taps:  # a ConvNeXt or a Hiera: its stages already form the pyramid
+            if simple or self.layers != trunk.pyramid_taps:
                 raise ValueError(
-                    "layers and simple=True apply to ViT trunks; a ConvNeXt gives its four stages "
+                    f"layers and simple=True apply to ViT trunks; a {trunk.family} trunk gives its four stages "
                     "as they are (leave layers empty, simple=false)"
                 )
             self.out_channels, self.strides = channels, strides
@@ -260,6 +273,10 @@ class PyramidEncoder(nn.Module):
         """The block adapters' weights (empty without adapters)."""
         return adapter_parameters(self.trunk)
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The trunk's parameters, frozen or not (fine-tuned blocks, LoRA and adapters among them)."""
+        return list(self.trunk.parameters())
+
     # -- mode -------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> PyramidEncoder:
         super().train(mode)
@@ -272,6 +289,9 @@ class PyramidEncoder(nn.Module):
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got shape {list(x.shape)}")
+        s = self.input_size
+        if s is not None:  # always, even at that size already (an exact copy): see models.fusion
+            x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         H, W = x.shape[-2:]
         p = self.patch_size
         if self.drop_border:
@@ -337,6 +357,7 @@ def build_dinov3_encoder(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     drop_border: bool = False,
+    input_size: int | None = None,
 ) -> PyramidEncoder:
     """Load a trunk of any supported family and wrap it; see :class:`PyramidEncoder` for the forward contract.
 
@@ -345,12 +366,16 @@ def build_dinov3_encoder(
     the hub id ``model_name``. backend "timm": ``model_name`` is a timm name
     (``vit_base_patch16_dinov3``, ``convnext_tiny.dinov3_lvd1689m``, ``vit_base_patch14_dinov2.lvd142m``,
     ``vit_base_patch14_reg4_dinov2.lvd142m``, ...), ``pretrained_path`` a Meta-format (or timm)
-    ``.pth``; without one timm's own hub weights are tried. ``layers=None`` taps
+    ``.pth``; without one timm's own hub weights are tried. A SAM2 Hiera loads the same way
+    (:func:`encoders.hiera.load_hiera`: a ``facebook/sam2.1-hiera-*`` folder, or timm's ``sam2_hiera_*``
+    with Meta's ``.pt``). ``layers=None`` taps a hierarchical trunk's four stages, a ViT's
     :func:`default_layers` of the depth. ``timm_kwargs`` go to ``timm.create_model`` (tests use them
     for tiny architectures). ``mean`` and ``std`` (on the [0, 1] scale, in the order the trunk
-    receives the channels) replace the checkpoint's own normalisation.
+    receives the channels) replace the checkpoint's own normalisation. ``input_size``: see
+    :class:`PyramidEncoder`.
     """
-    trunk, own_mean, own_std = load_trunk(model_name, pretrained_path, backend, timm_kwargs)
+    load = load_hiera if is_hiera(model_name, pretrained_path, backend) else load_trunk
+    trunk, own_mean, own_std = load(model_name, pretrained_path, backend, timm_kwargs)
     enc = PyramidEncoder(
         trunk,
         mean=own_mean if mean is None else mean,
@@ -366,6 +391,7 @@ def build_dinov3_encoder(
         tap_norm=tap_norm,
         channel_order=channel_order,
         drop_border=drop_border,
+        input_size=input_size,
     )
     n_adapters = len(getattr(trunk, "adapters", ()))
     log.info(

@@ -1,11 +1,12 @@
-"""Bottleneck adapters after chosen blocks of a frozen ViT trunk.
+"""Bottleneck adapters after chosen blocks of a frozen ViT or SAM2 Hiera trunk.
 
 After block i the tokens become ``out + s * up(GELU(down(LayerNorm(out))))``: ``down`` maps the
 width D to ``max(D // reduction, 32)``, ``up`` maps it back, both without bias; ``up`` starts at
 zero and ``s`` (a learned scalar) at ``init_scale``, so before the first optimizer step the trunk
 computes exactly what it computed without adapters. The sum is what the next block reads and what
 the trunk taps at block i (the adapter design of E2Net-DINOv2, as SAM2-UNet and its successors
-adapt Hiera).
+adapt Hiera). A Hiera block's output is a [B, h, w, C] grid whose width C grows from stage to stage:
+each adapter acts on the last dimension and takes the width of its own block's output.
 
 Each adapter is a forward hook on its block that replaces the block's output. A hook, rather than
 a wrapper module put in the block's place, is what transformers sees: it records
@@ -44,7 +45,7 @@ MIN_HIDDEN = 32  # the bottleneck never narrows below this width
 
 
 class BlockAdapter(nn.Module):
-    """tokens [B, N, D] -> tokens [B, N, D] + scale * up(GELU(down(LayerNorm(tokens)))).
+    """tokens [..., D] (a ViT's [B, N, D], a Hiera's [B, h, w, D]) -> tokens + scale * up(GELU(down(LayerNorm(tokens)))).
 
     Float32 whatever the trunk stores: it computes on a float32 copy of the tokens and returns the
     sum in the tokens' own dtype, so bf16-stored frozen blocks keep reading bf16.
@@ -110,7 +111,7 @@ def add_adapters(
     usable: int | None = None,
 ) -> list[nn.Parameter]:
     """Attach a :class:`BlockAdapter` after each block in ``blocks`` (see :func:`resolve_blocks`)
-    of a ViT ``trunk``; returns the new, trainable, float32 parameters (none for an empty list).
+    of a ViT or Hiera ``trunk``; returns the new, trainable, float32 parameters (none for an empty list).
 
     Call it after freezing the trunk (the adapters train whatever the trunk does). Raises ValueError
     for a ConvNeXt trunk (its stages hold maps, not tokens), for an index outside the trunk, or when
@@ -125,7 +126,8 @@ def add_adapters(
     chosen = resolve_blocks(blocks, trunk.depth, usable)
     if not chosen:
         return []
-    adapters = nn.ModuleDict({str(i): BlockAdapter(trunk.embed_dim, reduction, init_scale) for i in chosen})
+    widths = trunk.tap_shapes([i + 1 for i in chosen])[0]  # a ViT's are all D; a Hiera's grow per stage
+    adapters = nn.ModuleDict({str(i): BlockAdapter(w, reduction, init_scale) for i, w in zip(chosen, widths)})
     trunk.add_module(ADAPTERS_ATTR, adapters)
     for i in chosen:
         trunk.blocks[i].register_forward_hook(adapters[str(i)].after_block, prepend=True)

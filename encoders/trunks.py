@@ -27,6 +27,7 @@ class Family(StrEnum):
     dinov3_convnext = "dinov3_convnext"
     dinov2 = "dinov2"
     dinov2_with_registers = "dinov2_with_registers"
+    sam2_hiera = "sam2_hiera"
 
 
 class Trunk(nn.Module):
@@ -45,6 +46,8 @@ class Trunk(nn.Module):
     depth: int
     num_registers: int = 0
     lora_targets: tuple[str, ...] = ()
+    # A hierarchical trunk's own pyramid: the taps (its stage ends) of its four levels; empty for a ViT.
+    pyramid_taps: tuple[int, ...] = ()
 
     @property
     def blocks(self) -> Sequence[nn.Module]:
@@ -181,6 +184,7 @@ class TimmConvNeXt(Trunk):
         super().__init__()
         self.model = model
         self.depth = len(model.stages)
+        self.pyramid_taps = tuple(range(1, self.depth + 1))
         self.patch_size = CONVNEXT_STRIDE
         self._channels = [f["num_chs"] for f in model.feature_info]
         self._strides = [f["reduction"] for f in model.feature_info]

@@ -97,6 +97,7 @@ def model_card(ckpt: Mapping[str, Any], results: Mapping[str, dict] | None, name
         "fetched by its id; with a local copy, add `model.encoder.pretrained_path=FOLDER` to the "
         f"commands below. The scorer warns when the encoder differs from the one trained on "
         f"(fingerprint `{fingerprint}`).",
+        *_second_encoder(cfg["model"].get("encoder2") or {}),
         "",
         "## Score it",
         "",
@@ -116,6 +117,17 @@ def model_card(ckpt: Mapping[str, Any], results: Mapping[str, dict] | None, name
     else:
         lines.append(f"No results.json was given at export: `{score}` writes one.")
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _second_encoder(enc2: Mapping[str, Any]) -> list[str]:
+    """The card's lines on model.encoder2 (a SAM2 Hiera fused with the first), when there is one."""
+    if not enc2.get("name"):
+        return []
+    return [
+        "",
+        f"It also needs the second encoder `{enc2['name']}` ({enc2['backend']}), fused with the first: "
+        "with a local copy, add `model.encoder2.pretrained_path=FOLDER` too.",
+    ]
 
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:

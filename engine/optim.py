@@ -93,7 +93,7 @@ def optimizer_for(model: nn.Module, train_cfg, device: torch.device) -> torch.op
         t.weight_decay,
         t.betas,
         t.encoder_lr_scale,
-        model.encoder.trunk.parameters(),
+        model.encoder.pretrained_parameters(),
         fused=t.fused_adamw and device.type == "cuda",
         decay_norms=t.decay_norms,
     )

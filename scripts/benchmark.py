@@ -7,7 +7,9 @@
 Builds the real model with ``build.build_model(config.load_config(--config, overrides))`` around a
 ViT-B/16-shaped random DINOv3 written to a temporary folder (no weights needed; ``--encoder DIR``
 uses a saved one instead), at ``--size`` px, and measures after warm-up, as medians over
-``--repeats`` (CUDA timed with synchronisation):
+``--repeats`` (CUDA timed with synchronisation). A config with a second encoder (model.encoder2,
+e.g. configs/e2net_dual.yaml) gets a random SAM2 trunk of the size its name says (``large`` for
+sam2.1-hiera-large; ``--encoder2 DIR`` uses a saved one, e.g. a tiny one from scripts/make_tiny_sam2.py):
 
   matmul     bf16 and fp32 throughput of a 4096x4096 matmul (the device's reference peak)
   encoder    ``model.encoder(x)`` under no_grad + the config's autocast; FLOP/s from FlopCounterMode
@@ -29,8 +31,8 @@ is resolved once (``auto``: for this device, engine.amp) and the result passed t
 The load average is recorded with each phase: on a shared CPU, compare runs taken at similar load.
 ``--batch 8,16,32`` measures the batch-dependent phases at each size (matmul and loader run once).
 ``--tiny`` runs every phase at toy sizes (a 4-block, 64-wide random encoder, 64 px, a 256² matmul,
-eight small JPEGs, one repeat), all in this process: the figures mean nothing, the run proves
-each phase works.
+eight small JPEGs, one repeat; with model.encoder2, a 6-block tiny SAM2 and both encoders at 64 px),
+all in this process: the figures mean nothing, the run proves each phase works.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ RATIO_PHASES = PHASES[:5]  # the ratios need these; feed adds the data-waiting s
 ONCE = ("matmul", "loader")  # independent of --batch
 # --tiny: the model keys that shrink the decoder to the 4-block, 64-wide random encoder it builds
 TINY_MODEL = ["model.encoder.layers=[1,2,3,4]", "model.channels=16", "model.context_heads=2"]
+TINY_DUAL = ["model.encoder.image_size=0", "model.encoder2.image_size=0"]  # both encoders at --size
 GOALS = {
     "encoder_fraction_of_peak": (">=", 0.70),
     "train_step_over_encoder": ("<=", 1.6),
@@ -344,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--config", default=str(ROOT / "e2net_dinov3.yaml"), help="recipe to build the model from")
     ap.add_argument("--encoder", default="", help="a saved DINOv3 folder instead of a random ViT-B/16")
+    ap.add_argument("--encoder2", default="", help="with model.encoder2: a saved SAM2 folder instead of a random one")
     ap.add_argument(
         "--phases",
         default=",".join(PHASES),
@@ -379,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)  # the probe of train.amp=auto runs with the phases' threads
     try:
-        precision = resolve_precision(load_config(a.config, a.overrides), torch.device(device))
+        cfg = load_config(a.config, a.overrides)
+        precision = resolve_precision(cfg, torch.device(device))
     except ConfigError as err:
         raise SystemExit(f"benchmark.py: {err}") from None
     with tempfile.TemporaryDirectory(prefix="bench-dinov3-") as tmp:
@@ -392,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             encoder = str(
                 make_tiny_dinov3(Path(tmp) / "vitb16", registers=4, patch=16, mlp_ratio=4.0, init_std=0.02, **shape)
             )
+        encoder2 = []
+        if cfg.model.encoder2.name:
+            folder = a.encoder2 or _random_sam2(cfg.model.encoder2.name, Path(tmp) / "sam2", a.tiny)
+            encoder2 = ["model.encoder2.backend=hf", f"model.encoder2.pretrained_path={folder}"]
+            encoder2 += ["model.encoder2.name=benchmark-sam2", *(TINY_DUAL if a.tiny else [])]
         try:
             batches = [int(b) or (8 if cuda else 2) for b in a.batch.split(",")]
         except ValueError:
@@ -419,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model.encoder.name=benchmark-vitb16",
                     f"data.image_size={a.size}",
                     *(TINY_MODEL if a.tiny else []),
+                    *encoder2,
                     *a.overrides,
                     f"train.amp={precision.amp}",
                 ],
@@ -436,6 +447,18 @@ def main(argv: list[str] | None = None) -> int:
             if a.json:  # after every batch size: a run stopped by a time limit keeps what it measured
                 _write(a.json, runs)
     return 0
+
+
+def _random_sam2(name: str, folder: Path, tiny: bool) -> str:
+    """A random SAM2 trunk of the size in ``name`` (tiny, small, base_plus / base-plus, large; else
+    large); ``tiny``: make_tiny_sam2's 6-block default instead."""
+    from scripts.make_tiny_sam2 import PRESETS, make_tiny_sam2
+
+    if tiny:
+        return str(make_tiny_sam2(folder, trunk_only=True))
+    size = next((s for s in PRESETS if s in name.replace("-", "_")), "large")
+    print(f"[random SAM2 Hiera {size} for model.encoder2] ...", file=sys.stderr, flush=True)
+    return str(make_tiny_sam2(folder, **PRESETS[size], init_std=0.02, trunk_only=True))
 
 
 def _write(path: str, runs: list[dict]) -> None:

@@ -61,9 +61,14 @@ def load_for_export(ckpt: Path, config: Path | None, overrides: list[str]) -> tu
     from engine.trained import load_trained
 
     # The ONNX graph is float32 whatever the training precision: no autocast, no bfloat16 weights.
-    float32 = [*overrides, "train.amp=off", "model.encoder.weights_dtype=float32"]
+    float32 = [
+        *overrides,
+        "train.amp=off",
+        "model.encoder.weights_dtype=float32",
+        "model.encoder2.weights_dtype=float32",
+    ]
     trained = load_trained(ckpt, config, float32, device=torch.device("cpu"))
-    return trained.model.float(), trained.architecture.patch_size, int(trained.cfg.data.image_size)
+    return trained.model.float(), trained.model.encoder.patch_size, int(trained.cfg.data.image_size)
 
 
 def export_hf(ckpt: Path, out: Path, config: Path | None, overrides: list[str], results: Path | None) -> None:

@@ -15,7 +15,9 @@ the CPU kernel, which the counter does not know, is counted as its two matrix pr
 "Frozen" FLOPs are those of encoder modules whose weights are all frozen (the ViT trunk; with LoRA,
 the frozen layers beside the adapters); every other FLOP (pyramid, fine-tuned blocks, LoRA, block
 adapters, CAEM, decoder) is "trainable". Block adapters run inside the frozen trunk's forward (from
-hooks on its blocks), so the counter books them there too: their FLOPs are moved back.
+hooks on its blocks), so the counter books them there too: their FLOPs are moved back. With two
+encoders (model.encoder2) each branch and the fusion get a line of their own: parameters (all and
+trainable) and GFLOPs, each branch at its own input size.
 """
 
 from __future__ import annotations
@@ -75,7 +77,28 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict[str, object]:
         "decoder": counts.get(f"{root}.decoder", 0),
         "trainable": total - frozen,
         "shapes": [tuple(o.shape) for o in outputs],
+        "branches": _branches(model, root, counts),
     }
+
+
+# The parts of a fused encoder (models.fusion.FusedEncoder) and the config section each comes from.
+BRANCHES = {"primary": "model.encoder2", "secondary": "model.encoder", "fusion": "model.fusion"}
+
+
+def _branches(model: nn.Module, root: str, counts: dict[str, int]) -> list[dict[str, object]]:
+    """Parameters and FLOPs of each part of a fused encoder; empty for a single encoder."""
+    parts = dict(model.encoder.named_children())
+    if set(parts) != set(BRANCHES):
+        return []
+    return [
+        {
+            "name": BRANCHES[name],
+            "params": sum(p.numel() for p in parts[name].parameters()),
+            "trainable_params": sum(p.numel() for p in parts[name].parameters() if p.requires_grad),
+            "flops": counts.get(f"{root}.encoder.{name}", 0),
+        }
+        for name in BRANCHES
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         f"trainable_blocks={m.encoder.trainable_blocks} lora_rank={m.encoder.lora.rank} "
         f"adapter_blocks={m.encoder.adapter.blocks} pyramid={m.encoder.pyramid} "
         f"encoder={m.encoder.pretrained_path or m.encoder.name}"
+        + (f" encoder2={m.encoder2.pretrained_path or m.encoder2.name} fusion={m.fusion}" if m.encoder2.name else "")
     )
     print(f"input: 1x3x{size[0]}x{size[1]}   (GFLOPs: FlopCounterMode, multiply-add = 2 FLOPs)")
     print(f"{'trainable params (M)':38s}{info['trainable_params'] / 1e6:10.2f}")
@@ -122,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'frozen encoder forward GFLOPs':38s}{g(info['frozen'])}")
     print(f"{'trainable-part forward GFLOPs':38s}{g(info['trainable'])}")
     print(f"{'  encoder pyramid / fine-tuned / adapters':38s}{g(info['encoder_trainable'])}")
+    for b in info["branches"]:
+        print(
+            f"{'  ' + b['name'] + ' GFLOPs':38s}{g(b['flops'])}   params (M) {b['params'] / 1e6:.2f}, "
+            f"trainable {b['trainable_params'] / 1e6:.3f}"
+        )
     print(f"{'  CAEM':38s}{g(info['caem'])}")
     print(f"{'  decoder':38s}{g(info['decoder'])}")
     shown = f"{ratio:10.2%}" if info["frozen"] else f"{'n/a':>10s}  (nothing frozen: model.encoder.freeze=false)"

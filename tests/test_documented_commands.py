@@ -34,6 +34,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {
     "make": "`make test` is this suite; `make demo` trains for minutes (its steps are the commands below)",
     "huggingface-cli": "downloads gated weights from the network",
+    "hf": "downloads weights from the network",
     "torchrun": "tests/test_ddp.py, test_multinode.py, test_elastic.py and test_eval_distributed.py launch "
     "train.py and test.py through torchrun, the multi-node line as docs/distributed.md writes it",
     "sbatch": "tests/test_slurm.py runs scripts/slurm/train.sbatch with stand-ins for srun and scontrol",
@@ -304,6 +305,11 @@ def _make_tiny_dinov3(argv, tiny, monkeypatch):
     assert (Path(argv[0]) / "config.json").is_file()
 
 
+def _make_tiny_sam2(argv, tiny, monkeypatch):
+    _main("scripts/make_tiny_sam2.py")(argv)
+    assert (Path(argv[0]) / "model.safetensors").is_file()
+
+
 def _make_synthetic_cod(argv, tiny, monkeypatch):
     assert _main("scripts/make_synthetic_cod.py")([*argv, "--train", "3", "--test", "2", "--size", "32"]) == 0
 
@@ -318,6 +324,7 @@ RUN = {
     "scripts/check_dataset.py": _check_dataset,
     "scripts/prepare_data.py": _prepare_data,
     "scripts/make_tiny_dinov3.py": _make_tiny_dinov3,
+    "scripts/make_tiny_sam2.py": _make_tiny_sam2,
     "scripts/make_synthetic_cod.py": _make_synthetic_cod,
 }
 
