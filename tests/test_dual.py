@@ -122,15 +122,26 @@ def test_dual_run_resumes_exactly_is_scored_by_test_py_and_exports(tmp_path, dua
     assert float(re.search(r"largest difference: (\S+)", printed).group(1)) < 1e-4
 
 
-def test_dual_levels_fusion_trains_under_ddp(tmp_path, dual_args):
-    """Two gloo processes, model.fusion=levels on DINOv3's four-level pyramid: every trainable weight
-    (the Hiera adapters, DINOv3's pyramid, the fusion) gets a gradient, or DDP's reducer stops the run."""
+def test_dual_levels_fusion_with_lora_and_adapters_trains_under_ddp(tmp_path, dual_args):
+    """Two gloo processes, model.fusion=levels on DINOv3's four-level pyramid, LoRA and an adapter on
+    every DINOv3 block, an adapter on every Hiera block: each trainable weight (both encoders'
+    adapters, the LoRA factors, DINOv3's pyramid, the fusion) gets a gradient, or DDP's reducer stops
+    the run; best.pth follows the training loss gathered from both processes."""
     run = tmp_path / "run"
     args = [a for a in dual_args if not a.startswith(("train.epochs", "train.deterministic", "model.encoder.layers"))]
     args += ["model.fusion=levels", "model.encoder.simple=false", "model.encoder.layers=[1,2,3,4]"]
+    args += ["model.encoder.lora.rank=4", "model.encoder.adapter.blocks=all", "train.best_metric=train_loss"]
     cmd = [*torchrun(2), "train.py", *args, "train.batch_size=2", "train.epochs=1", f"train.run_dir={run}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = load_checkpoint(run / "last.pth")
-    assert ckpt["step"] == 2 and any(k.startswith("encoder.secondary.pyramid.") for k in ckpt["model"])
+    keys = list(ckpt["model"])
+    assert ckpt["step"] == 2 and any(k.startswith("encoder.secondary.pyramid.") for k in keys)
+    assert any(k.startswith("encoder.secondary.") and ".lora_B." in k for k in keys)
+    adapters = [k for k in keys if ".adapters." in k]
+    # 4 DINOv3 blocks and 6 Hiera blocks, each adapter 5 tensors (norm 2, down, up, scale).
+    assert sum(k.startswith("encoder.secondary.") for k in adapters) == 4 * 5
+    assert sum(k.startswith("encoder.primary.") for k in adapters) == 6 * 5
+    best = load_checkpoint(run / "best.pth")
+    assert best["best"] == best["metrics"]["train_loss"] and best["best"] > 0
