@@ -11,7 +11,8 @@ uses a saved one instead), at ``--size`` px, and measures after warm-up, as medi
 e.g. configs/e2net_dual.yaml) gets a random SAM2 trunk of the size its name says (``large`` for
 sam2.1-hiera-large; ``--encoder2 DIR`` uses a saved one, e.g. a tiny one from scripts/make_tiny_sam2.py):
 
-  matmul     bf16 and fp32 throughput of a 4096x4096 matmul (the device's reference peak)
+  matmul     bf16 and fp32 throughput of a 4096x4096 matmul (the device's reference peak; on a CPU
+             the side halves until one product takes at most 2 s: slow bf16 paths run at ~1 GFLOP/s)
   encoder    ``model.encoder(x)`` under no_grad + the config's autocast; FLOP/s from FlopCounterMode
   train      zero_grad, forward + loss under autocast, backward, grad clipping, AdamW step (as train.py)
   infer      ``sigmoid(model(x)[-1])`` under no_grad + autocast (as test.py)
@@ -125,17 +126,39 @@ def _peak_bytes(device) -> int:
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
+MATMUL_SECONDS = 2.0  # on a CPU, the longest one timed product may take: the side shrinks to fit
+
+
 def _matmul(device, spec) -> dict:
     import torch
 
-    n, out = spec["matmul_n"], {}
+    out = {}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        n = spec["matmul_n"] if device.type == "cuda" else _cpu_matmul_side(spec["matmul_n"], dtype)
+        out[f"{name}_n"] = n
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         r = _timed(lambda a=a, b=b: a @ b, device, spec["warmup"], spec["repeats"])
         out[f"{name}_flops_per_s"] = 2 * n**3 / r["s"]
         out[f"{name}_flops_per_cpu_s"] = 2 * n**3 / r["cpu_s"]  # per thread-second
         out[f"{name}_s"] = r["s"]
     return out
+
+
+def _cpu_matmul_side(largest: int, dtype) -> int:
+    """The largest side (``largest`` halved, not below 256) whose product a 256² probe predicts to take
+    at most MATMUL_SECONDS: a CPU without a fast bf16 path multiplies bf16 at ~1 GFLOP/s, where one
+    4096² product takes two minutes and the peak is already plain at 512²."""
+    import torch
+
+    a = torch.randn(256, 256, dtype=dtype)
+    a @ a  # the first call pays for the kernel's setup
+    t0 = time.perf_counter()
+    a @ a
+    rate = 2 * 256**3 / max(time.perf_counter() - t0, 1e-9)
+    n = largest
+    while n > 256 and 2 * n**3 / rate > MATMUL_SECONDS:
+        n //= 2
+    return n
 
 
 def run_phase(phase: str, spec: dict) -> dict:
@@ -293,8 +316,8 @@ def _table(out: dict) -> str:
         f"{out['device_name']} ({out['threads']} threads), batch {out['batch']} x {out['size']}px, "
         f"amp={out['amp']} ({out['amp_reason']}), "
         f"median of {out['repeats']}, overrides: {' '.join(out['overrides']) or '-'}",
-        f"  matmul {out['matmul_n']}^2   bf16 {g(r['matmul']['bf16_flops_per_s'])}   "
-        f"fp32 {g(r['matmul']['fp32_flops_per_s'])}",
+        f"  matmul   bf16 {g(r['matmul']['bf16_flops_per_s'])} ({r['matmul']['bf16_n']}^2)   "
+        f"fp32 {g(r['matmul']['fp32_flops_per_s'])} ({r['matmul']['fp32_n']}^2)",
     ]
     for name in ("encoder", "train", "infer"):
         p = r[name]

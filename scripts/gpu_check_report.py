@@ -175,7 +175,9 @@ def _benchmark_rows(out: Path) -> list[tuple[str, str]]:
     rows = []
     first = runs[0]["phases"]
     if "matmul" in first:
-        rows.append(("bf16 matmul peak (4096²)", f"{first['matmul']['bf16_flops_per_s'] / 1e12:.1f} TFLOP/s"))
+        mm = first["matmul"]
+        side = mm.get("bf16_n", runs[0].get("matmul_n", 4096))
+        rows.append((f"bf16 matmul peak ({side}²)", f"{mm['bf16_flops_per_s'] / 1e12:.3g} TFLOP/s"))
     if "loader" in first:
         ld = first["loader"]
         rows.append(("worker-path augmentation, images/s per CPU core", f"{ld['images_per_s_per_worker']:.0f}"))
