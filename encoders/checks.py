@@ -19,7 +19,10 @@ def encoder_architecture(enc: DictConfig) -> Architecture:
 
 def _check_one(cfg: DictConfig, which: str) -> Architecture:
     enc, key = cfg.model[which], f"model.{which}"
-    arch = encoder_architecture(enc)
+    try:
+        arch = encoder_architecture(enc)
+    except FileNotFoundError as err:  # the messages name model.encoder's key; say which encoder it is
+        raise FileNotFoundError(f"{key}: {str(err).replace('model.encoder.', f'{key}.')}") from None
     p = arch.patch_size
     if enc.image_size:  # every image is resized to it: the loaded sizes do not matter to this encoder
         sizes = {f"{key}.image_size": [enc.image_size]}

@@ -137,7 +137,13 @@ def is_hiera(model_name: str, pretrained_path: str | None, backend: str) -> bool
     """Whether this encoder entry names a SAM2 Hiera (read from config.json, or the timm name)."""
     if backend == "timm":
         return model_name.split(".")[0].startswith(TIMM_PATTERN.rstrip("*"))
-    return _trunk_config(_load_hf_config(model_name, pretrained_path)) is not None
+    try:
+        config = _load_hf_config(model_name, pretrained_path)
+    except FileNotFoundError:
+        if "sam2" in model_name.lower():  # no weights to read: the name says which instructions apply
+            raise hiera_weights_missing_error(model_name, pretrained_path) from None
+        raise
+    return _trunk_config(config) is not None
 
 
 def _trunk_config(config) -> tuple[object, str] | None:
@@ -158,12 +164,12 @@ def hiera_weights_missing_error(model_name: str, pretrained_path: str | None, ba
         return FileNotFoundError(
             f"weights for timm model '{model_name}' not found: tried {tried}timm's hub copy (offline?). "
             f"{LICENSE_NOTE}: download Meta's sam2.1_hiera_*.pt (https://github.com/facebookresearch/sam2) "
-            f"and set pretrained_path to that file"
+            f"and set model.encoder.pretrained_path to that file"
         )
     folder = f"checkpoint/{model_name.rstrip('/').split('/')[-1]}/"
     return FileNotFoundError(
         f"SAM2 weights not found: tried {tried}the hub id '{model_name}' (offline?). {LICENSE_NOTE}: "
-        f"`hf download {model_name} --local-dir {folder}` and set pretrained_path={folder}"
+        f"`hf download {model_name} --local-dir {folder}` and set model.encoder.pretrained_path={folder}"
     )
 
 

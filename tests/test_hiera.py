@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from encoders.hiera import is_hiera, load_hiera, read_hiera_architecture
+from helpers import ROOT
 from models.fusion import PyramidFusion, fusion_sources
 from scripts.make_tiny_sam2 import make_tiny_sam2
 
@@ -125,6 +126,17 @@ def test_loading_errors_say_what_is_wrong(sam2: Path, tmp_path: Path, tiny_dinov
         load_hiera("facebook/sam2.1-hiera-tiny", str(tmp_path / "config-only"))
     with pytest.raises(ValueError, match=r"lacks 14 tensors .*vision_encoder\.backbone\.blocks\.3\."):
         load_hiera("x", str(tmp_path / "no-block-3"))
+    # No folder and no hub: the SAM2 instructions (not DINOv3's licence), naming the config key to set.
+    from build import check_config
+    from config import load_config
+
+    absent = ["model.encoder.pretrained_path=" + str(tiny_dinov3_factory(layers=2, hidden=32))]
+    absent += ["model.encoder.layers=[2]", f"model.encoder2.pretrained_path={tmp_path / 'absent'}"]
+    with pytest.raises(FileNotFoundError) as err:
+        check_config(load_config(str(ROOT / "configs" / "e2net_dual.yaml"), absent))
+    message = str(err.value)
+    assert message.startswith("model.encoder2: SAM2 weights not found") and "DINOv3" not in message
+    assert "hf download facebook/sam2.1-hiera-large" in message and "set model.encoder2.pretrained_path=" in message
     other = make_tiny_sam2(tmp_path / "wider", hidden=32)  # same names, other shapes
     pt = _meta_pt(other, tmp_path / "wider.pt")
     with pytest.raises(ValueError, match="could not load"):
