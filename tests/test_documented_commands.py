@@ -79,12 +79,12 @@ def _commands(doc: Path, block: list[tuple[int, str]]) -> list[tuple[str, list[s
         argv = shlex.split(text, comments=True)
         text, here = "", f"{doc.name}:{where}"
         where = 0
-        if len(argv) == 1 and re.fullmatch(r"[A-Z_]+=.*", argv[0]):
+        if len(argv) == 1 and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):
             name, value = argv[0].split("=", 1)
             variables[name] = shlex.split(value)
             continue
         argv = [x for a in argv for x in (variables.get(a[1:], [a]) if a.startswith("$") else [a])]
-        while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+        while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):
             argv.pop(0)
         if not argv or any(a.startswith("[") for a in argv):
             continue
