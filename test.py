@@ -212,7 +212,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     import torch
 
     import datasets
-    from engine.distributed import cleanup_distributed, setup_distributed
+    from engine.distributed import cleanup_distributed, finish_collectives, setup_distributed
     from engine.predict import MapRule, predict_loader
 
     env = setup_distributed()
@@ -230,6 +230,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
                 model, loader, precision, device, out / "preds" / bench, desc=bench, rule=MapRule.of(cfg)
             )
             log.info("%s: %d maps written to %s", bench, len(predicted[bench]), out / "preds" / bench)
+        finish_collectives()
     finally:
         cleanup_distributed()  # scoring is rank 0's alone
     if not env.is_main:

@@ -114,7 +114,17 @@ def wrap_ddp(model: nn.Module, env: DistEnv, *, static_graph: bool = False) -> D
     return DDP(model, device_ids=devices, gradient_as_bucket_view=True, static_graph=static_graph)
 
 
+def finish_collectives() -> None:
+    """Wait until every rank has finished its collectives: the last statement of a run's normal path,
+    before :func:`cleanup_distributed`. A rank that tears its gloo group down while a peer still
+    completes an operation with it can die in gloo's threads at exit (SIGABRT, "terminate called
+    without an active exception"). Not on an error path: a peer that failed never arrives."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup_distributed() -> None:
+    """Leave the process group (every rank, also after an error)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -131,25 +131,53 @@ class DDPRun:
 
 
 @pytest.fixture(scope="session")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory: Callable[..., Path]) -> DDPRun:
-    """One two-process DDP training (torchrun --standalone, gloo on CPU) of the tiny model: 8
-    training images, 4 validation images, batch 2 per process, 2 epochs (4 optimizer steps).
-    tests/test_ddp.py checks the run itself; the multi-node, elastic and evaluation tests launch
-    the same arguments their own way and compare with it."""
+def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random SAM2 Hiera (6 blocks, widths 16-128) in the layout of facebook/sam2.1-hiera-*."""
+    from scripts.make_tiny_sam2 import make_tiny_sam2
+
+    return make_tiny_sam2(tmp_path_factory.mktemp("sam2"))
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory, tiny_sam2: Path) -> DDPRun:
+    """The suite's one two-process DDP training (torchrun --standalone, gloo on CPU), of the fullest
+    model: configs/e2net_dual.yaml with model.fusion=levels, a tiny SAM2 Hiera with an adapter after
+    every block beside a 4-block DINOv3 (width 32) carrying LoRA, an adapter on every block and its
+    pyramid. 8 training images, 4 validation images, batch 2 per process, 2 epochs (4 optimizer
+    steps); best.pth follows the training loss gathered from both processes. Every trainable weight
+    must get a gradient in every step, or DDP's reducer stops the run. tests/test_ddp.py checks the
+    run itself; the multi-node, elastic, SLURM and evaluation tests launch the same arguments their
+    own way and compare with it."""
     import subprocess
 
-    from helpers import documented_env, tiny_model_args, torchrun
+    from helpers import documented_env, torchrun
     from scripts.make_synthetic_cod import generate
 
     data, run = tmp_path_factory.mktemp("ddp_data"), tmp_path_factory.mktemp("ddp_run")
     generate(data, n_train=12, n_test=5, size=48, seed=0)
     args = [
-        *tiny_model_args(data, tiny_dinov3_factory(layers=4)),
+        "--config",
+        str(ROOT / "configs" / "e2net_dual.yaml"),
+        f"model.encoder.pretrained_path={tiny_dinov3_factory(hidden=32, layers=4, heads=2)}",
+        "model.encoder.layers=[1,2,3,4]",
+        "model.encoder.simple=false",
+        "model.encoder.image_size=32",
+        "model.encoder.lora.rank=4",
+        "model.encoder.adapter.blocks=all",
+        f"model.encoder2.pretrained_path={tiny_sam2}",
+        "model.encoder2.image_size=64",
+        "model.fusion=levels",
+        "model.channels=16",
+        "model.context_heads=2",
+        f"data.root={data}",
+        "data.image_size=64",
         "data.val_fraction=0.34",
+        "train.amp=off",
         "train.batch_size=2",
         "train.num_workers=0",
         "train.log_interval=1",
         "train.epochs=2",
+        "train.best_metric=train_loss",
     ]
     cmd = [*torchrun(2), "train.py", *args, f"train.run_dir={run}"]
     res = subprocess.run(cmd, cwd=ROOT, env=documented_env(), capture_output=True, text=True, timeout=600)

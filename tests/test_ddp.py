@@ -33,6 +33,22 @@ def test_two_process_cpu_run(ddp_run):
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved from the unwrapped model
 
 
+def test_every_trainable_part_of_the_full_model_trained_under_ddp(ddp_run):
+    """LoRA, both encoders' adapters, DINOv3's pyramid and the fusion were all in the reducer's
+    buckets (a weight without a gradient stops the run), and best.pth follows the gathered training loss."""
+    ckpt = load_checkpoint(ddp_run.run / "last.pth")
+    keys = list(ckpt["model"])
+    assert any(k.startswith("encoder.secondary.pyramid.") for k in keys)
+    assert any(k.startswith("encoder.secondary.") and ".lora_B." in k for k in keys)
+    assert any(k.startswith("encoder.fusion.") for k in keys)
+    adapters = [k for k in keys if ".adapters." in k]
+    # 4 DINOv3 blocks and 6 Hiera blocks, each adapter 5 tensors (norm 2, down, up, scale).
+    assert sum(k.startswith("encoder.secondary.") for k in adapters) == 4 * 5
+    assert sum(k.startswith("encoder.primary.") for k in adapters) == 6 * 5
+    best = load_checkpoint(ddp_run.run / "best.pth")
+    assert best["best"] == best["metrics"]["train_loss"] and best["best"] > 0
+
+
 # ---- DDP around a frozen trunk (engine.distributed.wrap_ddp), in this process: a gloo group of one
 @pytest.fixture
 def one_process_group():

@@ -4,9 +4,6 @@ trains, exact resume, checkpoints without trunks, test.py and ONNX export, DDP, 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 
 import pytest
 import torch
@@ -14,13 +11,11 @@ import torch
 from build import build_model, check_config
 from config import load_config
 from engine.checkpoint import load_checkpoint
-from helpers import ROOT, load_test_cli, run_train, torchrun
-from scripts import export
-from scripts.make_tiny_sam2 import make_tiny_sam2
+from helpers import load_test_cli, run_train
 
 
 @pytest.fixture(scope="module")
-def dual_args(tmp_path_factory, tiny_dinov3_factory):
+def dual_args(tmp_path_factory, tiny_dinov3_factory, tiny_sam2):
     """A seconds-long configs/e2net_dual.yaml: 6-block Hiera (widths 16-128) at 64 px with an adapter
     after every block; 4-block DINOv3 (width 32) at 32 px; images loaded at 64 px."""
     from scripts.make_synthetic_cod import generate
@@ -28,14 +23,13 @@ def dual_args(tmp_path_factory, tiny_dinov3_factory):
     data = tmp_path_factory.mktemp("synth")
     generate(data, n_train=12, n_test=0, size=64, seed=0)
     dino = tiny_dinov3_factory(hidden=32, layers=4, heads=2)
-    sam2 = make_tiny_sam2(tmp_path_factory.mktemp("sam2"))
     return [
         "--config",
         "configs/e2net_dual.yaml",
         f"model.encoder.pretrained_path={dino}",
         "model.encoder.layers=[4]",
         "model.encoder.image_size=32",
-        f"model.encoder2.pretrained_path={sam2}",
+        f"model.encoder2.pretrained_path={tiny_sam2}",
         "model.encoder2.image_size=64",
         "model.channels=16",
         "model.context_heads=2",
@@ -91,20 +85,25 @@ def test_only_adapters_fusion_and_decoder_train_and_frozen_parts_keep_no_activat
     assert (arch.family, arch.patch_size, arch.depth) == ("dinov2", 14, 24)
 
 
-def test_dual_run_resumes_exactly_is_scored_by_test_py_and_exports(tmp_path, dual_args, capsys):
+def test_dual_run_with_lora_resumes_exactly_and_is_scored_by_test_py(tmp_path, dual_args):
+    """The recipe whose resume is proven bit for bit through train.py: LoRA on DINOv3, adapters on
+    every Hiera block and the fusion all carry optimizer state (the other recipes' tests round-trip
+    their training state in memory)."""
+    args = [*dual_args, "model.encoder.lora.rank=4"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run_train([*dual_args, f"train.run_dir={straight}"]) == 0
-    assert run_train([*dual_args, f"train.run_dir={resumed}", "train.max_steps=2"]) == 0
-    assert run_train([*dual_args, f"train.run_dir={resumed}"]) == 0
+    assert run_train([*args, f"train.run_dir={straight}"]) == 0
+    assert run_train([*args, f"train.run_dir={resumed}", "train.max_steps=2"]) == 0
+    assert run_train([*args, f"train.run_dir={resumed}"]) == 0
     a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(resumed / "last.pth")
     assert (a["step"], b["step"]) == (4, 4) and a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["metrics"] == b["metrics"]
 
-    # No trunk weight in the checkpoint: of the encoders only the adapters and the fusion are stored.
+    # No trunk weight in the checkpoint: of the encoders only the adapters, LoRA and the fusion are stored.
     encoder_keys = [k for k in a["model"] if k.startswith("encoder.")]
-    assert not [k for k in encoder_keys if not (".adapters." in k or k.startswith("encoder.fusion."))]
+    assert not [k for k in encoder_keys if not (".adapters." in k or ".lora_" in k or k.startswith("encoder.fusion."))]
+    assert any(".lora_B." in k and a["model"][k].abs().max() > 0 for k in encoder_keys)
     assert any(".adapters." in k and k.endswith(".up.weight") and a["model"][k].abs().max() > 0 for k in encoder_keys)
 
     # test.py --ckpt rebuilds both trunks from their folders and puts the trained weights back.
@@ -114,34 +113,3 @@ def test_dual_run_resumes_exactly_is_scored_by_test_py_and_exports(tmp_path, dua
     best = load_checkpoint(straight / "best.pth")["model"]
     state = model.state_dict()
     assert all(torch.equal(state[k].cpu(), v) for k, v in best.items())
-
-    # ONNX: one image in, one map out; both resizes inside the graph, checked against PyTorch.
-    capsys.readouterr()
-    assert export.main(["--ckpt", str(straight / "best.pth"), "--onnx", str(tmp_path / "dual.onnx")]) == 0
-    printed = capsys.readouterr().out
-    assert float(re.search(r"largest difference: (\S+)", printed).group(1)) < 1e-4
-
-
-def test_dual_levels_fusion_with_lora_and_adapters_trains_under_ddp(tmp_path, dual_args):
-    """Two gloo processes, model.fusion=levels on DINOv3's four-level pyramid, LoRA and an adapter on
-    every DINOv3 block, an adapter on every Hiera block: each trainable weight (both encoders'
-    adapters, the LoRA factors, DINOv3's pyramid, the fusion) gets a gradient, or DDP's reducer stops
-    the run; best.pth follows the training loss gathered from both processes."""
-    run = tmp_path / "run"
-    args = [a for a in dual_args if not a.startswith(("train.epochs", "train.deterministic", "model.encoder.layers"))]
-    args += ["model.fusion=levels", "model.encoder.simple=false", "model.encoder.layers=[1,2,3,4]"]
-    args += ["model.encoder.lora.rank=4", "model.encoder.adapter.blocks=all", "train.best_metric=train_loss"]
-    cmd = [*torchrun(2), "train.py", *args, "train.batch_size=2", "train.epochs=1", f"train.run_dir={run}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
-    ckpt = load_checkpoint(run / "last.pth")
-    keys = list(ckpt["model"])
-    assert ckpt["step"] == 2 and any(k.startswith("encoder.secondary.pyramid.") for k in keys)
-    assert any(k.startswith("encoder.secondary.") and ".lora_B." in k for k in keys)
-    adapters = [k for k in keys if ".adapters." in k]
-    # 4 DINOv3 blocks and 6 Hiera blocks, each adapter 5 tensors (norm 2, down, up, scale).
-    assert sum(k.startswith("encoder.secondary.") for k in adapters) == 4 * 5
-    assert sum(k.startswith("encoder.primary.") for k in adapters) == 6 * 5
-    best = load_checkpoint(run / "best.pth")
-    assert best["best"] == best["metrics"]["train_loss"] and best["best"] > 0
