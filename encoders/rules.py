@@ -67,7 +67,7 @@ def check_depth(
     blocks, and every block that trains feeds a tap; ``default``, the layers an empty list taps, is
     shown as an example."""
     if not all(1 <= i <= depth for i in layers):
-        example = f", {list(default)}" if default else ""
+        example = f": {list(default)}" if default else ""
         raise SettingError(
             "layers",
             f"{list(layers)}: give block indices in 1..{depth}: the encoder's {depth} blocks count from 1 "
