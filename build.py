@@ -7,7 +7,7 @@ reads the config. :func:`check_config` runs every check that needs no model befo
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from caem import CAEM
 from config import Amp, Decoder, Init, LossTerm, WeightsDtype
@@ -25,12 +25,29 @@ from models.linear import LinearDecoder
 from models.losses import CODLoss
 from models.reference import E2NetRefDecoder
 
+_passed: str | None = None  # _content() of the last config check_config passed
+
+
+def _content(cfg: DictConfig) -> str:
+    """What the key rules read: the whole config but ``train.amp``, which ``resolve_precision`` fills
+    in between :func:`check_config` and :func:`build_model` (train.py, engine/trained.py) and which no
+    rule reads."""
+    content = OmegaConf.to_container(cfg, enum_to_str=True)
+    content["train"].pop("amp", None)
+    return repr(content)
+
 
 def check_config(cfg: DictConfig) -> Architecture:
     """Keys that contradict each other, then the config against the encoder's checkpoint (sizes tile
-    into patches, tapped blocks exist). Returns the encoder's architecture; raises ``ConfigError``."""
+    into patches, tapped blocks exist). Returns the encoder's architecture; raises ``ConfigError``.
+
+    Remembers the last config that passed (its content, not the object), so that :func:`build_model`
+    does not check it again."""
+    global _passed
     check_keys(cfg)
-    return check_encoder(cfg)
+    architecture = check_encoder(cfg)
+    _passed = _content(cfg)
+    return architecture
 
 
 def frozen_weights_dtype(weights_dtype: WeightsDtype, amp: Amp) -> torch.dtype:
@@ -56,7 +73,7 @@ def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
     return build_dinov3_encoder(
         model_name=e.name,
         pretrained_path=e.pretrained_path,
-        backend=e.backend,
+        backend=str(e.backend),
         freeze=e.freeze,
         simple=e.simple,
         layers=tuple(e.layers) or None,
@@ -68,9 +85,9 @@ def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
             reduction=e.adapter.reduction,
             init_scale=e.adapter.init_scale,
         ),
-        pyramid=e.pyramid,
+        pyramid=str(e.pyramid),
         tap_norm=e.tap_norm,
-        channel_order=e.channel_order,
+        channel_order=str(e.channel_order),
         # the config's 0..255 statistics on the [0, 1] scale of the model's input
         mean=[v / 255 for v in e.pixel_mean] or None,
         std=[v / 255 for v in e.pixel_std] or None,
@@ -83,44 +100,44 @@ def build_fused_encoder(cfg: DictConfig) -> FusedEncoder:
     """model.encoder2's levels with model.encoder's maps fused into them (``model.fusion``), at
     ``model.channels`` per level."""
     m = cfg.model
-    primary, secondary = build_encoder(cfg, "encoder2"), build_encoder(cfg, "encoder")
-    levels, maps = len(primary.out_channels), len(secondary.out_channels)
-    fusion = PyramidFusion(
-        primary.out_channels, secondary.out_channels, m.channels, fusion_sources(m.fusion, levels, maps)
-    )
+    encoder2, encoder = build_encoder(cfg, "encoder2"), build_encoder(cfg, "encoder")
+    sources = fusion_sources(str(m.fusion), len(encoder2.out_channels), len(encoder.out_channels))
+    fusion = PyramidFusion(encoder2.out_channels, encoder.out_channels, m.channels, sources)
     if m.compile:  # as E2Net compiles CAEM and the decoder: in place, one static graph per size
         fusion.compile(dynamic=False)
-    return FusedEncoder(primary, secondary, fusion)
+    return FusedEncoder(encoder2, encoder, fusion)
 
 
 def build_model(cfg: DictConfig) -> E2Net:
-    """Encoder + CAEM + decoder from ``cfg.model`` (a full config from ``config.load_config``)."""
-    check_keys(cfg)
-    m = cfg.model
+    """Encoder + CAEM + decoder from ``cfg.model`` (a full config from ``config.load_config``).
+
+    Checks the keys that contradict each other (``ConfigError``) unless :func:`check_config` has just
+    passed this config."""
+    if _content(cfg) != _passed:
+        check_keys(cfg)
+    m, norm = cfg.model, str(cfg.model.norm)
     encoder = build_fused_encoder(cfg) if m.encoder2.name else build_encoder(cfg)
     levels = len(encoder.out_channels)
     if m.decoder == Decoder.linear:
-        decoder = LinearDecoder(encoder.out_channels, levels, norm=m.norm)
+        decoder = LinearDecoder(encoder.out_channels, levels, norm=norm)
         if m.init == Init.published:
             published_init_([decoder])
         return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
     caem = CAEM(
         encoder.out_channels,
         out_channels=m.channels,
-        norm=m.norm,
+        norm=norm,
         num_levels=levels,
-        align=m.caem_align,
+        align=str(m.caem_align),
         reduce_norm=m.caem_reduce_norm,
         se_bias=m.caem_se_bias,
     )
     keep_conv_bias = []
     if m.decoder == Decoder.e2net_ref:
-        decoder = E2NetRefDecoder(
-            m.channels, levels, heads=m.context_heads, norm=m.norm, coarse_sigmoid=m.coarse_sigmoid
-        )
+        decoder = E2NetRefDecoder(m.channels, levels, heads=m.context_heads, norm=norm, coarse_sigmoid=m.coarse_sigmoid)
         keep_conv_bias = [decoder.lfsm, decoder.cfzm]  # the published initialize() never reset these
     else:
-        decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=m.norm)
+        decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=norm)
     if m.init == Init.published:
         published_init_([caem, decoder], keep_conv_bias=keep_conv_bias)
     return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from config import CaemAlign
 from models.blocks import conv_norm_act, resize_to, squeeze_excite
+
+ALIGNS = ("own", "finest")  # the values of model.caem_align
 
 
 class CAEM(nn.Module):
@@ -62,9 +63,9 @@ class CAEM(nn.Module):
         widths = [in_channels] * num_levels if isinstance(in_channels, int) else list(in_channels)
         if len(widths) != num_levels:
             raise ValueError(f"CAEM got {len(widths)} input widths {widths} for {num_levels} levels")
-        if align not in set(CaemAlign):
-            raise ValueError(f"CAEM align '{align}' is not one of {', '.join(CaemAlign)}")
-        self.num_levels, self.align = num_levels, CaemAlign(align)
+        if align not in ALIGNS:
+            raise ValueError(f"CAEM align '{align}' is not one of {', '.join(ALIGNS)}")
+        self.num_levels, self.align = num_levels, str(align)
         self.reduce = nn.ModuleList(
             conv_norm_act(c, out_channels, 1, norm) if reduce_norm else nn.Conv2d(c, out_channels, 1) for c in widths
         )
@@ -79,6 +80,6 @@ class CAEM(nn.Module):
         for i in range(self.num_levels - 2, -1, -1):  # coarse to fine
             deeper = resize_to(fused[0], reduced[i])
             fused.insert(0, self.fuse[i](torch.cat((reduced[i], deeper), dim=1)))
-        if self.align == CaemAlign.finest:
+        if self.align == "finest":
             fused = [resize_to(g, fused[0]) for g in fused]
         return [se(g) for se, g in zip(self.attend, fused)]

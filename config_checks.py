@@ -1,7 +1,9 @@
 """Config keys that are valid alone but contradict each other.
 
-Run by ``build.check_config`` (with the encoder's own checks) before anything is built, and by
-``build.build_model``; :func:`config.load_config` checks each key alone.
+Run by ``build.check_config`` (with the checks against the encoder's checkpoint) before anything is
+built, and by ``build.build_model`` for a config nobody checked; :func:`config.load_config` checks
+each key alone. An encoder section's rules are the encoder's own (:mod:`encoders.rules`), reported
+here under the section's keys.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from config import AugmentOn, BestMetric, CaemAlign, ConfigError, Decoder, Fusion, LossTerm, Pyramid, Scheduler
+from encoders.rules import SettingError, check_taps, check_training
 
 
 def _levels(c: DictConfig) -> int:
@@ -26,25 +29,28 @@ def _adapter_blocks_form(blocks) -> bool:
 
 
 def _encoder_rules(which: str) -> list[tuple[str, Callable[[DictConfig], bool], str]]:
-    """The rules of one encoder section (model.encoder, model.encoder2): the same keys, the same rules."""
+    """The rules of one encoder section (model.encoder, model.encoder2) that only the config has:
+    the same keys, the same rules. The encoder's own rules are :func:`_check_encoder_settings`'."""
     k = f"model.{which}"
     e = lambda c: c.model[which]  # noqa: E731
     return [
-        (f"{k}.layers", lambda c: len(e(c).layers) in (0, 4) or e(c).simple,
-         f"a pyramid ({k}.simple=false) is built from four tapped blocks; give four or []"),
-        (f"{k}.trainable_blocks", lambda c: e(c).freeze or e(c).trainable_blocks == 0,
-         f"applies to a frozen encoder ({k}.freeze=true); freeze=false already trains every block"),
-        (f"{k}.lora.rank", lambda c: e(c).lora.rank == 0 or (e(c).freeze and e(c).trainable_blocks == 0),
-         f"LoRA adapts a frozen trunk: set {k}.freeze=true and {k}.trainable_blocks=0"),
         (f"{k}.adapter.blocks", lambda c: _adapter_blocks_form(e(c).adapter.blocks),
          "give a list of 0-based block indices (e.g. [0, 1, 2]), 'all', or [] for no adapters"),
-        (f"{k}.adapter.blocks", lambda c: not e(c).adapter.blocks or (e(c).freeze and e(c).trainable_blocks == 0),
-         f"adapters go on a frozen trunk: set {k}.freeze=true and {k}.trainable_blocks=0"),
         (f"{k}.pyramid", lambda c: not e(c).simple or e(c).pyramid == Pyramid.vitdet,
          f"has no effect with {k}.simple=true (all levels at stride p): set simple=false or leave it at vitdet"),
         (f"{k}.pixel_mean", lambda c: len(e(c).pixel_mean) == len(e(c).pixel_std) and len(e(c).pixel_std) in (0, 3),
          f"give three values, and three for {k}.pixel_std (or leave both empty for the checkpoint's own)"),
     ]  # fmt: skip
+
+
+def _check_encoder_settings(cfg: DictConfig, which: str) -> None:
+    """The encoder's own rules (:mod:`encoders.rules`: taps, what trains) on the section ``model.<which>``."""
+    e = cfg.model[which]
+    try:
+        check_taps(list(e.layers), e.simple)
+        check_training(e.freeze, e.trainable_blocks, e.lora.rank, e.adapter.blocks)
+    except SettingError as err:
+        raise ConfigError(err.config_message(f"model.{which}")) from None
 
 
 # Keys that are valid alone but contradict each other: (the key to change, holds when, why).
@@ -100,7 +106,10 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first of :data:`RULES` that ``cfg`` breaks."""
+    """Raise :class:`ConfigError` for the first rule ``cfg`` breaks: each encoder section's own rules
+    (:mod:`encoders.rules`), then :data:`RULES`."""
+    for which in ("encoder", "encoder2"):
+        _check_encoder_settings(cfg, which)
     for key, holds, why in RULES:
         if not holds(cfg):
             raise ConfigError(f"config key '{key}': {why}")

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.trunks import Family, Trunk
+from encoders.rules import check_adapter_family
+from encoders.trunks import Trunk
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,13 @@ def add_adapters(
     """Attach a :class:`BlockAdapter` after each block in ``blocks`` (see :func:`resolve_blocks`)
     of a ViT or Hiera ``trunk``; returns the new, trainable, float32 parameters (none for an empty list).
 
-    Call it after freezing the trunk (the adapters train whatever the trunk does). Raises ValueError
-    for a ConvNeXt trunk (its stages hold maps, not tokens), for an index outside the trunk, or when
-    the trunk already has adapters.
+    ``blocks`` count from 0 (block 0 is the first), unlike the tapped ``layers`` of
+    :class:`~dinov3_encoder.PyramidEncoder`, which count from 1: adapters on blocks 0..n-1 feed a
+    tap at layer n. Call it after freezing the trunk (the adapters train whatever the trunk does).
+    Raises ValueError for a ConvNeXt trunk (its stages hold maps, not tokens), for an index outside
+    the trunk, or when the trunk already has adapters.
     """
-    if trunk.family == Family.dinov3_convnext:
-        raise ValueError(
-            "adapters act on a ViT's tokens; a dinov3_convnext trunk has none: set model.encoder.adapter.blocks=[]"
-        )
+    check_adapter_family(trunk.family, blocks)
     if hasattr(trunk, ADAPTERS_ATTR):
         raise ValueError("this trunk already has adapters")
     chosen = resolve_blocks(blocks, trunk.depth, usable)

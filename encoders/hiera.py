@@ -35,17 +35,18 @@ from torch import nn
 
 from encoders.loading import (
     Architecture,
+    WeightsHelp,
     _load_hf_config,
     _local,
     _norm_stats,
     _progress_bars_only_on_a_terminal,
+    weights_missing_error,
 )
 from encoders.trunks import Family, Trunk, _distinct_indices, square
 
 HF_TRUNK_TYPE = "sam2_hiera_det_model"
 META_PREFIX = "image_encoder.trunk."  # where Meta's sam2*_hiera_*.pt files keep the trunk
 TIMM_PATTERN = "sam2_hiera_*"
-LICENSE_NOTE = "SAM2 weights are public (Apache-2.0)"
 
 
 class Hiera(Trunk):
@@ -157,20 +158,18 @@ def _trunk_config(config) -> tuple[object, str] | None:
     return None
 
 
+SAM2_WEIGHTS = WeightsHelp(
+    what="SAM2 weights",
+    licence="SAM2 weights are public (Apache-2.0)",
+    unreachable="offline?",
+    hf_fetch="`hf download {name} --local-dir {folder}`",
+    timm_fetch="download Meta's sam2.1_hiera_*.pt (https://github.com/facebookresearch/sam2)",
+)
+
+
 def hiera_weights_missing_error(model_name: str, pretrained_path: str | None, backend: str = "hf") -> FileNotFoundError:
-    """The one error for absent SAM2 weights: what was tried and how to fetch them."""
-    tried = f"'{pretrained_path}' and " if pretrained_path else ""
-    if backend == "timm":
-        return FileNotFoundError(
-            f"weights for timm model '{model_name}' not found: tried {tried}timm's hub copy (offline?). "
-            f"{LICENSE_NOTE}: download Meta's sam2.1_hiera_*.pt (https://github.com/facebookresearch/sam2) "
-            f"and set model.encoder.pretrained_path to that file"
-        )
-    folder = f"checkpoint/{model_name.rstrip('/').split('/')[-1]}/"
-    return FileNotFoundError(
-        f"SAM2 weights not found: tried {tried}the hub id '{model_name}' (offline?). {LICENSE_NOTE}: "
-        f"`hf download {model_name} --local-dir {folder}` and set model.encoder.pretrained_path={folder}"
-    )
+    """The one error for absent SAM2 weights: :func:`~encoders.loading.weights_missing_error` with SAM2's instructions."""
+    return weights_missing_error(model_name, pretrained_path, backend, SAM2_WEIGHTS)
 
 
 @contextlib.contextmanager

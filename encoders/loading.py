@@ -49,12 +49,6 @@ def default_layers(depth: int) -> tuple[int, int, int, int]:
     return tuple(max(1, depth * k // 4) for k in (1, 2, 3, 4))  # type: ignore[return-value]
 
 
-def nearest_sizes(size: int, patch: int) -> list[int]:
-    """The multiples of ``patch`` nearest to ``size``, nearest first (never below one patch)."""
-    low, high = max(patch, size // patch * patch), max(patch, -(-size // patch) * patch)
-    return sorted({low, high}, key=lambda s: (abs(s - size), s))
-
-
 def read_architecture(
     model_name: str, pretrained_path: str | None = None, backend: str = "hf", timm_kwargs: dict | None = None
 ) -> Architecture:
@@ -89,22 +83,50 @@ def load_trunk(
     return _timm_trunk(model, model_name), mean, std
 
 
-def weights_missing_error(model_name: str, pretrained_path: str | None, backend: str = "hf") -> FileNotFoundError:
-    """The one error for absent weights: what was tried, the license, where to put the files."""
+@dataclass(frozen=True)
+class WeightsHelp:
+    """How one family's weights are had, for :func:`weights_missing_error`. ``hf_fetch`` and
+    ``timm_fetch`` may name ``{name}`` (the hub id or timm name) and ``{folder}`` (checkpoint/<name>/)."""
+
+    what: str  # what a hub id's loader did not find
+    licence: str
+    unreachable: str  # why the hub copy may not have come
+    hf_fetch: str
+    timm_fetch: str
+
+
+DINO_WEIGHTS = WeightsHelp(
+    what="encoder weights",
+    licence="DINOv3 weights are gated under the DINOv3 license",
+    unreachable="offline, or no access",
+    hf_fetch="accept it at https://huggingface.co/{name}, then log in (`hf auth login`) or download the snapshot "
+    "(config.json, model.safetensors, preprocessor_config.json) into {folder}",
+    timm_fetch=f"request them at {META_DOWNLOADS}; place the .pth (Meta's DINOv3 link, or DINOv2's "
+    "dinov2_vitb14_pretrain.pth) under checkpoint/",
+)
+
+
+def weights_missing_error(
+    model_name: str, pretrained_path: str | None, backend: str = "hf", how: WeightsHelp = DINO_WEIGHTS
+) -> FileNotFoundError:
+    """The one error for absent weights: what was tried, the licence, how to fetch the files and the
+    key to set (model.encoder.pretrained_path). ``how``: DINO's instructions unless given (SAM2's:
+    :data:`encoders.hiera.SAM2_WEIGHTS`)."""
     tried = f"'{pretrained_path}' and " if pretrained_path else ""
-    if backend == "timm":
-        return FileNotFoundError(
-            f"weights for timm model '{model_name}' not found: tried {tried}timm's hub copy (offline, or no "
-            f"access). DINOv3 weights are gated under the DINOv3 license: request them at {META_DOWNLOADS}; "
-            f"place the .pth (Meta's DINOv3 link, or DINOv2's dinov2_vitb14_pretrain.pth) under checkpoint/ "
-            f"and set model.encoder.pretrained_path to that file"
-        )
     folder = f"checkpoint/{model_name.rstrip('/').split('/')[-1]}/"
+    key = "model.encoder.pretrained_path"
+    if backend == "timm":
+        what, where, fetch, then = (
+            f"weights for timm model '{model_name}'",
+            "timm's hub copy",
+            how.timm_fetch,
+            f"{key} to that file",
+        )
+    else:
+        what, where, fetch, then = how.what, f"the hub id '{model_name}'", how.hf_fetch, f"{key}={folder}"
+    fetch = fetch.format(name=model_name, folder=folder)
     return FileNotFoundError(
-        f"encoder weights not found: tried {tried}the hub id '{model_name}' (offline, or no access). DINOv3 "
-        f"weights are gated under the DINOv3 license: accept it at https://huggingface.co/{model_name}, then "
-        f"log in (`hf auth login`) or download the snapshot (config.json, model.safetensors, "
-        f"preprocessor_config.json) into {folder} and set model.encoder.pretrained_path={folder}"
+        f"{what} not found: tried {tried}{where} ({how.unreachable}). {how.licence}: {fetch} and set {then}"
     )
 
 
@@ -261,7 +283,8 @@ __all__ = [
     "Architecture",
     "default_layers",
     "load_trunk",
-    "nearest_sizes",
     "read_architecture",
+    "DINO_WEIGHTS",
+    "WeightsHelp",
     "weights_missing_error",
 ]

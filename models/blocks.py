@@ -13,8 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
-from config import Norm
-
 
 def gn_groups(channels: int) -> int:
     """32 groups (Wu & He's default), fewer for narrow layers so each group keeps >= 4 channels."""
@@ -24,17 +22,17 @@ def gn_groups(channels: int) -> int:
     return groups
 
 
-_NORMS = {
+NORMS = {  # keyed by the values of model.norm
     # the same in train and eval and independent of the per-GPU batch
-    Norm.gn: lambda channels: nn.GroupNorm(gn_groups(channels), channels),
+    "gn": lambda channels: nn.GroupNorm(gn_groups(channels), channels),
     # use with SyncBatchNorm for DDP if the batch per GPU is small
-    Norm.bn: nn.BatchNorm2d,
+    "bn": nn.BatchNorm2d,
 }
 
 
-def norm_layer(kind: Norm | str, channels: int) -> nn.Module:
-    """``"gn"``: GroupNorm; ``"bn"``: BatchNorm2d (config.Norm)."""
-    return _NORMS[kind](channels)
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``"gn"``: GroupNorm; ``"bn"``: BatchNorm2d (the values of model.norm)."""
+    return NORMS[kind](channels)
 
 
 def conv_norm_act(cin: int, cout: int, kernel_size: int = 3, norm: str = "gn", act: bool = True) -> nn.Module:

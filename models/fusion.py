@@ -9,8 +9,9 @@ place in its pyramid (finest with finest), so the shallow, local DINO layers mee
 levels. The 1x1 projection runs before the resize, at the secondary map's (usually smaller) size:
 both are linear and the bilinear weights sum to one, so the order changes the cost only.
 
-:class:`FusedEncoder` runs both encoders (each resizes the image to its own input size itself) and
-fuses their outputs; to the rest of the network it is one encoder.
+The primary pyramid is the config's ``model.encoder2`` (the Hiera), the secondary maps its
+``model.encoder`` (DINO). :class:`FusedEncoder` runs both encoders (each resizes the image to its
+own input size itself) and fuses their outputs; to the rest of the network it is one encoder.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from config import Fusion
+FUSIONS = ("concat", "levels")  # the values of model.fusion
 
 
-def fusion_sources(kind: Fusion | str, levels: int, secondary_maps: int) -> list[int]:
+def fusion_sources(kind: str, levels: int, secondary_maps: int) -> list[int]:
     """The secondary map fused into each of ``levels`` primary levels: ``concat``, the last (deepest)
     of ``secondary_maps`` into every level; ``levels``, map i into level i."""
-    if Fusion(kind) == Fusion.concat:
+    if kind not in FUSIONS:
+        raise ValueError(f"fusion '{kind}' is not one of {', '.join(FUSIONS)}")
+    if kind == "concat":
         return [secondary_maps - 1] * levels
     return list(range(levels))
 
@@ -77,22 +80,27 @@ class FusedEncoder(nn.Module):
     """Two encoders and their fusion, seen as one encoder.
 
     Args:
-        primary: image -> maps whose levels the fused pyramid keeps (a SAM2 Hiera); has
-            ``out_channels``, ``strides``, ``patch_size`` and ``input_size`` (None: the image as given).
-        secondary: image -> maps fused into them (DINO); the same attributes.
+        encoder2: the config's ``model.encoder2`` (a SAM2 Hiera): image -> the primary maps, whose
+            levels the fused pyramid keeps; has ``out_channels``, ``strides``, ``patch_size`` and
+            ``input_size`` (None: the image as given).
+        encoder: the config's ``model.encoder`` (DINO): image -> the secondary maps fused into
+            them; the same attributes.
         fusion: ``(primary maps, secondary maps) -> maps`` with ``out_channels`` (:class:`PyramidFusion`).
+
+    The two are held as ``primary`` (``encoder2``) and ``secondary`` (``encoder``): those names are
+    the state-dict keys of the checkpoints already written (``encoder.primary.trunk...``).
 
     ``forward(x [B, 3, H, W] in [0, 1]) -> list of [B, out_channels[i], h_i, w_i]``, the primary's
     levels. ``strides`` are the primary's, relative to its own input; ``patch_size`` is what H and W
     must be multiples of (1 when both encoders resize every image to their own size).
     """
 
-    def __init__(self, primary: nn.Module, secondary: nn.Module, fusion: nn.Module) -> None:
+    def __init__(self, encoder2: nn.Module, encoder: nn.Module, fusion: nn.Module) -> None:
         super().__init__()
-        self.primary, self.secondary, self.fusion = primary, secondary, fusion
+        self.primary, self.secondary, self.fusion = encoder2, encoder, fusion
         self.out_channels = list(fusion.out_channels)
-        self.strides = list(primary.strides)
-        self.patch_size = math.lcm(*(e.patch_size for e in (primary, secondary) if e.input_size is None))
+        self.strides = list(encoder2.strides)
+        self.patch_size = math.lcm(*(e.patch_size for e in (encoder2, encoder) if e.input_size is None))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.fusion(self.primary(x), self.secondary(x))

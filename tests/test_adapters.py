@@ -7,10 +7,10 @@ import timm
 import torch
 from transformers import AutoModel
 
-from dinov3_encoder import ProjectedPyramid
 from encoders.adapters import BlockAdapter, adapter_parameters, add_adapters, is_adapter
 from encoders.loading import load_trunk
 from encoders.lora import LoRA, add_lora
+from encoders.pyramids import ProjectedPyramid
 from encoders.trunks import Family, TimmConvNeXt, TimmViT, Trunk
 
 TINY = {"hidden": 32, "layers": 4, "heads": 2}

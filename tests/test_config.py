@@ -238,3 +238,15 @@ def test_off_stays_a_string(tmp_path):
     path.write_text("train:\n  amp: off\n  deterministic: true\n")
     cfg = load_config(path)
     assert cfg.train.amp == "off" and cfg.train.deterministic is True
+
+
+def test_build_model_checks_the_keys_once(tiny_dinov3_factory, monkeypatch):
+    """build_model checks a config nobody checked, and not again one that build.check_config passed."""
+    import build
+
+    with pytest.raises(ConfigError, match=r"model\.encoder\.lora\.rank"):
+        build.build_model(load_config(None, ["model.encoder.lora.rank=2", "model.encoder.freeze=false"]))
+    cfg = load_config(None, ["train.amp=off", f"model.encoder.pretrained_path={tiny_dinov3_factory(layers=4)}"])
+    build.check_config(cfg)
+    monkeypatch.setattr(build, "check_keys", lambda c: pytest.fail("the keys were checked twice"))
+    build.build_model(cfg)

@@ -13,10 +13,10 @@ FLOORS = {
     "cod_benchmarks": 1,  # facts about the benchmarks
     "evaluation": 2,  # metrics and their names
     "config": 3,  # the schema and its loading
-    "config_checks": 3.5,  # keys that contradict each other
-    "encoders": 4,  # trunk families, loading, LoRA, the encoder check
+    "encoders": 4,  # trunk families, loading, LoRA, adapters, pyramids, the encoder's rules and check
     "datasets": 4,
     "models": 4,  # decoder heads and losses
+    "config_checks": 4.5,  # keys that contradict each other (an encoder section's: encoders.rules)
     "dinov3_encoder": 5,
     "caem": 5,
     "build": 6,  # the one builder
@@ -91,3 +91,19 @@ def test_the_layering_test_sees_an_upward_import(tmp_path) -> None:
     path = tmp_path / "x.py"
     path.write_text("import train\nfrom engine.step import optimisation_step\n\ndef f():\n    import build\n")
     assert _imports(path, "config") == {"train", "engine.step", "build", "engine.step.optimisation_step"}
+
+
+def test_model_code_takes_the_config_values_as_plain_strings() -> None:
+    """Model code never imports the config's enums; the plain strings it accepts are the enums' values."""
+    from caem import ALIGNS
+    from config import CaemAlign, Fusion, Norm, Pyramid
+    from encoders.pyramids import PYRAMIDS
+    from models.blocks import NORMS
+    from models.fusion import FUSIONS
+
+    for accepted, values in ((PYRAMIDS, Pyramid), (NORMS, Norm), (ALIGNS, CaemAlign), (FUSIONS, Fusion)):
+        assert sorted(accepted) == sorted(v.value for v in values)
+    modules = _modules()
+    model_code = [n for n in modules if n.split(".")[0] in ("encoders", "models", "caem", "dinov3_encoder")]
+    importing = [n for n in model_code if "config" in _imports(modules[n], n) and n != "encoders.checks"]
+    assert not importing, importing

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from build import build_loss, build_model
 from caem import CAEM
 from config import load_config
-from dinov3_encoder import SimpleFeaturePyramid
+from encoders.pyramids import SimpleFeaturePyramid
 from models.heads import E2NetDecoder
 from models.linear import LinearDecoder
 
