@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, first_line
+from config import first_line
+from engine.checkpoint.files import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def load_weights(model: nn.Module, weights: Any, path: Path) -> None:
         model.load_trainable_state_dict(weights)
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(
-            f"checkpoint '{path}' does not fit this model/config ({first_line(err)}); use the config it was "
-            f"trained with (config.yaml beside it), or start fresh with train.resume="
+            f"checkpoint '{path}' does not fit this model/config ({first_line(err, with_type=True)}); use the "
+            f"config it was trained with (config.yaml beside it), or start fresh with train.resume="
         ) from None
 
 
