@@ -313,9 +313,6 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
         def trainable_state_dict(self):
             return self.state_dict()
 
-        def load_trainable_state_dict(self, state):
-            self.load_state_dict(state)
-
     net = Net(2, 2)
     opt = build_optimizer(net, lr=1.0, weight_decay=0.0)
     cosine = build_scheduler(opt, total_steps=10, warmup_steps=0, min_ratio=0.1)
