@@ -24,13 +24,14 @@ from safetensors.torch import load_file, save_file
 
 from config import first_line
 from engine.checkpoint import CheckpointError
+from engine.checkpoint.training import BEST_KEYS
 from evaluation.tables import format_markdown
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-# Checkpoint entries the folder keeps besides the weights and the config (in the header).
-META_KEYS = ("encoder", "epoch", "step", "best", "metrics", "versions")
+# Checkpoint entries the folder keeps besides the weights and the config (in the header): best.pth's.
+META_KEYS = tuple(k for k in BEST_KEYS if k not in ("model", "config"))
 
 
 def is_hf_folder(path: Path) -> bool:
