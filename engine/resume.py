@@ -27,7 +27,7 @@ class Stateful(Protocol):
 
 @dataclass
 class TrainState:
-    """Everything an exact resume needs (saved by :func:`engine.checkpoint.training_checkpoint`).
+    """Everything an exact resume needs (:func:`engine.checkpoint.training.training_checkpoint` saves it).
 
     ``model`` is the unwrapped model (its trainable weights are saved); ``optimizer``, ``scheduler``,
     ``scaler`` and every entry of ``extra`` are anything with ``state_dict()`` / ``load_state_dict()``,
