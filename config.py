@@ -433,10 +433,18 @@ def load_config(path: str | Path | dict | None = None, overrides: list[str] | No
     return cfg
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message: what a one-line error report quotes."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+def first_line(err: BaseException, with_type: bool = False) -> str:
+    """What a one-line error report quotes of ``err``: its message's first line, cut at the first
+    sentence and 200 characters (torch's messages run to paragraphs); the type's name when there is
+    no message. ``with_type`` puts the type first, for messages that do not say what failed (torch's
+    loaders, safetensors)."""
+    text = str(err).strip()
+    line = text.splitlines()[0].split(". ")[0][:200] if text else ""
+    if not line and isinstance(err, EOFError):
+        line = "the file ends too early"
+    if not line:
+        return type(err).__name__
+    return f"{type(err).__name__}: {line}" if with_type else line
 
 
 def to_dict(cfg: DictConfig) -> dict:

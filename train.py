@@ -35,19 +35,18 @@ import datasets
 from build import build_loss, build_model, check_config
 from config import BestMetric, ConfigError, Scheduler, load_config, save_config
 from engine.amp import NonFiniteGuard, resolve_precision
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint.run import RunCheckpoints, find_resume, read_resume
 from engine.cli import add_config_arguments, error_line
 from engine.distributed import DistEnv, cleanup_distributed, restart_store_problem, setup_distributed, wrap_ddp
 from engine.errors import USER_ERRORS
 from engine.logger import TENSORBOARD_COMMAND, RunWriter
 from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for
-from engine.resume import BEST_KEYS, RESUME_KEYS, TrainState, find_resume
+from engine.resume import TrainState
 from engine.rng import seed_everything
 from engine.run_folder import RunLock, open_run_dir
 from engine.step import train_one_epoch
 from engine.stop import StopRequest
-from engine.validation import is_better, test_at_end, validate
-from engine.weights import first_nonfinite
+from engine.validation import test_at_end, validate
 
 log = logging.getLogger("train")
 
@@ -93,10 +92,9 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
     """config -> data -> model -> optimizer -> resume -> epochs -> end-of-run test."""
     t, run_dir = cfg.train, Path(cfg.train.run_dir)
     seed_everything(t.seed + env.rank, t.deterministic)
-    ckpt_path = find_resume(t.resume, run_dir)  # read first: a bad checkpoint fails before anything is built
-    ckpt = load_checkpoint(ckpt_path, required=RESUME_KEYS) if ckpt_path else None
+    resume = read_resume(t.resume, run_dir)  # read first: a bad checkpoint fails before anything is built
     # Before the model (frozen-weight storage follows it) and before config.yaml, which records it.
-    precision = resolve_precision(cfg, env.device, resumed=ckpt.get("config") if ckpt else None)
+    precision = resolve_precision(cfg, env.device, resumed=resume.config if resume else None)
     if env.is_main:
         save_run_config(cfg, run_dir)
 
@@ -110,18 +108,19 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
         "%d process(es) on %s", len(train_loader.dataset), math.ceil(len(train_loader) / t.accum_steps),
         len(val_loader.dataset) if val_loader else 0, n_params / 1e6, precision.amp, env.world_size, env.device,
     )  # fmt: skip
-    if ckpt is not None:
-        state.load_state_dict(ckpt, ckpt_path, len(train_loader))
-        log.info("resumed from %s: %s done, best %s %s", ckpt_path, state.position, t.best_metric, state.best)
-    elif (run_dir / "last.pth").is_file():
-        log.warning("train.resume is empty: starting fresh, %s will be overwritten", run_dir / "last.pth")
+    checkpoints = RunCheckpoints(state)
+    if resume is not None:
+        checkpoints.restore(resume, len(train_loader))
+        log.info("resumed from %s: %s done, best %s %s", resume.path, state.position, t.best_metric, state.best)
+    elif checkpoints.last.is_file():
+        log.warning("train.resume is empty: starting fresh, %s will be overwritten", checkpoints.last)
 
     net = model
     if env.distributed:
         net = wrap_ddp(model, env, static_graph=t.ddp_static_graph)
         if env.is_main and (problem := restart_store_problem()):
             log.warning("%s", problem)
-    writer = RunWriter(run_dir, env.is_main, purge_step=state.step + 1 if ckpt else None)
+    writer = RunWriter(run_dir, env.is_main, purge_step=state.step + 1 if resume else None)
     writer.text("config", OmegaConf.to_yaml(cfg), state.step)
     guard = NonFiniteGuard(t.max_nonfinite, env.device)
     for epoch in range(state.epoch, t.epochs):
@@ -137,15 +136,13 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
             guard=guard,
             writer=writer,
             stop=stop,
-            save=lambda: save_position(state),
+            checkpoints=checkpoints,
         )
-        if end_of_epoch(state, val_loader, loss_fn, precision, writer, stop, epoch):
+        if end_of_epoch(state, checkpoints, val_loader, loss_fn, precision, writer, stop, epoch):
             break
 
     if cfg.data.test_sets and not stop.signum and state.batch == 0:  # a finished run, not a stopped one
-        # best is None when no checkpoint was chosen on validation in this run (or the one resumed).
-        best = run_dir / "best.pth" if state.best is not None else None
-        test_at_end(model, cfg, loss_fn, precision, writer, env, state.step, best)
+        test_at_end(model, cfg, loss_fn, precision, writer, env, state.step, checkpoints.best())
     writer.close()
     report_end(state, stop)
 
@@ -201,30 +198,20 @@ def build_state(cfg: DictConfig, model, batches_per_epoch: int, scaler, env: Dis
     return TrainState(cfg, model, optimizer, scheduler, scaler, env)
 
 
-def check_finite(state: TrainState) -> None:
-    """A diverged model is never saved (last.pth keeps the last finite state): the run stops."""
-    bad = first_nonfinite(state.model.trainable_state_dict())
-    if bad:
-        raise FloatingPointError(
-            f"weight '{bad}' is NaN/Inf after {state.step} steps: the run has diverged and stops here; "
-            f"{Path(state.cfg.train.run_dir) / 'last.pth'} keeps the last finite state. Lower train.lr"
-        )
-
-
-def save_position(state: TrainState) -> None:
-    """last.pth with the position inside the epoch (train.save_every_steps); every rank calls it."""
-    check_finite(state)
-    checkpoint = state.state_dict()  # every rank: the random states are gathered
-    if state.env.is_main:
-        save_checkpoint(Path(state.cfg.train.run_dir) / "last.pth", checkpoint)
-        log.info("saved last.pth at %s", state.position)
-
-
-def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop: StopRequest, epoch: int) -> bool:
-    """Check the weights, validate when due, save best.pth / last.pth (and final.pth after the last
-    epoch); returns whether to stop."""
-    t, env, run_dir = state.cfg.train, state.env, Path(state.cfg.train.run_dir)
-    check_finite(state)
+def end_of_epoch(
+    state: TrainState,
+    checkpoints: RunCheckpoints,
+    val_loader,
+    loss_fn,
+    precision,
+    writer,
+    stop: StopRequest,
+    epoch: int,
+) -> bool:
+    """Check the weights, validate when due, save the checkpoints (best.pth when this epoch improved
+    train.best_metric); returns whether to stop."""
+    t, env = state.cfg.train, state.env
+    checkpoints.check_finite()  # a diverged model is neither validated nor saved
     inside = state.epoch == epoch  # stopped inside the epoch (a signal or train.max_steps): keep the position
     finished = state.epoch == t.epochs or bool(t.max_steps and state.step >= t.max_steps)
     improved = False
@@ -236,16 +223,8 @@ def end_of_epoch(state: TrainState, val_loader, loss_fn, precision, writer, stop
         writer.scalars("train", {"epoch_loss": train_loss}, state.step)
         if t.best_metric == BestMetric.train_loss and math.isfinite(train_loss):
             state.metrics = {**(state.metrics or {}), "train_loss": train_loss}
-            improved = is_better(train_loss, state.best, t.best_metric)
-            state.best = train_loss if improved else state.best
-    checkpoint = state.state_dict()  # every rank: the random states are gathered
-    if env.is_main:
-        if improved:  # before last.pth: a kill in between re-runs this epoch rather than lose best.pth
-            save_checkpoint(run_dir / "best.pth", {k: checkpoint[k] for k in BEST_KEYS})
-            log.info("new best %s %.4f -> %s", t.best_metric, state.best, run_dir / "best.pth")
-        if state.epoch == t.epochs and not inside:  # the weights a fixed-length recipe ends with
-            save_checkpoint(run_dir / "final.pth", {k: checkpoint[k] for k in BEST_KEYS})
-        save_checkpoint(run_dir / "last.pth", checkpoint)
+            improved = state.new_best(state.metrics)
+    checkpoints.save_epoch_end(improved)
     return inside or finished or stop.agreed(env.device)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from config import ConfigError
-from engine.weights import tensors_hash
+from engine.checkpoint import tensors_hash
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def wrap_ddp(model: nn.Module, env: DistEnv, *, static_graph: bool = False) -> D
     every parameter from rank 0, a frozen trunk included: 0.3 GB for a ViT-B, 28 GB for a 7B trunk
     in float32, across the network between machines. Every rank reads the same frozen weights from
     its files instead, so they are left out of DDP altogether (its ignore list), once a hash of them
-    (:func:`engine.weights.tensors_hash`) is found equal on every rank. Gradients are views into
+    (:func:`engine.checkpoint.tensors_hash`) is found equal on every rank. Gradients are views into
     the all-reduce buckets (no second copy of them). ``static_graph``: DDP learns the graph in the
     first step; only for runs that use every trainable parameter in every step, and never with
     gradient accumulation (``no_sync``), which it breaks in torch 2.14.

@@ -22,14 +22,16 @@ from huggingface_hub import ModelCard, ModelCardData
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoint import CheckpointError, first_line
+from config import first_line
+from engine.checkpoint import CheckpointError
+from engine.checkpoint.training import BEST_KEYS
 from evaluation.tables import format_markdown
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-# Checkpoint entries the folder keeps besides the weights and the config (in the header).
-META_KEYS = ("encoder", "epoch", "step", "best", "metrics", "versions")
+# Checkpoint entries the folder keeps besides the weights and the config (in the header): best.pth's.
+META_KEYS = tuple(k for k in BEST_KEYS if k not in ("model", "config"))
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -59,7 +61,7 @@ def load_hf_folder(path: Path) -> dict[str, Any]:
             header = f.metadata() or {}
         meta = {k: json.loads(header[k]) for k in META_KEYS if k in header}
     except (OSError, ValueError, SafetensorError) as err:
-        raise CheckpointError(f"model folder '{path}' cannot be read ({first_line(err)})") from None
+        raise CheckpointError(f"model folder '{path}' cannot be read ({first_line(err, with_type=True)})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"model folder '{path}': {CONFIG_NAME} holds no config mapping")
     return {"model": weights, "config": config, **meta}

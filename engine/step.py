@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from datasets import training_inputs
 from engine.amp import NonFiniteGuard, Precision, step_optimizer
+from engine.checkpoint.run import RunCheckpoints
 from engine.logger import RunWriter
 from engine.optim import lr_label, optimizer_for, steps_per_iteration
 from engine.resume import TrainState
@@ -135,14 +136,15 @@ def train_one_epoch(
     guard: NonFiniteGuard,
     writer: RunWriter,
     stop: StopRequest,
-    save: Callable[[], None] | None = None,
+    checkpoints: RunCheckpoints | None = None,
 ) -> None:
     """One pass over ``loader`` from batch ``state.batch`` of epoch ``state.epoch``; advances the state.
 
     The host waits for the device only every ``train.log_interval`` steps, where the scalars are
     read. Ends early, at a step boundary, on ``train.max_steps`` or a stop request (``state.batch``
-    then says where the epoch was left); else ``state.epoch`` advances. ``save`` (every rank calls
-    it) runs every ``train.save_every_steps`` steps inside the epoch; its end is saved by the caller.
+    then says where the epoch was left); else ``state.epoch`` advances. ``checkpoints`` saves the
+    position every ``train.save_every_steps`` steps inside the epoch (every rank calls it); its end is
+    saved by the caller.
     """
     t, env, optimizer = state.cfg.train, state.env, state.optimizer
     net.train()
@@ -178,8 +180,9 @@ def train_one_epoch(
             running = _Log()
         if stop_now:
             break
-        if save is not None and t.save_every_steps and state.step % t.save_every_steps == 0 and state.batch < n:
-            save()
+        due = t.save_every_steps and state.step % t.save_every_steps == 0 and state.batch < n
+        if checkpoints is not None and due:
+            checkpoints.save_position()
     bar.close()
     # A signal at the last batch leaves batch == n: the resumed run validates this epoch.
     if state.batch == n and not stop.signum:

@@ -20,9 +20,8 @@ from build import build_model, check_config
 from config import Amp, ConfigError, load_config
 from encoders.loading import Architecture
 from engine.amp import Precision, resolve_precision
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import check_fingerprint, encoder_fingerprint, load_checkpoint, load_weights
 from engine.hub import is_hf_folder, load_hf_folder
-from engine.weights import check_fingerprint, encoder_fingerprint, load_weights
 from models.e2net import E2Net
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ original size with the COD metrics, gathered from every rank, logged to TensorBo
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +14,15 @@ from torch import nn
 
 import datasets
 from engine.amp import Precision
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, load_weights
 from engine.distributed import DistEnv, all_gather_objects, interleave
 from engine.logger import RunWriter, labelled_grid
 from engine.optim import steps_per_iteration
 from engine.predict import MapRule, final_maps, forward_probs
 from engine.resume import TrainState
-from engine.weights import load_weights
 from evaluation.maps import read_mask
 from evaluation.metrics import CODMetrics, ImageScores, image_scores
-from evaluation.names import LOWER_IS_BETTER, METRIC_KEYS
+from evaluation.names import METRIC_KEYS
 
 log = logging.getLogger("train")
 
@@ -98,16 +96,12 @@ def merge(shard: Shard) -> tuple[dict, int]:
     return results, sum(s[3] for s in shards)
 
 
-def is_better(value: float, best: float | None, metric: str) -> bool:
-    return best is None or (value < best if metric in LOWER_IS_BETTER else value > best)
-
-
 def validate(state: TrainState, model, loader, loss_fn, precision: Precision, writer: RunWriter) -> bool:
     """Score the validation split into ``state.metrics`` (a plateau scheduler steps on its loss);
-    returns whether it is a new best (never with ``train.best_metric=train_loss``, which the epoch's
-    training loss decides). Maps holding NaN/Inf (a diverged model) never are."""
+    returns whether it is a new best (:meth:`TrainState.new_best`; never with
+    ``train.best_metric=train_loss``, which the epoch's training loss decides). Maps holding NaN/Inf
+    (a diverged model) never are."""
     cfg = state.cfg
-    metric = cfg.train.best_metric
     shard = evaluate(
         model,
         loader,
@@ -129,13 +123,7 @@ def validate(state: TrainState, model, loader, loss_fn, precision: Precision, wr
     if nonfinite:
         log.error("epoch %d: %d validation maps hold NaN/Inf: not a candidate for best.pth", state.epoch, nonfinite)
     state.metrics = metrics
-    if metric not in metrics:  # train_loss
-        return False
-    value = metrics[metric]
-    if nonfinite or not math.isfinite(value) or not is_better(value, state.best, metric):
-        return False
-    state.best = value
-    return True
+    return not nonfinite and state.new_best(metrics)
 
 
 def test_at_end(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor, nn
 
@@ -59,7 +57,7 @@ class E2Net(nn.Module):
             feats = self.caem(feats)
         return self.decoder(feats, tuple(size) if size is not None else tuple(x.shape[-2:]))
 
-    # -- checkpoints: everything but the frozen encoder weights ----------------------------------
+    # -- what a checkpoint holds: everything but the frozen encoder weights (engine.checkpoint loads it) --
     def frozen_keys(self) -> set[str]:
         """State-dict keys of encoder parameters that do not train (loaded from the DINOv3 weights)."""
         return {f"encoder.{n}" for n, p in self.encoder.named_parameters() if not p.requires_grad}
@@ -68,16 +66,3 @@ class E2Net(nn.Module):
         """The state dict without frozen encoder weights: pyramid, fine-tuned blocks, CAEM, decoder, norm stats."""
         frozen = self.frozen_keys()
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
-
-    def load_trainable_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Load a :meth:`trainable_state_dict`; strict about every key except frozen encoder weights."""
-        frozen = self.frozen_keys()
-        result = self.load_state_dict({k: v for k, v in state_dict.items() if k not in frozen}, strict=False)
-        missing = [k for k in result.missing_keys if k not in frozen]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(
-                "checkpoint does not match this model "
-                f"(missing {len(missing)}: {missing[:5]}; unexpected {len(result.unexpected_keys)}: "
-                f"{result.unexpected_keys[:5]}): was it trained with another model.decoder, model.channels, "
-                "model.encoder.simple or model.encoder.trainable_blocks? Use the config stored in the checkpoint."
-            )

@@ -157,14 +157,15 @@ def test_model_info_books_adapter_flops_as_trainable(tiny_dinov3_factory, data) 
 
 def test_epoch_loss_sums_resume_or_are_refused(tmp_path) -> None:
     from engine.checkpoint import CheckpointError
+    from engine.checkpoint.training import restore_epoch_loss
     from engine.resume import TrainState
 
     state = TrainState(cfg=None, model=None, optimizer=None, scheduler=None, scaler=None)  # one process
-    state._load_epoch_loss([(6.5, 3)], tmp_path)
+    restore_epoch_loss(state, [(6.5, 3)], tmp_path)
     state.add_loss(torch.tensor(1.5), 1)
     assert state.epoch_loss() == 2.0 and state.loss_count == 0  # (6.5 + 1.5) / 4, then reset
-    state._load_epoch_loss([(6.5, 3), (1.0, 1)], tmp_path)  # saved by two processes: starts over
+    restore_epoch_loss(state, [(6.5, 3), (1.0, 1)], tmp_path)  # saved by two processes: starts over
     assert state.loss_sum is None and math.isnan(state.epoch_loss())
     for bad in ("x", [(1.0,)], [("1", 2)], [(1.0, -1)], [(1.0, True)]):
         with pytest.raises(CheckpointError, match="epoch_loss"):
-            state._load_epoch_loss(bad, tmp_path)
+            restore_epoch_loss(state, bad, tmp_path)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import checkpoint as ckpt_mod
 from engine.checkpoint import CheckpointError, library_versions, load_checkpoint, save_checkpoint
+from engine.checkpoint import files as ckpt_files
 from engine.rng import rng_state, set_rng_state
 
 
@@ -100,7 +100,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch, capacity)
     path = tmp_path / "last.pth"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "epoch": 1})
     # Real torch.save into a file that fills up part-way (torch then raises a RuntimeError of its own).
-    monkeypatch.setattr(ckpt_mod, "open", lambda *a, **k: _FullDisk(open(*a, **k), capacity), raising=False)
+    monkeypatch.setattr(ckpt_files, "open", lambda *a, **k: _FullDisk(open(*a, **k), capacity), raising=False)
     with pytest.raises(CheckpointError, match="No space left on device") as err:
         save_checkpoint(path, {"model": {"w": torch.zeros(10_000)}, "epoch": 2})
     assert str(path) in str(err.value) and "\n" not in str(err.value)

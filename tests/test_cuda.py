@@ -18,7 +18,7 @@ import torch
 import build
 from config import load_config
 from engine.amp import select_precision, step_optimizer
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, load_weights
 from engine.optim import build_optimizer
 from helpers import ROOT
 from helpers import torchrun as torchrun_cmd
@@ -131,7 +131,7 @@ def test_channels_last_and_compile_match_the_plain_model(tiny_dinov3_factory, de
     encoder = tiny_dinov3_factory(layers=4)
     _, plain, loss_fn, *_, x, y = _setup(encoder, device, "off")
     _, other, *_ = _setup(encoder, device, "off", variant)
-    other.load_trainable_state_dict(plain.trainable_state_dict())
+    load_weights(other, plain.trainable_state_dict(), Path("plain.pth"))
     for m in (plain, other):
         m.eval()
     with torch.no_grad():

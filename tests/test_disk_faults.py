@@ -50,14 +50,14 @@ class _FillingDisk:
 
 
 def test_disk_filling_up_mid_run_stops_at_the_failed_save(tmp_path, monkeypatch, run_args, one_epoch_run, caplog):
-    """Simulated in-process (the room left is counted in engine.checkpoint's writes): the resumed run
+    """Simulated in-process (the room left is counted in engine.checkpoint.files' writes): the resumed run
     trains epoch 2, its save fails, the run stops with one line and epoch 1's checkpoint is intact."""
-    import engine.checkpoint
+    import engine.checkpoint.files
 
     run = tmp_path / "run"
     shutil.copytree(one_epoch_run, run)
     before = (run / "last.pth").read_bytes()
-    monkeypatch.setattr(engine.checkpoint, "open", _FillingDisk(len(before) // 2), raising=False)
+    monkeypatch.setattr(engine.checkpoint.files, "open", _FillingDisk(len(before) // 2), raising=False)
     assert run_train([*run_args, f"train.run_dir={run}", "train.epochs=2"]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "No space left on device" in errors[0], errors
@@ -71,13 +71,13 @@ def test_disk_full_for_train_log_too_is_still_one_line(tmp_path, monkeypatch, ru
     log line fails) or a log line mid-epoch, the run stops with the checkpoint writer's one line, no traceback."""
     import logging
 
-    import engine.checkpoint
+    import engine.checkpoint.files
 
     run = tmp_path / "run"
     shutil.copytree(one_epoch_run, run)
     before = (run / "last.pth").read_bytes()
     disk = _FillingDisk(len(before) // 2 if room == "half a checkpoint" else 600)
-    monkeypatch.setattr(engine.checkpoint, "open", disk, raising=False)
+    monkeypatch.setattr(engine.checkpoint.files, "open", disk, raising=False)
     # How FileHandler opens train.log: the logging module's `open` (Python 3.11), a class attribute later.
     monkeypatch.setattr(logging, "open", disk, raising=False)
     if hasattr(logging.FileHandler, "_builtin_open"):
@@ -166,13 +166,13 @@ def test_full_or_read_only_file_system(tmp_path, run_args, one_epoch_run, kind):
 
 def test_kernel_enospc_through_save_checkpoint(tmp_path, monkeypatch):
     """/dev/full: the kernel's own ENOSPC on every write, through the real save_checkpoint."""
-    import engine.checkpoint
+    import engine.checkpoint.files
     from engine.checkpoint import save_checkpoint
 
     target = tmp_path / "last.pth"
     save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
     monkeypatch.setattr(
-        engine.checkpoint, "open", lambda path, mode="r", *a, **k: open("/dev/full", mode, *a, **k), raising=False
+        engine.checkpoint.files, "open", lambda path, mode="r", *a, **k: open("/dev/full", mode, *a, **k), raising=False
     )
     with pytest.raises(CheckpointError) as err:
         save_checkpoint(target, {"model": {"w": torch.zeros(100_000)}, "epoch": 2})

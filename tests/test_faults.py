@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.resume import RESUME_KEYS
+from engine.checkpoint.training import RESUME_KEYS
 from helpers import ROOT, run_train, torchrun
 
 ENV = dict(

@@ -13,6 +13,7 @@ from build import build_loss, build_model
 from caem import CAEM
 from config import load_config
 from encoders.pyramids import SimpleFeaturePyramid
+from engine.checkpoint import CheckpointError, load_weights
 from models.heads import E2NetDecoder
 from models.linear import LinearDecoder
 
@@ -141,15 +142,14 @@ def test_trainable_state_dict_round_trip_and_strictness(tiny_dinov3, one_thread)
     other = build_model(cfg).eval()
     x = torch.rand(1, 3, 64, 64)
     assert not torch.allclose(model(x)[-1], other(x)[-1])
-    other.load_trainable_state_dict(sd)
+    load_weights(other, sd, Path("a.pth"))
     torch.testing.assert_close(other(x)[-1], model(x)[-1])
-    other.load_trainable_state_dict(model.state_dict())  # a full state dict loads too
 
     missing = {k: v for k, v in sd.items() if not k.startswith("caem.reduce.0.")}
-    with pytest.raises(RuntimeError, match="missing"):
-        other.load_trainable_state_dict(missing)
-    with pytest.raises(RuntimeError, match="unexpected"):
-        other.load_trainable_state_dict({**sd, "decoder.extra.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"missing \d+: \['caem.reduce.0."):
+        load_weights(other, missing, Path("a.pth"))
+    with pytest.raises(CheckpointError, match=r"unexpected 1: \['decoder.extra.weight'\]"):
+        load_weights(other, {**sd, "decoder.extra.weight": torch.zeros(1)}, Path("a.pth"))
 
 
 def test_channels_last_gives_the_same_logits(tiny_dinov3, one_thread) -> None:

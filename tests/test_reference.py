@@ -302,6 +302,7 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
     from pathlib import Path
 
     from engine.checkpoint import CheckpointError
+    from engine.checkpoint.training import restore_training
     from engine.optim import build_scheduler
     from engine.resume import TrainState
 
@@ -312,9 +313,6 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
         def trainable_state_dict(self):
             return self.state_dict()
 
-        def load_trainable_state_dict(self, state):
-            self.load_state_dict(state)
-
     net = Net(2, 2)
     opt = build_optimizer(net, lr=1.0, weight_decay=0.0)
     cosine = build_scheduler(opt, total_steps=10, warmup_steps=0, min_ratio=0.1)
@@ -323,4 +321,4 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
     plateau = build_plateau_scheduler(opt, 0.5, 1, 0.1)
     state = TrainState(cfg, net, opt, plateau, torch.amp.GradScaler("cpu", enabled=False))
     with pytest.raises(CheckpointError, match="train.scheduler=plateau"):
-        state.load_state_dict(ckpt, Path("last.pth"), batches_per_epoch=1)
+        restore_training(state, ckpt, Path("last.pth"), batches_per_epoch=1)

@@ -19,6 +19,7 @@ import build
 import datasets
 from config import load_config, to_dict
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint.training import restore_training, training_checkpoint
 from engine.resume import TrainState
 from helpers import ROOT, load_test_cli, run_train
 
@@ -133,7 +134,7 @@ def test_a_changed_lr_and_weight_decay_take_effect_on_resume(tiny_dinov3_factory
         old.scheduler.step()
     factor = old.optimizer.param_groups[0]["lr"] / 1e-3
     new = _state(tiny, lr=4e-3, weight_decay=0.2)
-    new.load_state_dict(old.state_dict(), ROOT / "last.pth", batches_per_epoch=2)
+    restore_training(new, training_checkpoint(old), ROOT / "last.pth", batches_per_epoch=2)
     for g in new.optimizer.param_groups:
         assert g["initial_lr"] == pytest.approx(4e-3) and g["lr"] == pytest.approx(4e-3 * factor)
         assert g["weight_decay"] == (0.2 if g["name"].endswith("/decay") else 0.0)

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, first_line
+from config import first_line
+from engine.checkpoint.files import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ def load_weights(model: nn.Module, weights: Any, path: Path) -> None:
 
     Refused (``CheckpointError`` naming the file): an entry that is not a dict of tensors, a non-finite
     tensor, weights of parameters this config keeps frozen (they would be dropped silently), or
-    weights that do not fit the model.
+    weights that do not fit the model: every key of ``model.trainable_state_dict()`` must be there,
+    with its shape, and nothing else.
     """
     if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(
@@ -38,20 +40,28 @@ def load_weights(model: nn.Module, weights: Any, path: Path) -> None:
             f"checkpoint '{path}': weight '{bad}' holds NaN or Inf (the run that wrote it had diverged); "
             f"use an earlier checkpoint or train again with a lower train.lr"
         )
-    dropped = sorted(set(weights) & model.frozen_keys())
+    frozen = model.frozen_keys()
+    dropped = sorted(set(weights) & frozen)
     if dropped:
         raise CheckpointError(
             f"checkpoint '{path}' holds {len(dropped)} encoder weights that this config keeps frozen "
             f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}): loading would discard them. "
             f"Use the model.encoder settings it was trained with (freeze, trainable_blocks): drop the override"
         )
+    advice = "use the config it was trained with (config.yaml beside it), or start fresh with train.resume="
     try:
-        model.load_trainable_state_dict(weights)
-    except (RuntimeError, ValueError, KeyError) as err:
+        result = model.load_state_dict(dict(weights), strict=False)  # the frozen weights are not in it
+    except (RuntimeError, ValueError, KeyError) as err:  # e.g. a tensor of another shape
         raise CheckpointError(
-            f"checkpoint '{path}' does not fit this model/config ({first_line(err)}); use the config it was "
-            f"trained with (config.yaml beside it), or start fresh with train.resume="
+            f"checkpoint '{path}' does not fit this model/config ({first_line(err, with_type=True)}); {advice}"
         ) from None
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit this model/config (missing {len(missing)}: {missing[:5]}; "
+            f"unexpected {len(result.unexpected_keys)}: {result.unexpected_keys[:5]}): was it trained with another "
+            f"model.decoder, model.channels, model.encoder.simple or model.encoder.trainable_blocks? {advice}"
+        )
 
 
 def first_nonfinite(weights: Mapping[str, torch.Tensor]) -> str | None:

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from config import first_line
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read; the message is one line naming the file."""
@@ -111,7 +113,7 @@ def load_checkpoint(
                 f"unpickled - use a checkpoint written by train.py"
             ) from None
         raise CheckpointError(
-            f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({first_line(err)})"
+            f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint ({first_line(err, with_type=True)})"
         ) from None
     except (
         RuntimeError,
@@ -126,7 +128,7 @@ def load_checkpoint(
         MemoryError,
     ) as err:
         raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt ({first_line(err)}); it cannot be used - "
+            f"checkpoint '{path}' is truncated or corrupt ({first_line(err, with_type=True)}); it cannot be used - "
             f"take another checkpoint (e.g. the run's best.pth) or train again"
         ) from None
     if not isinstance(state, dict):
@@ -152,14 +154,6 @@ def _damaged_record(path: Path) -> str | None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable archive'}"
     return f"checksum mismatch in record '{bad}'" if bad else None
-
-
-def first_line(err: BaseException) -> str:
-    """First sentence of an exception's message (torch's run to several paragraphs)."""
-    text = str(err).strip()
-    if not text:
-        return f"{type(err).__name__}: the file ends too early" if isinstance(err, EOFError) else type(err).__name__
-    return f"{type(err).__name__}: " + text.splitlines()[0].split(". ")[0][:200]
 
 
 def _os_error(err: BaseException | None) -> OSError | None:
