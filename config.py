@@ -1,12 +1,11 @@
 """One typed config for every entry point: the schema and its loading.
 
-A config is the dataclass schema below, filled from YAML and then from dotted ``key=value``
-overrides on the command line (``train.lr=1e-4``). Unknown keys, wrong types and values outside
-a field's range (declared beside the field with :func:`within`) raise :class:`ConfigError` naming
-the key. Keys that contradict each other are checked by :mod:`config_checks`, and what only the
-encoder's checkpoint can tell (patch size, depth) by :mod:`encoders.checks`; ``build.check_config``
-runs both before anything is built. Model code never reads this object: ``build.py`` translates it
-into explicit constructor arguments.
+A config is the dataclass schema below, filled from YAML and then from dotted ``key=value`` overrides on the command
+line (``train.lr=1e-4``). Unknown keys and wrong types are OmegaConf's errors, values outside a field's range (declared
+beside the field with :func:`within`) ours; both raise :class:`ConfigError` naming the key. Keys that contradict each
+other are checked by :mod:`config_checks`, and what only the encoder's checkpoint can tell (patch size, depth) by
+:mod:`encoders.checks`; ``build.check_config`` runs both before anything is built. Model code never reads this object:
+``build.py`` translates it into explicit constructor arguments.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from evaluation.names import METRIC_KEYS
 
@@ -31,10 +30,9 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------- choices
-# A key with a fixed set of values has a StrEnum as its field's type: the loader rejects any other
-# value with the list of valid ones. Members compare equal to their strings; name == value, since
-# OmegaConf matches the YAML text against the names (so `amp: off` works). Each value's meaning is
-# given where the schema uses it.
+# A key with a fixed set of values has a StrEnum as its field's type: the loader rejects any other value with the
+# list of valid ones. Members compare equal to their strings; name == value, since OmegaConf matches the YAML text
+# against the names (so `amp: off` works). Each value's meaning is given where the schema uses it.
 Backend = StrEnum("Backend", ["hf", "timm"])
 WeightsDtype = StrEnum("WeightsDtype", ["auto", "float32", "bfloat16"])
 Norm = StrEnum("Norm", ["gn", "bn"])
@@ -55,23 +53,35 @@ BestMetric = StrEnum("BestMetric", {k: k for k in (*METRIC_KEYS, "loss", "train_
 
 
 # --------------------------------------------------------------------------- ranges
-def within(default: Any, bounds: str) -> Any:
-    """A field whose value (each item, for a list) must lie in ``bounds``, an interval such as
-    ``"(0, 10]"``. Every number has an upper bound: beyond it a value is a typing slip (a learning
-    rate or loss weight of 1e308 makes every step NaN; a batch of 1e9 exhausts memory)."""
-    meta = {"range": bounds}
+@dataclass(frozen=True)
+class Range:
+    """An interval of numbers, closed unless ``open_low`` / ``open_high``; printed as ``(0, 10]``."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.low < v if self.open_low else self.low <= v
+        return above and (v < self.high if self.open_high else v <= self.high)
+
+    def __str__(self) -> str:
+        low, high = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        return f"{low}{self.low:g}, {self.high:g}{high}"
+
+
+def within(default: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Any:
+    """A field whose value (each item, for a list) must lie between ``low`` and ``high``. Every number has an upper
+    bound: beyond it a value is a typing slip (a learning rate or loss weight of 1e308 makes every step NaN; a batch
+    of 1e9 exhausts memory)."""
+    meta = {"range": Range(low, high, open_low, open_high)}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def _in_range(v: float, bounds: str) -> bool:
-    opening, low, high, closing = re.fullmatch(r"([\[(])(.+), (.+)([\])])", bounds).groups()
-    above = v > float(low) if opening == "(" else v >= float(low)
-    return above and (v < float(high) if closing == ")" else v <= float(high))
-
-
-WEIGHT = "[0, 1e4]"  # a loss weight
+WEIGHT = (0, 1e4)  # a loss weight's range
 
 
 # --------------------------------------------------------------------------- schema
@@ -79,9 +89,9 @@ WEIGHT = "[0, 1e4]"  # a loss weight
 class LoRAConfig:
     """Low-rank adapters on the frozen trunk (peft), trained at train.encoder_lr_scale."""
 
-    rank: int = within(0, "[0, 4096]")  # 0 = off
-    alpha: float = within(16.0, "(0, 1e6]")  # the update is scaled by alpha / rank
-    dropout: float = within(0.0, "[0, 1)")
+    rank: int = within(0, 0, 4096)  # 0 = off
+    alpha: float = within(16.0, 0, 1e6, open_low=True)  # the update is scaled by alpha / rank
+    dropout: float = within(0.0, 0, 1, open_high=True)
     # Module names inside a block (e.g. q_proj, attn.qkv); empty = the family's attention projections.
     targets: list[str] = field(default_factory=list)
 
@@ -93,8 +103,9 @@ class AdapterConfig:
 
     # 0-based block indices (unlike `layers`), or "all" (every block up to the last tapped one); [] = off.
     blocks: Any = field(default_factory=list)
-    reduction: int = within(4, "[1, 4096]")  # bottleneck width = max(width // reduction, 32)
-    init_scale: float = within(1e-3, "(0, 100]")  # starting value of the learned scale s (0 would never learn)
+    reduction: int = within(4, 1, 4096)  # bottleneck width = max(width // reduction, 32)
+    # Starting value of the learned scale s (0 would never learn).
+    init_scale: float = within(1e-3, 0, 100, open_low=True)
 
 
 @dataclass
@@ -105,9 +116,9 @@ class EncoderConfig:
     pretrained_path: str | None = "checkpoint/dinov3-vitb16-pretrain-lvd1689m"
     # Transformer blocks to tap, counted from 1; empty = evenly spaced quarters of the depth
     # ((3, 6, 9, 12) for the 12-block ViT-S/B). Four with a pyramid; any number with simple=true.
-    layers: list[int] = within([], "[1, 1000]")
+    layers: list[int] = within([], 1, 1000)
     freeze: bool = True
-    trainable_blocks: int = within(0, "[0, 1000]")  # fine-tune only the last k blocks (freeze must be true)
+    trainable_blocks: int = within(0, 0, 1000)  # fine-tune only the last k blocks (freeze must be true)
     simple: bool = False  # every tapped layer at stride p (no pyramid)
     # Strides p/4, p/2, p, 2p when simple is false: vitdet = ViTDet's learnable simple feature pyramid
     # (transposed convs up, max-pool down); interpolate = bilinear resizes, the trunk's width on every level;
@@ -127,8 +138,8 @@ class EncoderConfig:
     # Per-channel mean and std on the 0..255 scale, in the order the trunk receives the channels
     # (after channel_order); empty = the checkpoint's own (ImageNet's for DINOv3). The published
     # E2Net's: mean [124.55, 118.90, 102.94], std [56.77, 55.97, 57.50].
-    pixel_mean: list[float] = within([], "[0, 255]")
-    pixel_std: list[float] = within([], "(0, 255]")
+    pixel_mean: list[float] = within([], 0, 255)
+    pixel_std: list[float] = within([], 0, 255, open_low=True)
     # Crop each input to the largest multiple of the patch size inside the model, dropping its right
     # and bottom border, as the published patch layer did at 392 px (24 patches = 384 px); the
     # prediction is still resized to the whole input, so it is stretched by size / cropped size.
@@ -136,7 +147,7 @@ class EncoderConfig:
     drop_border: bool = False
     # Side of the square image this encoder sees: the loaded image is resized to it on the device
     # (bilinear, antialiased); 0 = the image as loaded (data.image_size).
-    image_size: int = within(0, "[0, 8192]")
+    image_size: int = within(0, 0, 8192)
 
 
 @dataclass
@@ -160,11 +171,11 @@ class ModelConfig:
     # e2net: ours (search -> focus -> refine at each level's own stride, deep supervision); e2net_ref: the
     # published E2Net (LFSM -> CFZM -> CCM); linear: the DINOv3 linear-probe baseline.
     decoder: Decoder = Decoder.e2net
-    channels: int = within(128, "[8, 4096]")  # CAEM / decoder width, a multiple of 8
+    channels: int = within(128, 8, 4096)  # CAEM / decoder width, a multiple of 8
     caem_align: CaemAlign = CaemAlign.own  # own: each output at its level's stride; finest: all at the finest
     caem_reduce_norm: bool = True  # norm + ReLU after CAEM's 1x1 reductions (false: a plain conv, the reference)
     norm: Norm = Norm.gn  # gn: GroupNorm, independent of the per-GPU batch size; bn: BatchNorm
-    context_heads: int = within(4, "[1, 256]")  # heads of the decoder's attention; divides channels
+    context_heads: int = within(4, 1, 256)  # heads of the decoder's attention; divides channels
     channels_last: bool = False
     compile: bool = False  # torch.compile the trainable decoder
     # Weights of CAEM and the decoder: default = PyTorch's per-layer defaults; published = the published
@@ -178,19 +189,19 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    bce: float = within(1.0, WEIGHT)  # BCE (boundary-weighted when `weighted`: SINet-V2 structure loss)
-    iou: float = within(1.0, WEIGHT)  # soft IoU (boundary-weighted when `weighted`)
-    dice: float = within(0.0, WEIGHT)
-    edge: float = within(0.0, WEIGHT)  # BCE on the mask boundary band
-    sobel: float = within(0.0, WEIGHT)  # BCE between Sobel edge maps of prediction and mask (the reference's)
-    side: float = within(0.5, WEIGHT)  # weight of each side output (deep supervision) relative to the final map
+    bce: float = within(1.0, *WEIGHT)  # BCE (boundary-weighted when `weighted`: SINet-V2 structure loss)
+    iou: float = within(1.0, *WEIGHT)  # soft IoU (boundary-weighted when `weighted`)
+    dice: float = within(0.0, *WEIGHT)
+    edge: float = within(0.0, *WEIGHT)  # BCE on the mask boundary band
+    sobel: float = within(0.0, *WEIGHT)  # BCE between Sobel edge maps of prediction and mask (the reference's)
+    side: float = within(0.5, *WEIGHT)  # weight of each side output (deep supervision) relative to the final map
     weighted: bool = True  # SINet-V2 boundary weighting of bce and iou (up to 6x near the boundary)
     pooled: bool = False  # dice and iou summed over the whole batch (the reference) instead of per image
     # Terms of the coarse map (the first output), each weighted `coarse`; empty = the coarse map is
     # one more side output with the final map's terms.
     coarse_terms: list[LossTerm] = field(default_factory=list)
-    coarse: float = within(0.2, WEIGHT)
-    smooth: float = within(1.0, "[0, 1e6]")  # added to both sides of the dice and iou ratios (the published: 1e-5)
+    coarse: float = within(0.2, *WEIGHT)
+    smooth: float = within(1.0, 0, 1e6)  # added to both sides of the dice and iou ratios (the published: 1e-5)
     # The sobel term's edge maps are divided by their maximum over each image, or over the whole
     # batch (the published: an image's loss then depends on its batch-mates).
     sobel_peak: SobelPeak = SobelPeak.image
@@ -203,23 +214,23 @@ class DataConfig:
     root: str = "data/COD"  # holds TrainDataset/ (or TrainValDataset/) and TestDataset/
     train: list[str] = field(default_factory=lambda: ["TrainDataset"])  # relative to root
     test_sets: list[str] = field(default_factory=list)  # scored at the end of training; test.py: empty = all
-    val_fraction: float = within(0.05, "[0, 1)")  # seeded hold-out of the training images
+    val_fraction: float = within(0.05, 0, 1, open_high=True)  # seeded hold-out of the training images
     val_set: str = ""  # a test benchmark name used for validation instead (not a clean protocol)
     # Validate on the training transforms (random crop and flip, drawn anew each epoch), as the published
     # E2Net did; the validation then reports its loss only (the maps do not match the masks on disk).
     val_augment: bool = False
-    image_size: int = within(384, "[32, 8192]")
-    multi_scale: list[int] = within([], "[32, 8192]")  # e.g. [320, 384, 448], one per batch
+    image_size: int = within(384, 32, 8192)
+    multi_scale: list[int] = within([], 32, 8192)  # e.g. [320, 384, 448], one per batch
     strict: bool = False  # bad files fail at start-up instead of being skipped
-    hflip: float = within(0.5, "[0, 1]")  # probability
-    rotate: float = within(10.0, "[0, 180]")  # degrees
-    scale: list[float] = within([0.75, 1.0], "(0, 1]")  # [min, max] random crop area
-    color_jitter: float = within(0.2, "[0, 1)")  # brightness/contrast/saturation factors 1 +- it
+    hflip: float = within(0.5, 0, 1)  # probability
+    rotate: float = within(10.0, 0, 180)  # degrees
+    scale: list[float] = within([0.75, 1.0], 0, 1, open_low=True)  # [min, max] random crop area
+    color_jitter: float = within(0.2, 0, 1, open_high=True)  # brightness/contrast/saturation factors 1 +- it
     # The published E2Net's crop instead of the aspect-keeping area crop of `scale`: per axis, a total
     # cut of a whole number of pixels below this fraction of the side (uniform), split at random
     # between its two sides, so the aspect changes; 0.125 is the published value (mean cut 1/16 of
     # the side per axis); 0 = off.
-    side_crop: float = within(0.0, "[0, 1)")
+    side_crop: float = within(0.0, 0, 1, open_high=True)
     # Keep the masks' grey levels (/ 255, interpolated) as training and validation targets, as the
     # published E2Net did; false: binarised at 127 after resizing. Scores always binarise the masks on disk.
     soft_masks: bool = False
@@ -231,50 +242,50 @@ class DataConfig:
     augment_on: AugmentOn = AugmentOn.workers
     cache: bool = False  # decode each training image once, pre-resized to ~1.25x image_size
     cache_dir: str = ""  # where that cache lives; empty = <data.root>/.cache
-    max_pixels: int = within(100_000_000, "[1, 1e12]")  # larger images are treated as decompression bombs
+    max_pixels: int = within(100_000_000, 1, 1e12)  # larger images are treated as decompression bombs
     verify: bool = False  # fully decode every file at start-up (headers and end markers are always checked)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = within(100, "[1, 1e6]")
-    batch_size: int = within(16, "[1, 65536]")  # per process
-    lr: float = within(1e-4, "(0, 10]")
-    weight_decay: float = within(0.05, "[0, 10]")
+    epochs: int = within(100, 1, 1e6)
+    batch_size: int = within(16, 1, 65536)  # per process
+    lr: float = within(1e-4, 0, 10, open_low=True)
+    weight_decay: float = within(0.05, 0, 10)
     decay_norms: bool = False  # weight decay on biases, norm scales and tokens too (the reference decays everything)
     # cosine: per-iteration warm-up + cosine decay; cosine_epoch: the same curve with the lr held for each
     # epoch (torch's CosineAnnealingLR stepped per epoch; warm-up in whole epochs); plateau:
     # ReduceLROnPlateau on the validation loss.
     scheduler: Scheduler = Scheduler.cosine
-    plateau_factor: float = within(0.5, "(0, 1)")  # lr multiplier on a stall
-    plateau_patience: int = within(10, "[0, 1e6]")  # validations without improvement before the lr drops
-    warmup_epochs: float = within(2.0, "[0, 1e6]")
-    min_lr_ratio: float = within(0.01, "[0, 1]")  # the lr floor (cosine end, plateau minimum) as a fraction of lr
-    encoder_lr_scale: float = within(0.1, "[0, 100]")  # lr multiplier for fine-tuned encoder blocks and LoRA
-    betas: list[float] = within([0.9, 0.999], "[0, 1)")
-    grad_clip: float = within(1.0, "[0, 1e12]")  # max global grad norm; 0 disables
-    accum_steps: int = within(1, "[1, 65536]")
+    plateau_factor: float = within(0.5, 0, 1, open_low=True, open_high=True)  # lr multiplier on a stall
+    plateau_patience: int = within(10, 0, 1e6)  # validations without improvement before the lr drops
+    warmup_epochs: float = within(2.0, 0, 1e6)
+    min_lr_ratio: float = within(0.01, 0, 1)  # the lr floor (cosine end, plateau minimum) as a fraction of lr
+    encoder_lr_scale: float = within(0.1, 0, 100)  # lr multiplier for fine-tuned encoder blocks and LoRA
+    betas: list[float] = within([0.9, 0.999], 0, 1, open_high=True)
+    grad_clip: float = within(1.0, 0, 1e12)  # max global grad norm; 0 disables
+    accum_steps: int = within(1, 1, 65536)
     # auto: resolved once at start-up for the device (engine.amp.resolve_precision); bf16; fp16 (with a
     # GradScaler); off (float32).
     amp: Amp = Amp.auto
     run_dir: str = ""  # default checkpoint/<run name>
     name: str = "e2net_dinov3"
     resume: str = "auto"  # "auto" | path | "" (start fresh)
-    val_interval: int = within(1, "[1, 1e6]")  # epochs
+    val_interval: int = within(1, 1, 1e6)  # epochs
     # Chooses best.pth: a validation metric, `loss` (validation) or `train_loss` (the epoch's mean
     # training loss, needs no validation split); MAE and the losses are minimised.
     best_metric: BestMetric = BestMetric.Sm
-    seed: int = within(42, "[0, 9e18]")
-    num_workers: int = within(4, "[0, 1024]")
-    log_interval: int = within(20, "[1, 2e9]")  # steps between TensorBoard scalars
+    seed: int = within(42, 0, 9e18)
+    num_workers: int = within(4, 0, 1024)
+    log_interval: int = within(20, 1, 2e9)  # steps between TensorBoard scalars
     deterministic: bool = False
-    max_nonfinite: int = within(5, "[1, 2e9]")  # consecutive non-finite losses that stop the run
+    max_nonfinite: int = within(5, 1, 2e9)  # consecutive non-finite losses that stop the run
     # Stop after this many optimizer steps (0 = no limit) without changing the LR schedule: an
     # interruption on purpose; train.resume=auto continues from that batch.
-    max_steps: int = within(0, "[0, 2e9]")
+    max_steps: int = within(0, 0, 2e9)
     # Also save last.pth, with the position inside the epoch, every this many optimizer steps (0 = at
     # epoch ends only): a killed run (torchrun --max-restarts, a lost node) loses at most this many steps.
-    save_every_steps: int = within(0, "[0, 2e9]")
+    save_every_steps: int = within(0, 0, 2e9)
     # DDP's static_graph (engine.distributed.wrap_ddp): only when every trainable parameter is used in
     # every step; refused with accum_steps > 1, whose no_sync it breaks in torch 2.14.
     ddp_static_graph: bool = False
@@ -288,13 +299,13 @@ class TTAConfig:
     hflip: bool = False  # add the mirrored view of every scale
     # Input scale factors relative to data.image_size, each side rounded to the encoder's patch,
     # e.g. [0.75, 1.0, 1.25]; empty = the plain input only.
-    scales: list[float] = within([], "[0.25, 4]")
+    scales: list[float] = within([], 0.25, 4)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = within(8, "[1, 65536]")  # images per forward pass in validation and test.py
-    workers: int = within(0, "[0, 4096]")  # test.py scoring processes; 0 = all cores; same numbers for any count
+    batch_size: int = within(8, 1, 65536)  # images per forward pass in validation and test.py
+    workers: int = within(0, 0, 4096)  # test.py scoring processes; 0 = all cores; same numbers for any count
     # Resize the final logits straight from the decoder's own output to each mask's size, then the
     # sigmoid (the published test path); false: probabilities at the input size, resized after. No TTA.
     resize_logits: bool = False
@@ -332,61 +343,41 @@ def _load_yaml(text: str) -> Any:
         raise yaml.YAMLError("nested too deeply to be read (more levels than Python's recursion limit)") from None
 
 
-def _sections(schema: type) -> dict[str, type]:
-    """``{field name: its dataclass}`` for the sections of ``schema``."""
-    fields = dataclasses.fields(schema)
-    return {f.name: f.default_factory for f in fields if dataclasses.is_dataclass(f.default_factory)}
-
-
-def _valid_keys(schema: type, prefix: str = "") -> list[str]:
-    sections = _sections(schema)
-    keys = []
-    for f in dataclasses.fields(schema):
-        keys += _valid_keys(sections[f.name], f"{prefix}{f.name}.") if f.name in sections else [prefix + f.name]
-    return keys
-
-
-def _check_keys(tree: Any, schema: type, prefix: str = "") -> None:
-    """Reject keys the schema does not have, listing the valid ones, and switches set to anything
-    but true or false (OmegaConf would read 2 as true)."""
-    if not isinstance(tree, dict):
-        raise ConfigError(
-            f"config key '{prefix.rstrip('.') or 'the config file'}' is a section, not a value (got {tree!r}); "
-            f"set its keys instead, e.g. {_valid_keys(schema, prefix)[0]}=..."
-        )
-    types, sections = {f.name: f.type for f in dataclasses.fields(schema)}, _sections(schema)
-    for key, value in tree.items():
-        if key not in types:
-            where = prefix.rstrip(".") or "the top level"
+def _check_shape(tree: Any, schema: Any, key: str = "") -> None:
+    """What merging ``tree`` into the schema would hide or crash on (unknown keys are OmegaConf's to report): a
+    section set to a value, a value holding containers, a switch set to anything but true or false (OmegaConf
+    reads 2 and "yes" as true)."""
+    if OmegaConf.is_dict(schema):
+        if not isinstance(tree, dict):
+            keys = ", ".join(f"{key}.{k}".lstrip(".") for k in schema)
             raise ConfigError(
-                f"unknown config key '{prefix}{key}' in {where}; valid keys: {', '.join(_valid_keys(schema, prefix))}"
+                f"config key '{key or 'the config file'}' is a section, not a value (got {tree!r}); "
+                f"set its keys instead (valid keys: {keys})"
             )
-        if types[key] == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"config key '{prefix}{key}': {value!r} is not true or false")
-        if key in sections:
-            _check_keys(value, sections[key], f"{prefix}{key}.")
+        for k, v in tree.items():
+            if k in schema:
+                _check_shape(v, schema[k], f"{key}.{k}".lstrip("."))
+    elif isinstance(tree, dict) or isinstance(tree, list) and any(isinstance(v, dict | list) for v in tree):
+        raise ConfigError(f"config key '{key}': {tree!r} is a nested container; give a value or a flat list")
+    elif isinstance(schema, bool) and not isinstance(tree, bool):
+        raise ConfigError(f"config key '{key}': {tree!r} is not true or false")
 
 
-def _check_values(node: DictConfig, schema: type, prefix: str = "") -> None:
-    """Every value a scalar or a flat list of scalars; numbers finite and in their field's range;
-    strings free of control characters (a NUL cannot be in a path, a newline breaks the logs)."""
-    sections = _sections(schema)
-    for f in dataclasses.fields(schema):
+def _check_values(node: DictConfig, prefix: str = "") -> None:
+    """Numbers finite and in their field's range; strings free of control characters (a NUL cannot be in a path,
+    a newline breaks the logs)."""
+    for f in dataclasses.fields(OmegaConf.get_type(node)):
         key, value = prefix + f.name, node[f.name]
-        if f.name in sections:
-            _check_values(value, sections[f.name], key + ".")
+        if OmegaConf.is_dict(value):
+            _check_values(value, key + ".")
             continue
-        bounds = f.metadata.get("range")
         for v in value if OmegaConf.is_list(value) else [value]:
-            if OmegaConf.is_config(v):
-                raise ConfigError(f"config key '{key}': {v} is a nested container; give a flat list, e.g. [320, 384]")
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"config key '{key}': {v} is not a finite number")
-            if bounds is not None and not isinstance(v, bool) and not _in_range(v, bounds):
+            if (bounds := f.metadata.get("range")) and v not in bounds:
                 raise ConfigError(f"config key '{key}': {v} is out of range (must be in {bounds})")
-            bad = next((c for c in v if ord(c) < 32 or ord(c) == 127), None) if isinstance(v, str) else None
-            if bad is not None:
-                raise ConfigError(f"config key '{key}': contains the control character {bad!r}; remove it")
+            if isinstance(v, str) and (bad := re.search(r"[\x00-\x1f\x7f]", v)):
+                raise ConfigError(f"config key '{key}': contains the control character {bad.group()!r}; remove it")
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -421,15 +412,19 @@ def _read_file(path: Path) -> dict:
 
 def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Schema defaults <- YAML file (or a dict, e.g. the one stored in a checkpoint) <- overrides."""
-    cfg = OmegaConf.structured(Config)
+    schema = cfg = OmegaConf.structured(Config)
     layers = [] if path is None else [path if isinstance(path, dict) else _read_file(Path(path))]
-    for tree in [*layers, parse_overrides(overrides or [])]:
-        _check_keys(tree, Config)
-        try:
+    try:
+        for tree in [*layers, parse_overrides(overrides or [])]:
+            _check_shape(tree, schema)
             cfg = OmegaConf.merge(cfg, tree)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"config key '{getattr(err, 'full_key', None) or '?'}': {first_line(err)}") from None
-    _check_values(cfg, Config)
+        _check_values(cfg)
+    except ConfigKeyError as err:  # OmegaConf's message (with the closest key, if one is close) and the valid keys
+        prefix = err.full_key.removesuffix(str(err.key))
+        valid = ", ".join(prefix + f.name for f in dataclasses.fields(err.object_type))
+        raise ConfigError(f"unknown config key '{err.full_key}': {first_line(err)} (valid keys: {valid})") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config key '{err.full_key or '?'}': {first_line(err)}") from None
     return cfg
 
 

@@ -21,7 +21,7 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
 def param_groups(
     model: nn.Module,
     weight_decay: float,
-    pretrained_lr_scale: float,
+    encoder_lr_scale: float,
     pretrained: Iterable[nn.Parameter] = (),
     decay_norms: bool = False,
 ) -> list[dict]:
@@ -29,7 +29,7 @@ def param_groups(
     dropped. ``decay_norms``: biases, norm scales and tokens are decayed too (the reference E2Net's AdamW).
 
     ``pretrained``: the parameters of the pretrained trunk (fine-tuned blocks and, named ``lora_``, the
-    LoRA adapters injected into it); they get ``lr * pretrained_lr_scale`` so fine-tuning does not wash
+    LoRA adapters injected into it); they get ``lr * encoder_lr_scale`` so fine-tuning does not wash
     out what pre-training learned, while new layers (pyramid, CAEM, decoder) train at the full rate.
     Block adapters (named ``.adapters.``) sit in the trunk but are new layers beside it, starting as a
     no-op with a 1e-3 output scale: they train at the full rate too, as E2Net-DINOv2 trains them.
@@ -51,7 +51,7 @@ def param_groups(
                 "name": key,
                 "params": [],
                 "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
-                "lr_scale": 1.0 if part in ("new", "adapter") else pretrained_lr_scale,
+                "lr_scale": 1.0 if part in ("new", "adapter") else encoder_lr_scale,
             }
         groups[key]["params"].append(p)
     if not groups:
@@ -71,13 +71,13 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     betas: Sequence[float] = (0.9, 0.999),
-    pretrained_lr_scale: float = 0.1,
+    encoder_lr_scale: float = 0.1,
     pretrained: Iterable[nn.Parameter] = (),
     fused: bool = False,
     decay_norms: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over trainable parameters only (see :func:`param_groups`); ``fused``: one kernel per step."""
-    groups = param_groups(model, weight_decay, pretrained_lr_scale, pretrained, decay_norms)
+    groups = param_groups(model, weight_decay, encoder_lr_scale, pretrained, decay_norms)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)

@@ -16,7 +16,16 @@ from config_checks import check_config
 from encoders.checks import check_encoder
 from helpers import ROOT
 
-VALID_KEYS = config._valid_keys(config.Config)
+
+def _keys(tree: dict, prefix: str = "") -> list[str]:
+    """The dotted name of every value in ``tree``."""
+    keys = []
+    for name, value in tree.items():
+        keys += _keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [prefix + name]
+    return keys
+
+
+VALID_KEYS = _keys(config.to_dict(load_config()))
 
 
 def test_default_recipe_loads_with_overrides():
@@ -68,6 +77,12 @@ def test_dict_round_trip(tmp_path):
         ("loss.bce=1e308", "loss.bce"),
         ("train.seed=1180591620717411303424", "train.seed"),
         ("model.channels=65536", "model.channels"),
+        ("train=3", "train"),
+        ("train.deterministic=2", "train.deterministic"),
+        ("eval.tta.hflip=yes", "eval.tta.hflip"),
+        ("train.betas={a: 1}", "train.betas"),
+        ("model.encoder.adapter.blocks={a: 1}", "model.encoder.adapter.blocks"),
+        ("train.name=${nowhere}", "train.name"),
     ],
 )
 def test_bad_override_names_the_key(override, key):
@@ -79,6 +94,24 @@ def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.lrr=1"])
     assert "train.lr," in str(err.value) and "train.epochs" in str(err.value)
+    assert "Did you mean: 'lr'?" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=20", "config key 'train.lr': 20.0 is out of range (must be in (0, 10])"),
+        ("data.val_fraction=1", "config key 'data.val_fraction': 1.0 is out of range (must be in [0, 1))"),
+        ("train.plateau_factor=0", "config key 'train.plateau_factor': 0.0 is out of range (must be in (0, 1))"),
+        ("data.multi_scale=[320,16]", "config key 'data.multi_scale': 16 is out of range (must be in [32, 8192])"),
+        ("train.deterministic=2", "config key 'train.deterministic': 2 is not true or false"),
+        ("model.encoder.lora=5", "config key 'model.encoder.lora' is a section, not a value (got 5)"),
+    ],
+)
+def test_error_says_the_key_the_value_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(message), str(err.value)
 
 
 def test_override_without_equals_sign():

@@ -33,7 +33,7 @@ def _names(model: nn.Module, group: dict) -> set[str]:
 def test_param_groups_decay_and_pretrained_lr():
     model = _Toy()
     pretrained = list(model.encoder.parameters())
-    groups = {g["name"]: g for g in param_groups(model, 0.05, pretrained_lr_scale=0.1, pretrained=pretrained)}
+    groups = {g["name"]: g for g in param_groups(model, 0.05, encoder_lr_scale=0.1, pretrained=pretrained)}
     assert _names(model, groups["new/decay"]) == {"head.0.weight", "head.2.weight"}
     assert _names(model, groups["new/no_decay"]) == {"head.0.bias", "head.1.weight", "head.1.bias", "head.2.bias"}
     assert _names(model, groups["pretrained/decay"]) == {"encoder.block.weight"}
@@ -44,7 +44,7 @@ def test_param_groups_decay_and_pretrained_lr():
         "encoder.register_tokens",
     }
     assert groups["new/no_decay"]["weight_decay"] == 0 and groups["new/decay"]["weight_decay"] == 0.05
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, pretrained_lr_scale=0.1, pretrained=pretrained)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, encoder_lr_scale=0.1, pretrained=pretrained)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["new/decay"] == 1e-3 and lrs["pretrained/decay"] == pytest.approx(1e-4)
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
