@@ -429,12 +429,14 @@ def load_config(path: str | Path | dict | None = None, overrides: list[str] | No
 
 
 def first_line(err: BaseException, with_type: bool = False) -> str:
-    """What a one-line error report quotes of ``err``: its message's first line, cut at the first
-    sentence and 200 characters (torch's messages run to paragraphs); the type's name when there is
-    no message. ``with_type`` puts the type first, for messages that do not say what failed (torch's
-    loaders, safetensors)."""
+    """What a one-line error report quotes of ``err``: its message's first line; the type's name when
+    there is no message. ``with_type`` is for libraries' messages that do not say what failed and run
+    to paragraphs (torch's loaders, safetensors): the type first, then the first sentence, at most 200
+    characters."""
     text = str(err).strip()
-    line = text.splitlines()[0].split(". ")[0][:200] if text else ""
+    line = text.splitlines()[0] if text else ""
+    if with_type:
+        line = line.split(". ")[0][:200]
     if not line and isinstance(err, EOFError):
         line = "the file ends too early"
     if not line:

@@ -37,7 +37,14 @@ from config import BestMetric, ConfigError, Scheduler, load_config, save_config
 from engine.amp import NonFiniteGuard, resolve_precision
 from engine.checkpoint.run import RunCheckpoints, find_resume, read_resume
 from engine.cli import add_config_arguments, error_line
-from engine.distributed import DistEnv, cleanup_distributed, restart_store_problem, setup_distributed, wrap_ddp
+from engine.distributed import (
+    DistEnv,
+    cleanup_distributed,
+    finish_collectives,
+    restart_store_problem,
+    setup_distributed,
+    wrap_ddp,
+)
 from engine.errors import USER_ERRORS
 from engine.logger import TENSORBOARD_COMMAND, RunWriter
 from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             with logging_redirect_tqdm():
                 train(cfg, env, stop)
+            finish_collectives()
         except USER_ERRORS as err:
             log.error("%s", error_line(err))
             return 1
