@@ -20,7 +20,7 @@ lint: install
 	.venv/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf .venv .pytest_cache

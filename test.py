@@ -37,7 +37,7 @@ per image, masks binarised at > 128); scoring runs in --workers processes (defau
 and gives identical numbers for any worker count.
 
 Config keys (key=value, eval.tta.* for test-time augmentation, eval.batch_size, data.root, ...):
-config.py holds the schema with a comment on every key; the README's "Config reference" lists them.
+config_schema.py holds the schema with a comment on every key; the README's "Config reference" lists them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from cod_benchmarks import IMAGE_EXTS, list_images
 from engine.cli import LOG_FORMAT, add_config_arguments, error_line
 from evaluation.discovery import EvaluationError, find_pred_dirs, match_benchmarks
 from evaluation.maps import MapIssues
-from evaluation.outputs import Scored, write_outputs
+from evaluation.outputs import Scored, default_out, run_names, write_outputs
 from evaluation.scoring import Scorer, pair_folder, score_benchmark
 
 # torch, the model and the data are imported inside the functions that need them: the scoring
@@ -117,27 +116,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workers is not None and args.workers < 0:
         p.error(f"--workers must be >= 0 (0 = all cores), got {args.workers}")
     return args
-
-
-def run_names(folders: list[Path]) -> dict[str, Path]:
-    """A distinct, file-system-safe name per --preds folder (its name; its parent's too if needed)."""
-    names: dict[str, Path] = {}
-    for folder in folders:
-        resolved = folder.resolve()
-        base = re.sub(r"[^\w.+-]", "_", resolved.name or "maps")
-        name = base if base not in names else re.sub(r"[^\w.+-]", "_", f"{resolved.parent.name}_{base}")
-        i = 2
-        while name in names:
-            name, i = f"{base}_{i}", i + 1
-        names[name] = folder
-    return names
-
-
-def default_out(ckpt: Path, kind: str, name: str) -> Path:
-    """``<run folder>/<kind>/<name>`` for a checkpoint in train.py's run folder (it holds the
-    run's config.yaml), else ``outputs/<kind>/<name>`` (git-ignored): never a folder beside the code."""
-    base = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else Path("outputs")
-    return base / kind / name
 
 
 def score_saved_maps(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ command continues a killed run (train.resume=auto). SIGTERM, SIGUSR1 and Ctrl-C 
 optimizer step with the position inside the epoch saved in last.pth (exit 0; 130 for Ctrl-C); the
 resumed run continues from that batch exactly. At the end it prints the TensorBoard command that
 shows every logged image (engine.logger.TENSORBOARD_COMMAND). Every key=value and its meaning:
-config.py (the schema, a comment per key) and the README's "Config reference".
+config_schema.py (the schema, a comment per key) and the README's "Config reference".
 """
 
 from __future__ import annotations

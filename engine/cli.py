@@ -22,7 +22,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = 
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="config overrides, e.g. train.lr=2e-4 (every key: config.py, README 'Config reference')",
+        help="config overrides, e.g. train.lr=2e-4 (every key: config_schema.py, README 'Config reference')",
     )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from .curves import plot_curves
@@ -49,3 +50,24 @@ def write_outputs(
         per_image = {run: {b: rows for b, (_, rows) in per_run.items()} for run, per_run in scored.items()}
         page = write_report(out, runs, figures, gallery_rows(per_image, images), title=f"COD results: {out.name}")
         log.info("wrote %s (open it in a browser; the gallery sorts by per-image score)", page)
+
+
+def run_names(folders: list[Path]) -> dict[str, Path]:
+    """A distinct, file-system-safe name per --preds folder (its name; its parent's too if needed)."""
+    names: dict[str, Path] = {}
+    for folder in folders:
+        resolved = folder.resolve()
+        base = re.sub(r"[^\w.+-]", "_", resolved.name or "maps")
+        name = base if base not in names else re.sub(r"[^\w.+-]", "_", f"{resolved.parent.name}_{base}")
+        i = 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names[name] = folder
+    return names
+
+
+def default_out(ckpt: Path, kind: str, name: str) -> Path:
+    """``<run folder>/<kind>/<name>`` for a checkpoint in train.py's run folder (it holds the
+    run's config.yaml), else ``outputs/<kind>/<name>`` (git-ignored): never a folder beside the code."""
+    base = ckpt.parent if (ckpt.parent / "config.yaml").is_file() else Path("outputs")
+    return base / kind / name

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "overrides",
         nargs="*",
-        help="config overrides key=value, e.g. model.channels_last=true (every key: config.py, README 'Config reference')",
+        help="config overrides key=value, e.g. model.channels_last=true (every key: config_schema.py, README 'Config reference')",
     )
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--batch", default="0", help="0: 8 on CUDA, 2 on CPU; a list (8,16,32) runs each")

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "overrides",
         nargs="*",
-        help="config overrides, e.g. data.train=[TrainDataset] (every key: config.py, README 'Config reference')",
+        help="config overrides, e.g. data.train=[TrainDataset] (every key: config_schema.py, README 'Config reference')",
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # this script prints its own report

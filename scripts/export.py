@@ -20,7 +20,7 @@ file holds every weight, the DINOv3 encoder's included: the DINOv3 licence appli
 The export goes through ``torch.onnx.export(dynamo=True)``. Afterwards onnxruntime runs the
 file on inputs of several batch sizes and image sizes, the largest absolute difference from the
 PyTorch model is printed, and the script fails (exit 1) when it exceeds ``--atol``. Options and
-config keys: see ``config.py`` and the README's "Config reference".
+config keys: see ``config_schema.py`` and the README's "Config reference".
 """
 
 from __future__ import annotations

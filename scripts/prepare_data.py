@@ -19,7 +19,7 @@ with masks by file stem. Then every count is compared with the published one (tr
 3,040 + CAMO 1,000 = 4,040; test: CAMO 250, CHAMELEON 76, COD10K 2,026, NC4K 4,121), and every
 difference and every image without a mask (or mask without an image) is reported by name.
 Exit status: 0 when all given archives match the published counts, 1 otherwise.
-Point ``data.root`` (config.py, README "Config reference") at OUT.
+Point ``data.root`` (config_schema.py, README "Config reference") at OUT.
 """
 
 from __future__ import annotations

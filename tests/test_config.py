@@ -233,7 +233,7 @@ def test_random_overrides_give_clean_errors_or_valid_configs(pairs):
             assert _same(OmegaConf.select(cfg, key), value), (key, value, OmegaConf.select(cfg, key))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_keys, _values), min_size=1, max_size=3))
 def test_hostile_overrides_through_train_py_are_exit_2_without_traceback(tiny_dinov3, pairs):
     """The same values through train.py's entry point: a clean exit 2 naming the key, or a config
