@@ -35,7 +35,7 @@ NOT_RUN = {
     "make": "`make test` is this suite; `make demo` trains for minutes (its steps are the commands below)",
     "huggingface-cli": "downloads gated weights from the network",
     "hf": "downloads weights from the network",
-    "torchrun": "tests/test_ddp.py, test_multinode.py, test_elastic.py and test_eval_distributed.py launch "
+    "torchrun": "tests/test_ddp.py, test_multinode.py (with an elastic restart) and test_eval_distributed.py launch "
     "train.py and test.py through torchrun, the multi-node line as docs/distributed.md writes it",
     "sbatch": "tests/test_slurm.py runs scripts/slurm/train.sbatch with stand-ins for srun and scontrol",
     "export": "sets a variable for the commands after it (test_multinode.py runs with the documented ones)",

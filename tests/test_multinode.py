@@ -1,6 +1,8 @@
-"""Two machines on torchrun's c10d rendezvous, played by two launches on the loopback address: the
-documented multi-node command (docs/distributed.md) trains to the same weights, bit for bit, as one
-machine running the same number of processes."""
+"""Two machines on torchrun's c10d rendezvous, played by two launches on the loopback address, with
+elastic restarts: the documented multi-node command (docs/distributed.md) under ``--max-restarts=1``
+loses the second machine's worker mid-epoch (SIGKILL: no handler, no save), both launchers restart
+their workers, the new group continues from the last ``train.save_every_steps`` save, and the run
+ends bit-identical to one machine running the same number of processes, never interrupted."""
 
 from __future__ import annotations
 
@@ -10,14 +12,21 @@ from engine.checkpoint import load_checkpoint
 from helpers import documented_env, documented_torchrun, launch, loopback_torchrun, same_training
 
 
-def test_two_nodes_train_like_one_node(tmp_path, ddp_run):
+def test_two_nodes_lose_a_worker_restart_and_train_like_one_node(tmp_path, ddp_run):
     run = tmp_path / "run"
-    node = loopback_torchrun([*ddp_run.args, f"train.run_dir={run}"], nnodes=2, nproc=1)
+    # 2 steps per epoch: save at step 3 (epoch 2, batch 1 of 2); rank 1 dies in its 4th batch.
+    args = [*ddp_run.args, f"train.run_dir={run}", "train.save_every_steps=3"]
+    node = loopback_torchrun(args, nnodes=2, nproc=1, max_restarts=1, script="tests/hooked_train.py")
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
-    codes = launch([node, node], logs, documented_env())
-    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    codes = launch([node, node], logs, documented_env(KILL_RANK="1", KILL_AT_BATCH="4"))
+    printed = "\n".join(log.read_text()[-3000:] for log in logs)
+    assert codes == [0, 0], printed
 
-    assert "2 process(es) on cpu" in (run / "train.log").read_text()
+    assert "exitcode: -9" in printed  # rank 1 was SIGKILLed, then both machines restarted their workers
+    train_log = (run / "train.log").read_text()
+    assert "2 process(es) on cpu" in train_log
+    assert "saved last.pth at epoch 1 + 1 batches (step 3)" in train_log
+    assert "resumed from" in train_log and "epoch 1 + 1 batches (step 3) done" in train_log
     same_training(load_checkpoint(run / "last.pth"), load_checkpoint(ddp_run.run / "last.pth"))
 
 
