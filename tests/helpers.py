@@ -164,3 +164,44 @@ def launch(cmds: list[list[str]], logs: list[Path], env: dict[str, str], timeout
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def restored(run: Path) -> dict:
+    """The training state in ``run``/last.pth put back into a freshly built run, as train.py does on
+    ``train.resume=auto`` (its config, data, model, optimizer and schedule built anew, nothing
+    trained), and taken out again: an exact resume starts from precisely what was saved when this
+    equals last.pth (:func:`same_training`, plus the random states and the epoch's loss sums)."""
+    import train
+    from config import load_config
+    from engine.amp import resolve_precision
+    from engine.checkpoint.run import RunCheckpoints, read_resume
+    from engine.checkpoint.training import training_checkpoint
+    from engine.distributed import setup_distributed
+
+    cfg = load_config(run / "config.yaml", [f"train.run_dir={run}", "train.resume=auto"])
+    env = setup_distributed()
+    resume = read_resume(cfg.train.resume, run)
+    precision = resolve_precision(cfg, env.device, resumed=resume.config)
+    train_loader, _ = train.build_data(cfg, env)
+    model = train.build_model(cfg)
+    state = train.build_state(cfg, model, len(train_loader), precision.grad_scaler(), env)
+    RunCheckpoints(state).restore(resume, len(train_loader))
+    return training_checkpoint(state)
+
+
+def round_trips(run: Path) -> None:
+    """Asserts that ``run``'s last.pth survives :func:`restored` whole."""
+    saved, again = torch.load(run / "last.pth", weights_only=True), restored(run)
+    same_training(saved, again)
+    assert _same(saved["rng"], again["rng"]) and _same(saved["epoch_loss"], again["epoch_loss"])
+
+
+def _same(a, b) -> bool:
+    """Nested containers of tensors and plain values, equal throughout."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b

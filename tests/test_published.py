@@ -406,17 +406,15 @@ def test_val_augment_draws_new_crops_and_flips_every_epoch(published_args) -> No
     assert ((masks[0] > 0) & (masks[0] < 1)).any()  # soft masks
 
 
-def test_published_recipe_trains_validates_resumes_and_scores(tmp_path, published_args) -> None:
+def test_published_recipe_trains_validates_round_trips_and_scores(tmp_path, published_args) -> None:
     from engine.checkpoint import load_checkpoint
-    from helpers import load_test_cli, run_train
+    from helpers import load_test_cli, round_trips, run_train
 
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight = tmp_path / "straight"
     assert run_train([*published_args, f"train.run_dir={straight}"]) == 0
-    assert run_train([*published_args, f"train.run_dir={resumed}", "train.max_steps=3"]) == 0
-    assert run_train([*published_args, f"train.run_dir={resumed}"]) == 0
-    a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(resumed / "last.pth")
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 4)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    round_trips(straight)
+    a = load_checkpoint(straight / "last.pth")
+    assert (a["epoch"], a["step"]) == (2, 4)
     assert set(a["metrics"]) == {"loss", "n_images"}  # augmented validation: the loss alone
     best = load_checkpoint(straight / "best.pth")
     assert best["best"] == best["metrics"]["loss"]
