@@ -48,9 +48,9 @@ from engine.distributed import (
 from engine.errors import USER_ERRORS
 from engine.logger import TENSORBOARD_COMMAND, RunWriter
 from engine.optim import build_plateau_scheduler, build_scheduler, optimizer_for
-from engine.resume import TrainState
 from engine.rng import seed_everything
 from engine.run_folder import RunLock, open_run_dir
+from engine.state import TrainState
 from engine.step import train_one_epoch
 from engine.stop import StopRequest
 from engine.validation import test_at_end, validate

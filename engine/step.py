@@ -23,7 +23,7 @@ from engine.amp import NonFiniteGuard, Precision, step_optimizer
 from engine.checkpoint.run import RunCheckpoints
 from engine.logger import RunWriter
 from engine.optim import lr_label, optimizer_for, steps_per_iteration
-from engine.resume import TrainState
+from engine.state import TrainState
 from engine.stop import StopRequest
 
 log = logging.getLogger("train")

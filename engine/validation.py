@@ -19,7 +19,7 @@ from engine.distributed import DistEnv, all_gather_objects, interleave
 from engine.logger import RunWriter, labelled_grid
 from engine.optim import steps_per_iteration
 from engine.predict import MapRule, final_maps, forward_probs
-from engine.resume import TrainState
+from engine.state import TrainState
 from evaluation.maps import read_mask
 from evaluation.metrics import CODMetrics, ImageScores, image_scores
 from evaluation.names import METRIC_KEYS

@@ -151,7 +151,7 @@ def test_model_info_books_adapter_flops_as_trainable(tiny_dinov3_factory, data) 
 def test_epoch_loss_sums_resume_or_are_refused(tmp_path) -> None:
     from engine.checkpoint import CheckpointError
     from engine.checkpoint.training import restore_epoch_loss
-    from engine.resume import TrainState
+    from engine.state import TrainState
 
     state = TrainState(cfg=None, model=None, optimizer=None, scheduler=None, scaler=None)  # one process
     restore_epoch_loss(state, [(6.5, 3)], tmp_path)

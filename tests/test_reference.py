@@ -299,7 +299,7 @@ def test_resuming_with_another_scheduler_is_refused() -> None:
     from engine.checkpoint import CheckpointError
     from engine.checkpoint.training import restore_training
     from engine.optim import build_scheduler
-    from engine.resume import TrainState
+    from engine.state import TrainState
 
     class Net(torch.nn.Linear):
         def frozen_keys(self):

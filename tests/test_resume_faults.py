@@ -20,7 +20,7 @@ import datasets
 from config import load_config, to_dict
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.checkpoint.training import restore_training, training_checkpoint
-from engine.resume import TrainState
+from engine.state import TrainState
 from helpers import ROOT, load_test_cli, run_train
 
 

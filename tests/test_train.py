@@ -130,7 +130,7 @@ def _pixel_loss(outputs, mask):
 def _one_epoch(batches, overrides, model=None):
     from config import load_config
     from engine.logger import RunWriter
-    from engine.resume import TrainState
+    from engine.state import TrainState
     from engine.step import train_one_epoch
     from engine.stop import StopRequest
 

@@ -66,7 +66,7 @@ def read_resume(resume: str, run_dir: Path) -> Resume | None:
 
 
 class RunCheckpoints:
-    """Saves a training state (an :class:`engine.resume.TrainState`) into its run folder.
+    """Saves a training state (an :class:`engine.state.TrainState`) into its run folder.
 
     Every rank calls each method (the random states of all ranks are gathered into last.pth); the
     main process alone writes. A diverged model is never saved: the run stops instead.

@@ -32,7 +32,7 @@ MAX_STEPS = 2**31
 
 
 def training_checkpoint(state) -> dict[str, Any]:
-    """Everything an exact resume of ``state`` (an :class:`engine.resume.TrainState`) needs: what last.pth
+    """Everything an exact resume of ``state`` (an :class:`engine.state.TrainState`) needs: what last.pth
     holds. Collective under DDP (every rank's generator states are gathered): call it on every rank."""
     return {
         "model": state.model.trainable_state_dict(),
