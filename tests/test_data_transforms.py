@@ -113,6 +113,25 @@ def test_image_and_mask_stay_aligned_through_training_transforms(tmp_path: Path)
         assert not torch.equal(a["image"], b["image"])
 
 
+def test_an_image_equal_to_its_mask_stays_equal_through_every_transform(tmp_path: Path) -> None:
+    """Image and mask are warped alike to the pixel: a black-and-white image whose content is its mask
+    comes out as its mask again (the 1-px tolerance of assert_aligned would forgive a shifted mask)."""
+    image, mask = shape_pair(71, 97)
+    s = save_pair(tmp_path, "L", image, mask)
+    transforms = [
+        datasets.TestTransform(),
+        datasets.TrainTransform(hflip=0.5, rotate=30, scale=(0.4, 1.0), color_jitter=0.0),
+        datasets.TrainTransform(hflip=0.5, rotate=10, color_jitter=0.0, side_crop=0.3),
+    ]
+    for transform in transforms:
+        ds = CODDataset([s], transform, 64, seed=4)
+        for epoch in range(4):
+            out = ds[(0, 40 + 8 * epoch, epoch)]
+            where = (type(transform).__name__, epoch)
+            assert out["mask"].sum() > 0, where
+            assert torch.equal((out["image"] > 0.5).float(), out["mask"].expand(3, -1, -1)), where
+
+
 def test_flip_and_resize_are_exact(tmp_path: Path) -> None:
     image, mask = shape_pair(60, 80)
     image = (image * np.linspace(0.2, 1, 80)[None, :, None]).astype(np.uint8)  # left-right asymmetric

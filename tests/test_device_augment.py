@@ -30,18 +30,18 @@ def smooth_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
     return image, mask
 
 
+def write_pair(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray) -> datasets.Sample:
+    ip, mp = folder / f"{stem}.png", folder / f"{stem}_gt.png"
+    Image.fromarray(image).save(ip)
+    Image.fromarray(mask).save(mp)
+    i, m = probe(ip, 10**9), probe(mp, 10**9)
+    return datasets.Sample(str(ip), str(mp), stem, i.height, i.width, m.height, m.width)
+
+
 def write_pairs(folder: Path, n: int, h: int = 90, w: int = 120) -> list[datasets.Sample]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    out = []
-    for k in range(n):
-        image, mask = smooth_pair(rng, h, w)
-        ip, mp = folder / f"p{k}.png", folder / f"p{k}_gt.png"
-        Image.fromarray(image).save(ip)
-        Image.fromarray(mask).save(mp)
-        i, m = probe(ip, 10**9), probe(mp, 10**9)
-        out.append(datasets.Sample(str(ip), str(mp), f"p{k}", i.height, i.width, m.height, m.width))
-    return out
+    return [write_pair(folder, f"p{k}", *smooth_pair(rng, h, w)) for k in range(n)]
 
 
 def test_warp_matches_opencv_for_the_same_matrix():
@@ -92,6 +92,20 @@ def test_device_path_reproduces_the_worker_path(tmp_path, side_crop):
     q = [0.1, 0.25, 0.5, 0.75, 0.9]
     assert np.abs(np.quantile(w, q, axis=0) - np.quantile(d, q, axis=0)).max() < 0.02
     assert w[:, 2].std() > 0.01  # the augmentation does change the object's area
+
+
+def test_an_image_equal_to_its_mask_stays_equal_on_the_device_path(tmp_path):
+    """The start-up squash and the warp treat image and mask alike to the pixel: a black-and-white
+    image whose content is its mask comes out as its mask again."""
+    mask = np.zeros((71, 97), np.uint8)
+    cv2.fillPoly(mask, [np.array([[10, 7], [40, 7], [40, 45], [80, 55], [80, 64], [10, 64]], np.int32)], 255)
+    sample = write_pair(tmp_path, "L", np.repeat(mask[..., None], 3, 2), mask)
+    t = datasets.TrainTransform(hflip=0.5, rotate=30, scale=(0.4, 1.0), color_jitter=0.0)
+    ds = DecodedTrainSet([sample], t, side=80, default_size=48, seed=2)
+    batch = datasets.collate([ds[(0, 48, epoch)] for epoch in range(4)])
+    assert torch.equal(batch["image"], batch["mask"].expand(-1, 3, -1, -1))  # after the squash
+    x, y = training_inputs(batch, torch.device("cpu"))
+    assert y.sum() > 0 and torch.equal((x >= 0.5).float(), y.expand(-1, 3, -1, -1))
 
 
 def test_decoded_set_skips_broken_files(tmp_path, caplog):

@@ -12,8 +12,9 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 
 from build import build_model
-from config import load_config
+from config import load_config, to_dict
 from engine.checkpoint import load_checkpoint
+from engine.hub import load_hf_folder, save_hf_folder
 from helpers import SCORE_ARGS, load_test_cli
 from scripts import export
 
@@ -48,6 +49,21 @@ def test_hf_folder_scores_like_its_checkpoint(tmp_path, ddp_run, ddp_scored, mon
     from_folder, from_ckpt = export.load_for_export(folder, None, [])[0], export.load_for_export(last, None, [])[0]
     a, b = from_folder.state_dict(), from_ckpt.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_folder_holds_every_trained_tensor(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    weights = {
+        f"decoder.block{i}.{part}": torch.randn(3, 2, generator=gen).to(dtype)
+        for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16))
+        for part in ("weight", "bias")
+    }
+    ckpt = {"model": weights, "config": to_dict(load_config(None, [])), "epoch": 3, "step": 12, "best": 0.5}
+    save_hf_folder(ckpt, tmp_path / "e2net")
+    back = load_hf_folder(tmp_path / "e2net")
+    assert back["model"].keys() == weights.keys(), f"missing: {sorted(weights.keys() - back['model'].keys())}"
+    assert all(back["model"][k].dtype == v.dtype and torch.equal(back["model"][k], v) for k, v in weights.items())
+    assert back["config"] == ckpt["config"] and (back["epoch"], back["step"], back["best"]) == (3, 12, 0.5)
 
 
 def test_export_needs_an_output(tmp_path, capsys):

@@ -15,6 +15,7 @@ import torch
 import build
 import train
 from engine.checkpoint import load_checkpoint
+from engine.stop import SIGNALS, StopRequest
 from helpers import ROOT, run_train, same_training
 
 BATCHES = 2  # per epoch of the shared tiny run: 8 training images at batch 4
@@ -42,12 +43,26 @@ def _signal_during_batches(monkeypatch, signum: int, *batches: int) -> None:
         def loss(outputs, mask):
             seen[0] += torch.is_grad_enabled()  # training batches only, not the validation loss
             for _ in range(batches.count(seen[0]) if torch.is_grad_enabled() else 0):
+                # without train.py's handler the signal would end pytest itself, naming no test
+                assert signal.getsignal(signum) is not signal.SIG_DFL, f"no handler for {signal.Signals(signum).name}"
                 signal.raise_signal(signum)
             return loss_fn(outputs, mask)
 
         return loss
 
     monkeypatch.setattr(train, "build_loss", signalling_loss)
+
+
+def test_each_stop_signal_reaches_the_handler_and_the_old_handlers_come_back():
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    with StopRequest() as stop:
+        for s in SIGNALS:
+            # checked before raising: a signal left at its default would end pytest itself
+            assert getattr(signal.getsignal(s), "__self__", None) is stop, f"no handler for {signal.Signals(s).name}"
+            stop.signum = None
+            signal.raise_signal(s)
+            assert stop.signum == s and stop.name == signal.Signals(s).name
+    assert {s: signal.getsignal(s) for s in SIGNALS} == before
 
 
 @pytest.mark.parametrize(
