@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from caem import CAEM
-from config import Amp, Decoder, Init, LossTerm, WeightsDtype
+from config import Amp, Decoder, Init, LossTerm, WeightsDtype, resolved_amp
 from config_checks import check_config as check_keys
 from dinov3_encoder import PyramidEncoder, build_dinov3_encoder
 from encoders.adapters import Adapters
@@ -59,8 +59,7 @@ def frozen_weights_dtype(weights_dtype: WeightsDtype, amp: Amp) -> torch.dtype:
     products without those copies, and halves their memory, on CPU as on CUDA
     (docs/performance.md). Without bf16 autocast (``off``, ``fp16``) ``auto`` keeps float32.
     """
-    if amp == Amp.auto:
-        raise ValueError("train.amp=auto must be resolved for the device first (engine.amp.resolve_precision)")
+    amp = resolved_amp(amp)
     if weights_dtype == WeightsDtype.auto:
         return torch.bfloat16 if amp == Amp.bf16 else torch.float32
     return getattr(torch, weights_dtype)

@@ -165,6 +165,14 @@ def load_config(path: str | Path | dict | None = None, overrides: list[str] | No
     return cfg
 
 
+def resolved_amp(amp: str) -> Amp:
+    """``train.amp`` once it has been resolved for the device (bf16, fp16 or off); ``auto`` is a request
+    that ``engine.amp.resolve_precision`` answers at start-up, and nothing may read it before."""
+    if Amp(amp) == Amp.auto:
+        raise ValueError("train.amp=auto must be resolved for the device first (engine.amp.resolve_precision)")
+    return Amp(amp)
+
+
 def first_line(err: BaseException, with_type: bool = False) -> str:
     """What a one-line error report quotes of ``err``: its message's first line; the type's name when
     there is no message. ``with_type`` is for libraries' messages that do not say what failed and run

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from config import AugmentOn, BestMetric, CaemAlign, ConfigError, Decoder, Fusion, LossTerm, Pyramid, Scheduler
 from encoders.rules import SettingError, check_taps, check_training
+from models.losses import NO_TERM, weighted_terms
 
 
 def _levels(c: DictConfig) -> int:
@@ -73,7 +74,7 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "e2net_ref needs at least 2 levels (the finest as CCM query, the deepest for LFSM)"),
     ("model.caem_align", lambda c: c.model.decoder != Decoder.linear or c.model.caem_align == CaemAlign.own,
      "applies to the decoders with a CAEM (model.decoder=e2net or e2net_ref), not linear"),
-    ("loss", lambda c: sum(c.loss[t] for t in LossTerm) > 0, "at least one loss term weight must be > 0"),
+    ("loss", lambda c: weighted_terms({t: c.loss[t] for t in LossTerm}), NO_TERM),
     ("loss.coarse_terms", lambda c: len(set(c.loss.coarse_terms)) == len(c.loss.coarse_terms), "lists a term twice"),
     ("loss.coarse_terms", lambda c: not c.loss.coarse_terms or c.model.decoder != Decoder.linear,
      "model.decoder=linear has no coarse map: leave loss.coarse_terms empty"),

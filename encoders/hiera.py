@@ -40,6 +40,7 @@ from encoders.loading import (
     _local,
     _norm_stats,
     _progress_bars_only_on_a_terminal,
+    refuse_missing,
     weights_missing_error,
 )
 from encoders.trunks import Family, Trunk, _distinct_indices, square
@@ -208,12 +209,9 @@ def _load_hf_hiera(model_name: str, pretrained_path: str | None) -> tuple[Hiera,
             )
     except OSError:
         raise hiera_weights_missing_error(model_name, pretrained_path) from None
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise ValueError(
-            f"'{source}' lacks {len(missing)} tensors of the Hiera trunk (e.g. {prefix}{missing[0]}); "
-            "is it a SAM2 checkpoint saved by transformers?"
-        )
+    refuse_missing(
+        info["missing_keys"], source, "of the Hiera trunk", "is it a SAM2 checkpoint saved by transformers?", prefix
+    )
     return HFHiera(model.eval()), *_norm_stats(source)
 
 

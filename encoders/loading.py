@@ -220,10 +220,23 @@ def _load_hf(model_name: str, pretrained_path: str | None):
 
     try:
         with _progress_bars_only_on_a_terminal():
-            model = AutoModel.from_pretrained(source, dtype=torch.float32)
+            model, info = AutoModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
     except OSError:
         raise weights_missing_error(model_name, pretrained_path) from None
+    refuse_missing(info["missing_keys"], source, "of the encoder", "was it saved whole by save_pretrained?")
     return model, *_norm_stats(source)
+
+
+class IncompleteWeights(FileNotFoundError):
+    """Weights that lack tensors of the trunk: the tensors needed are not found (a user error, one line)."""
+
+
+def refuse_missing(missing, source: str, what: str, hint: str, prefix: str = "") -> None:
+    """transformers fills a tensor missing from the weights with a random one and only logs it: an
+    encoder that is silently part random. Refused instead, naming one of them."""
+    if missing:
+        missing = sorted(missing)
+        raise IncompleteWeights(f"'{source}' lacks {len(missing)} tensors {what} (e.g. {prefix}{missing[0]}); {hint}")
 
 
 # --------------------------------------------------------------------------- timm
@@ -286,5 +299,7 @@ __all__ = [
     "read_architecture",
     "DINO_WEIGHTS",
     "WeightsHelp",
+    "IncompleteWeights",
+    "refuse_missing",
     "weights_missing_error",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from config import Amp, ConfigError
+from config import Amp, ConfigError, resolved_amp
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,7 @@ def resolve_precision(cfg, device: torch.device, resumed: dict | None = None) ->
 
 def select_precision(amp: Amp, device: torch.device) -> Precision:
     """The :class:`Precision` of an already resolved ``amp`` (bf16, fp16 or off)."""
-    if Amp(amp) == Amp.auto:
-        raise ValueError("train.amp=auto must be resolved first (engine.amp.resolve_precision)")
-    return Precision(device.type, Amp(amp))
+    return Precision(device.type, resolved_amp(amp))
 
 
 class NonFiniteGuard:

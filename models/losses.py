@@ -127,6 +127,12 @@ TERMS: dict[str, Callable[..., Tensor]] = {
     "edge": lambda x, m, edge_width, **_: edge_loss(x, m, edge_width),
     "sobel": lambda x, m, sobel_peak, sobel_border, **_: sobel_edge_loss(x, m, peak=sobel_peak, border=sobel_border),
 }
+NO_TERM = f"every loss weight is 0: give at least one of {', '.join(TERMS)} a weight > 0"
+
+
+def weighted_terms(weights: Mapping[str, float]) -> dict[str, float]:
+    """The terms that count: those with a weight other than 0 (a loss needs at least one, :data:`NO_TERM`)."""
+    return {t: float(w) for t, w in weights.items() if w}
 
 
 class CODLoss(nn.Module):
@@ -163,9 +169,9 @@ class CODLoss(nn.Module):
         unknown = [t for t in (*weights, *coarse_terms) if t not in TERMS]
         if unknown:
             raise ValueError(f"loss terms {unknown}: the terms are {', '.join(TERMS)}")
-        self.weights = {t: float(w) for t, w in weights.items() if w}
+        self.weights = weighted_terms(weights)
         if not self.weights:
-            raise ValueError(f"every loss weight is 0: give at least one of {', '.join(TERMS)} a weight > 0")
+            raise ValueError(NO_TERM)
         self.coarse_weights = dict.fromkeys(coarse_terms, coarse)
         self.side, self.weighted, self.pooled, self.edge_width = side, weighted, pooled, edge_width
         self._args = {"smooth": smooth, "sobel_peak": sobel_peak, "sobel_border": sobel_border}

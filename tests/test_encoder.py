@@ -324,3 +324,18 @@ def test_make_tiny_dinov3_cli(tmp_path: Path) -> None:
     assert (c.hidden_size, c.num_hidden_layers, c.num_register_tokens, c.patch_size) == (32, 3, 0, 8)
     with pytest.raises(ValueError, match="divisible by 4 \\* --heads"):
         main([str(tmp_path / "bad"), "--hidden", "36", "--heads", "2"])
+
+
+def test_weights_lacking_a_tensor_are_refused_not_filled_at_random(tiny_dinov3: Path, tmp_path: Path) -> None:
+    """transformers would fill the gap with random values and only log it."""
+    from safetensors.torch import load_file, save_file
+
+    from encoders.loading import IncompleteWeights
+
+    folder = tmp_path / "enc"
+    shutil.copytree(tiny_dinov3, folder)
+    tensors = load_file(folder / "model.safetensors")
+    dropped = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, folder / "model.safetensors", {"format": "pt"})
+    with pytest.raises(IncompleteWeights, match=f"lacks 1 tensors of the encoder .*{dropped}"):
+        build_dinov3_encoder(pretrained_path=str(folder), model_name="unused")

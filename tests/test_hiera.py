@@ -124,7 +124,7 @@ def test_loading_errors_say_what_is_wrong(sam2: Path, tmp_path: Path, tiny_dinov
             save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(FileNotFoundError, match="hf download facebook/sam2.1-hiera-tiny"):
         load_hiera("facebook/sam2.1-hiera-tiny", str(tmp_path / "config-only"))
-    with pytest.raises(ValueError, match=r"lacks 14 tensors .*vision_encoder\.backbone\.blocks\.3\."):
+    with pytest.raises(FileNotFoundError, match=r"lacks 14 tensors .*vision_encoder\.backbone\.blocks\.3\."):
         load_hiera("x", str(tmp_path / "no-block-3"))
     # No folder and no hub: the SAM2 instructions (not DINOv3's licence), naming the config key to set.
     from build import check_config
