@@ -3,9 +3,11 @@ synthetic COD data, and one seconds-long training run that the train.py tests sh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ settings.register_profile("fixed", derandomize=True, print_blob=True)
 settings.register_profile("explore", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
-from helpers import run_train, tiny_model_args  # noqa: E402
+from helpers import Launches, run_train, tiny_model_args  # noqa: E402
 from scripts.make_tiny_dinov3 import make_tiny_dinov3  # noqa: E402
 
 
@@ -128,6 +130,7 @@ class DDPRun:
     run: Path  # its run folder: last.pth holds the final state
     log: str  # what torchrun printed
     data: Path  # data.root: 12 training images, 5 test images (TestDataset/SynthCOD)
+    launches: Launches  # every launch of these arguments (see ddp_launches)
 
 
 @pytest.fixture(scope="session")
@@ -138,33 +141,40 @@ def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_sam2(tmp_path_factory.mktemp("sam2"))
 
 
-@pytest.fixture(scope="session")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory, tiny_sam2: Path) -> DDPRun:
-    """The suite's one two-process DDP training (torchrun --standalone, gloo on CPU), of the fullest
-    model: configs/e2net_dual.yaml with model.fusion=levels, a tiny SAM2 Hiera with an adapter after
-    every block beside a 4-block DINOv3 (width 32) carrying LoRA, an adapter on every block and its
-    pyramid. 8 training images, 4 validation images, batch 2 per process, 2 epochs (4 optimizer
-    steps); best.pth follows the training loss gathered from both processes. Every trainable weight
-    must get a gradient in every step, or DDP's reducer stops the run. tests/test_ddp.py checks the
-    run itself; the multi-node, elastic, SLURM and evaluation tests launch the same arguments their
-    own way and compare with it."""
-    import subprocess
+@pytest.fixture(scope="session", autouse=True)
+def ddp_launches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The suite's DDP launches of the fullest model, started in the background as the session begins
+    (when a collected test needs them): configs/e2net_dual.yaml with model.fusion=levels, a tiny SAM2
+    Hiera with an adapter after every block beside a 4-block DINOv3 (width 32) carrying LoRA, an
+    adapter on every block and its pyramid; 8 training images, 4 validation images, batch 2 per
+    process, 2 epochs (4 optimizer steps); best.pth follows the training loss gathered from both
+    processes. Every trainable weight must get a gradient in every step, or DDP's reducer stops the run.
 
-    from helpers import documented_env, torchrun
+    Steps, each a test's subject: ``train`` (torchrun --standalone, two gloo processes: test_ddp),
+    ``score`` (test.py --ckpt on its last.pth through torchrun: test_eval_distributed), ``nodes`` (the
+    documented multi-node line as two machines of one process each, which lose rank 1 mid-epoch and
+    restart: test_multinode), ``usr1`` (one process under the documented line, torchrun passed
+    SIGUSR1 as srun does: test_slurm)."""
+    if not any("ddp_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    from helpers import SCORE_ARGS, documented_env, loopback_torchrun, torchrun
     from scripts.make_synthetic_cod import generate
 
-    data, run = tmp_path_factory.mktemp("ddp_data"), tmp_path_factory.mktemp("ddp_run")
+    encoder = request.getfixturevalue("tiny_dinov3_factory")(hidden=32, layers=4, heads=2)
+    sam2 = request.getfixturevalue("tiny_sam2")
+    data, work = tmp_path_factory.mktemp("ddp_data"), tmp_path_factory.mktemp("ddp_launches")
     generate(data, n_train=12, n_test=5, size=48, seed=0)
     args = [
         "--config",
         str(ROOT / "configs" / "e2net_dual.yaml"),
-        f"model.encoder.pretrained_path={tiny_dinov3_factory(hidden=32, layers=4, heads=2)}",
+        f"model.encoder.pretrained_path={encoder}",
         "model.encoder.layers=[1,2,3,4]",
         "model.encoder.simple=false",
         "model.encoder.image_size=32",
         "model.encoder.lora.rank=4",
         "model.encoder.adapter.blocks=all",
-        f"model.encoder2.pretrained_path={tiny_sam2}",
+        f"model.encoder2.pretrained_path={sam2}",
         "model.encoder2.image_size=64",
         "model.fusion=levels",
         "model.channels=16",
@@ -179,10 +189,35 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, tiny_dinov3_factory, tiny_
         "train.epochs=2",
         "train.best_metric=train_loss",
     ]
-    cmd = [*torchrun(2), "train.py", *args, f"train.run_dir={run}"]
-    res = subprocess.run(cmd, cwd=ROOT, env=documented_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return DDPRun(args, run, res.stdout + res.stderr, data)
+    run, line = work / "run", shlex.join
+    # 2 steps per epoch: a save at step 3 (epoch 2, batch 1 of 2); rank 1 dies in its 4th batch.
+    nodes = [*args, f"train.run_dir={work / 'nodes'}", "train.save_every_steps=3"]
+    node = line(loopback_torchrun(nodes, nnodes=2, nproc=1, max_restarts=1, script="tests/hooked_train.py"))
+    usr1 = [*args, f"train.run_dir={work / 'usr1'}"]
+    kill, logs = "env KILL_RANK=1 KILL_AT_BATCH=4", [shlex.quote(str(work / f"node{i}.log")) for i in (0, 1)]
+    steps = {
+        "train": line([*torchrun(2), "train.py", *args, f"train.run_dir={run}"]),
+        "score": line(
+            [*torchrun(2), "test.py", "--ckpt", str(run / "last.pth"), "--out", str(work / "score"), *SCORE_ARGS]
+        ),
+        "nodes": f"{kill} {node} > {logs[0]} 2>&1 & a=$!; {kill} {node} > {logs[1]} 2>&1 & b=$!; "
+        'wait $a; ra=$?; wait $b; codes="$ra $?"',
+        "usr1": "env SIGNAL_LAUNCHER_AT_BATCH=2 "
+        + line(loopback_torchrun(usr1, nnodes=1, nproc=1, script="tests/hooked_train.py")),
+    }
+    launches = Launches(work, steps, documented_env())
+    yield DDPRun(args, run, "", data, launches)
+    launches.stop()
+
+
+@pytest.fixture(scope="session")
+def ddp_run(ddp_launches: DDPRun | None) -> DDPRun:
+    """The background DDP training of :func:`ddp_launches`, finished: tests/test_ddp.py checks the run
+    itself; the evaluation, multi-node and SLURM tests read their own steps of the launches."""
+    assert ddp_launches is not None, "ddp_launches starts the launches when a collected test needs ddp_run"
+    (code,), printed = ddp_launches.launches.result("train")
+    assert code == 0, printed[-3000:]
+    return dataclasses.replace(ddp_launches, log=printed)
 
 
 @pytest.fixture(scope="session")

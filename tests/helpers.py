@@ -7,10 +7,12 @@ import itertools
 import os
 import re
 import shlex
+import signal
 import socket
 import string
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -205,3 +207,33 @@ def _same(a, b) -> bool:
     if isinstance(a, list | tuple):
         return isinstance(b, list | tuple) and len(a) == len(b) and all(map(_same, a, b))
     return a == b
+
+
+class Launches:
+    """torchrun launches run one after another by a shell in the background from the start of the
+    session, on the core the in-process tests leave idle. No thread in this process (its forks stay
+    safe): one ``Popen``, whose steps each write ``<name>.log`` and, once done, ``<name>.rc`` (the exit
+    codes, one per launch of the step)."""
+
+    def __init__(self, folder: Path, steps: dict[str, str], env: dict[str, str]) -> None:
+        self.folder = folder
+        script = [f"cd {shlex.quote(str(ROOT))}"]
+        for name, cmd in steps.items():
+            log, rc = (shlex.quote(str(folder / f"{name}.{ext}")) for ext in ("log", "rc"))
+            script.append(f"{{ {cmd} ; }} > {log} 2>&1; echo ${{codes:-$?}} > {rc}.tmp; mv {rc}.tmp {rc}; codes=")
+        (folder / "launches.sh").write_text("\n".join(script) + "\n")
+        self.proc = subprocess.Popen(["bash", str(folder / "launches.sh")], env=env, start_new_session=True)
+
+    def result(self, name: str, timeout: float = 900) -> tuple[list[int], str]:
+        """(exit codes, what was printed) of step ``name``, once it is done."""
+        rc, end = self.folder / f"{name}.rc", time.monotonic() + timeout
+        while not rc.exists():
+            assert self.proc.poll() is None or rc.exists(), f"the background launches ended before step {name}"
+            assert time.monotonic() < end, f"step {name} of the background launches took over {timeout} s"
+            time.sleep(0.1)
+        return [int(c) for c in rc.read_text().split()], (self.folder / f"{name}.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()

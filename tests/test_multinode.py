@@ -9,20 +9,20 @@ from __future__ import annotations
 from torch.distributed.run import get_args_parser
 
 from engine.checkpoint import load_checkpoint
-from helpers import documented_env, documented_torchrun, launch, loopback_torchrun, same_training
+from helpers import documented_torchrun, same_training
 
 
-def test_two_nodes_lose_a_worker_restart_and_train_like_one_node(tmp_path, ddp_run):
-    run = tmp_path / "run"
-    # 2 steps per epoch: save at step 3 (epoch 2, batch 1 of 2); rank 1 dies in its 4th batch.
-    args = [*ddp_run.args, f"train.run_dir={run}", "train.save_every_steps=3"]
-    node = loopback_torchrun(args, nnodes=2, nproc=1, max_restarts=1, script="tests/hooked_train.py")
-    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
-    codes = launch([node, node], logs, documented_env(KILL_RANK="1", KILL_AT_BATCH="4"))
-    printed = "\n".join(log.read_text()[-3000:] for log in logs)
+def test_two_nodes_lose_a_worker_restart_and_train_like_one_node(ddp_run):
+    """The launches' ``nodes`` step (tests/conftest.py): the documented line started twice at once on
+    the loopback address, each launch one machine of one process, ``--max-restarts=1`` and
+    ``train.save_every_steps=3``; rank 1 sends itself SIGKILL in its 4th batch (epoch 2)."""
+    codes, _ = ddp_run.launches.result("nodes")
+    folder = ddp_run.launches.folder
+    printed = "\n".join((folder / f"node{i}.log").read_text()[-3000:] for i in (0, 1))
     assert codes == [0, 0], printed
 
     assert "exitcode: -9" in printed  # rank 1 was SIGKILLed, then both machines restarted their workers
+    run = folder / "nodes"
     train_log = (run / "train.log").read_text()
     assert "2 process(es) on cpu" in train_log
     assert "saved last.pth at epoch 1 + 1 batches (step 3)" in train_log

@@ -16,11 +16,8 @@ import pytest
 from engine.checkpoint import load_checkpoint
 from helpers import (
     ROOT,
-    documented_env,
     documented_exports,
     documented_torchrun_line,
-    launch,
-    loopback_torchrun,
 )
 
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
@@ -124,13 +121,15 @@ def test_a_run_that_ends_is_not_requeued(tmp_path, code):
     assert "requeue" not in (log / "scontrol.calls").read_text()
 
 
-def test_torchrun_passes_usr1_on_and_the_run_saves_its_position(tmp_path, ddp_run):
+def test_torchrun_passes_usr1_on_and_the_run_saves_its_position(ddp_run):
     """What srun forwards reaches torchrun, which (--signals-to-handle) passes it to train.py: it
     stops at the next step with the position inside the epoch saved. torchrun itself then ends with
-    an error (it stopped on a signal), which the template does not read: it requeues."""
-    run, log = tmp_path / "run", tmp_path / "torchrun.log"
-    cmd = loopback_torchrun([*ddp_run.args, f"train.run_dir={run}"], nnodes=1, nproc=1, script="tests/hooked_train.py")
-    assert launch([cmd], [log], documented_env(SIGNAL_LAUNCHER_AT_BATCH="2")) != [0]
-    assert "stopped by SIGUSR1" in (run / "train.log").read_text(), log.read_text()[-3000:]
+    an error (it stopped on a signal), which the template does not read: it requeues. The launches'
+    ``usr1`` step (tests/conftest.py): one process under the documented line, whose rank 0 sends
+    SIGUSR1 to torchrun in its 2nd batch."""
+    codes, printed = ddp_run.launches.result("usr1")
+    run = ddp_run.launches.folder / "usr1"
+    assert codes != [0]
+    assert "stopped by SIGUSR1" in (run / "train.log").read_text(), printed[-3000:]
     ckpt = load_checkpoint(run / "last.pth")  # one process, 4 batches per epoch: stopped inside the first
     assert ckpt["epoch"] == 0 and 2 <= ckpt["batch"] < 4
