@@ -3,7 +3,6 @@ synthetic COD data, and one seconds-long training run that the train.py tests sh
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import os
@@ -130,7 +129,8 @@ class DDPRun:
     run: Path  # its run folder: last.pth holds the final state
     log: str  # what torchrun printed
     data: Path  # data.root: 12 training images, 5 test images (TestDataset/SynthCOD)
-    launches: Launches  # every launch of these arguments (see ddp_launches)
+    launches: Launches  # the background launches: its other steps (see ddp_steps)
+    work: Path  # the folder of those steps' outputs
 
 
 @pytest.fixture(scope="session")
@@ -142,12 +142,46 @@ def tiny_sam2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def ddp_launches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The suite's DDP launches of the fullest model, started in the background as the session begins
-    (when a collected test needs them): configs/e2net_dual.yaml with model.fusion=levels, a tiny SAM2
-    Hiera with an adapter after every block beside a 4-block DINOv3 (width 32) carrying LoRA, an
-    adapter on every block and its pyramid; 8 training images, 4 validation images, batch 2 per
-    process, 2 epochs (4 optimizer steps); best.pth follows the training loss gathered from both
+def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Launches | None:
+    """Subprocess launches that need nothing from a test but fixtures, started one after another in
+    one background shell as the session begins (:class:`helpers.Launches`): they run on the core the
+    in-process tests leave idle, and a test reads its step with ``background.result(step)``. The
+    steps: each collected test module's ``background_steps(request, folder) -> {step: shell command}``
+    and the DDP launches (:func:`ddp_steps`) a collected module reads, in the order the tests will
+    want them."""
+    folder = tmp_path_factory.mktemp("background")
+    items = request.session.items
+    modules = list(dict.fromkeys(it.module for it in items if getattr(it, "module", None)))
+    order = {m.__name__: i for i, m in enumerate(modules)}
+    planned: list[tuple[int, str, str]] = []  # (when its module's tests run, step, command)
+    for i, module in enumerate(modules):
+        if hasattr(module, "background_steps"):
+            planned += [(i, name, cmd) for name, cmd in module.background_steps(request, folder).items()]
+    needs_ddp = [order[it.module.__name__] for it in items if "ddp_run" in it.fixturenames]
+    if needs_ddp:
+        for name, (reader, cmd) in ddp_steps(request, folder).items():
+            when = min(needs_ddp) if reader is None else order.get(reader)
+            if when is not None:
+                planned.append((when, name, cmd))
+    steps = {name: cmd for _, name, cmd in sorted(planned, key=lambda p: p[0])}
+    if not steps:
+        yield None
+        return
+    from helpers import documented_env
+
+    launches = Launches(folder, steps, documented_env())
+    yield launches
+    launches.stop()
+
+
+DDP_ARGS: list[str] = []  # train.py's arguments of the DDP launches, less train.run_dir (set by ddp_steps)
+
+
+def ddp_steps(request: pytest.FixtureRequest, folder: Path) -> dict[str, tuple[str | None, str]]:
+    """The suite's DDP launches, of the fullest model: configs/e2net_dual.yaml with model.fusion=levels,
+    a tiny SAM2 Hiera with an adapter after every block beside a 4-block DINOv3 (width 32) carrying
+    LoRA, an adapter on every block and its pyramid; 8 training images, 4 validation images, batch 2
+    per process, 2 epochs (4 optimizer steps); best.pth follows the training loss gathered from both
     processes. Every trainable weight must get a gradient in every step, or DDP's reducer stops the run.
 
     Steps, each a test's subject: ``train`` (torchrun --standalone, two gloo processes: test_ddp),
@@ -155,17 +189,14 @@ def ddp_launches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     documented multi-node line as two machines of one process each, which lose rank 1 mid-epoch and
     restart: test_multinode), ``usr1`` (one process under the documented line, torchrun passed
     SIGUSR1 as srun does: test_slurm)."""
-    if not any("ddp_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
-        yield None
-        return
-    from helpers import SCORE_ARGS, documented_env, loopback_torchrun, torchrun
+    from helpers import SCORE_ARGS, loopback_torchrun, torchrun
     from scripts.make_synthetic_cod import generate
 
     encoder = request.getfixturevalue("tiny_dinov3_factory")(hidden=32, layers=4, heads=2)
     sam2 = request.getfixturevalue("tiny_sam2")
-    data, work = tmp_path_factory.mktemp("ddp_data"), tmp_path_factory.mktemp("ddp_launches")
+    data, work = folder / "ddp_data", folder / "ddp"
     generate(data, n_train=12, n_test=5, size=48, seed=0)
-    args = [
+    DDP_ARGS[:] = [
         "--config",
         str(ROOT / "configs" / "e2net_dual.yaml"),
         f"model.encoder.pretrained_path={encoder}",
@@ -189,35 +220,34 @@ def ddp_launches(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         "train.epochs=2",
         "train.best_metric=train_loss",
     ]
-    run, line = work / "run", shlex.join
+    args, run, line = DDP_ARGS, work / "run", shlex.join
     # 2 steps per epoch: a save at step 3 (epoch 2, batch 1 of 2); rank 1 dies in its 4th batch.
     nodes = [*args, f"train.run_dir={work / 'nodes'}", "train.save_every_steps=3"]
     node = line(loopback_torchrun(nodes, nnodes=2, nproc=1, max_restarts=1, script="tests/hooked_train.py"))
     usr1 = [*args, f"train.run_dir={work / 'usr1'}"]
     kill, logs = "env KILL_RANK=1 KILL_AT_BATCH=4", [shlex.quote(str(work / f"node{i}.log")) for i in (0, 1)]
-    steps = {
-        "train": line([*torchrun(2), "train.py", *args, f"train.run_dir={run}"]),
-        "score": line(
-            [*torchrun(2), "test.py", "--ckpt", str(run / "last.pth"), "--out", str(work / "score"), *SCORE_ARGS]
+    score = [*torchrun(2), "test.py", "--ckpt", str(run / "last.pth"), "--out", str(work / "score"), *SCORE_ARGS]
+    usr1 = line(loopback_torchrun(usr1, nnodes=1, nproc=1, script="tests/hooked_train.py"))
+    return {  # step: (the test module that reads it, None: every user of ddp_run; its command)
+        "train": (None, line([*torchrun(2), "train.py", *args, f"train.run_dir={run}"])),
+        "score": ("test_eval_distributed", line(score)),
+        "nodes": (
+            "test_multinode",
+            f"{kill} {node} > {logs[0]} 2>&1 & a=$!; {kill} {node} > {logs[1]} 2>&1 & b=$!; "
+            'wait $a; ra=$?; wait $b; codes="$ra $?"',
         ),
-        "nodes": f"{kill} {node} > {logs[0]} 2>&1 & a=$!; {kill} {node} > {logs[1]} 2>&1 & b=$!; "
-        'wait $a; ra=$?; wait $b; codes="$ra $?"',
-        "usr1": "env SIGNAL_LAUNCHER_AT_BATCH=2 "
-        + line(loopback_torchrun(usr1, nnodes=1, nproc=1, script="tests/hooked_train.py")),
+        "usr1": ("test_slurm", f"env SIGNAL_LAUNCHER_AT_BATCH=2 {usr1}"),
     }
-    launches = Launches(work, steps, documented_env())
-    yield DDPRun(args, run, "", data, launches)
-    launches.stop()
 
 
 @pytest.fixture(scope="session")
-def ddp_run(ddp_launches: DDPRun | None) -> DDPRun:
-    """The background DDP training of :func:`ddp_launches`, finished: tests/test_ddp.py checks the run
-    itself; the evaluation, multi-node and SLURM tests read their own steps of the launches."""
-    assert ddp_launches is not None, "ddp_launches starts the launches when a collected test needs ddp_run"
-    (code,), printed = ddp_launches.launches.result("train")
+def ddp_run(background: Launches) -> DDPRun:
+    """The DDP training of :func:`ddp_steps`, finished: tests/test_ddp.py checks the run itself; the
+    evaluation, multi-node and SLURM tests read their own steps (``ddp_run.launches.result(step)``)."""
+    (code,), printed = background.result("train")
     assert code == 0, printed[-3000:]
-    return dataclasses.replace(ddp_launches, log=printed)
+    work = background.folder / "ddp"
+    return DDPRun(list(DDP_ARGS), work / "run", printed, background.folder / "ddp_data", background, work)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ untouched. Real file systems where the kernel allows a private mount namespace, 
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import ENV, ROOT, STEPS_PER_EPOCH, _checked_state, _temps
+from test_faults import STEPS_PER_EPOCH, _checked_state, _temps
 
 from engine.checkpoint import CheckpointError, load_checkpoint
 from helpers import run_train
@@ -128,40 +129,38 @@ sys.exit(rc)
 """
 
 
+KINDS = ("full", "read-only")
+
+
+def background_steps(request, folder: Path) -> dict[str, str]:
+    """train.py resuming the shared run's epoch 1 on each real file system, in the session's
+    background launches: a tmpfs with room for half a checkpoint (ENOSPC), a read-only bind mount (EROFS)."""
+    if not _unshare_works():
+        return {}
+    tiny_run = request.getfixturevalue("tiny_run")
+    steps = {}
+    for kind in KINDS:
+        run, out = folder / kind / "run", folder / kind / "after"
+        run.mkdir(parents=True)
+        argv = ["unshare", "-rm", sys.executable, "-c", IN_NAMESPACE, kind, str(tiny_run.one_epoch), str(run), str(out)]
+        steps[f"disk_{kind}"] = shlex.join([*argv, *tiny_run.args, "train.epochs=2"])
+    return steps
+
+
 @needs_mounts
-@pytest.mark.parametrize("kind", ["full", "read-only"])
-def test_full_or_read_only_file_system(tmp_path, run_args, one_epoch_run, kind):
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_or_read_only_file_system(background, one_epoch_run, kind):
     """Real file systems: a tmpfs with room for half a checkpoint (ENOSPC), a read-only bind mount (EROFS)."""
-    run, out = tmp_path / "run", tmp_path / "after"
-    run.mkdir()
-    res = subprocess.run(
-        [
-            "unshare",
-            "-rm",
-            sys.executable,
-            "-c",
-            IN_NAMESPACE,
-            kind,
-            str(one_epoch_run),
-            str(run),
-            str(out),
-            *run_args,
-            "train.epochs=2",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    (code,), printed = background.result(f"disk_{kind}")
+    run, out = background.folder / kind / "run", background.folder / kind / "after"
+    assert code != 0 and "Traceback" not in printed, printed[-3000:]
     expected = "No space left on device" if kind == "full" else "Read-only file system"
-    errors = [line for line in res.stderr.splitlines() if expected in line]
-    assert len(errors) == 1 and str(run) in errors[0], res.stderr[-3000:]
+    errors = [line for line in printed.splitlines() if expected in line]
+    assert len(errors) == 1 and str(run) in errors[0], printed[-3000:]
     assert (out / "last.pth").read_bytes() == (one_epoch_run / "last.pth").read_bytes()
     assert _checked_state(out) == (1, STEPS_PER_EPOCH) and not _temps(out)
     if kind == "full":  # it trained epoch 2 and failed when saving it
-        assert "epoch 2 step 4" in res.stderr and "cannot write checkpoint" in errors[0]
+        assert "epoch 2 step 4" in printed and "cannot write checkpoint" in errors[0]
 
 
 def test_kernel_enospc_through_save_checkpoint(tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -25,7 +24,7 @@ import pytest
 
 from engine import amp
 from engine.logger import TENSORBOARD_COMMAND
-from helpers import ROOT, Launches, load_test_cli
+from helpers import ROOT, load_test_cli
 
 # The benchmark picks its precision as a user's run does: the real probe, not conftest's guard.
 CPU_PROBE = amp.cpu_matmul_rates
@@ -268,27 +267,19 @@ def _benchmark(argv, tiny, monkeypatch):
 GPU_CHECK_SKIP = "pytest test benchmark"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def gpu_check_dry_run(request, tmp_path_factory):
-    """scripts/gpu_check.sh's documented command as a CPU dry run, started in the background as this
-    module begins (its stages are processes of one thread each, on the core the in-process commands
-    leave idle); ``_gpu_check`` reads what it did. Left out: the pytest stage (this suite's cuda
-    tests skip on a CPU) and the stages whose commands this module runs in-process already (test.py
-    --ckpt, and scripts/benchmark.py at two batch sizes)."""
-    if not any("gpu_check.sh" in item.name for item in request.session.items):
-        yield None
-        return
+def background_steps(request, folder: Path) -> dict[str, str]:
+    """scripts/gpu_check.sh's documented command as a CPU dry run, in the session's background launches
+    (its stages are processes of one thread each); ``_gpu_check`` reads what it did. Left out: the
+    pytest stage (this suite's cuda tests skip on a CPU) and the stages whose commands this module runs
+    in-process already (test.py --ckpt, and scripts/benchmark.py at two batch sizes)."""
     argv = next(a for _, a in COMMANDS if _key(a) == "scripts/gpu_check.sh")
-    out = tmp_path_factory.mktemp("gpu_check") / "check"
-    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_SKIP": GPU_CHECK_SKIP, "OMP_NUM_THREADS": "1"}
-    launches = Launches(out.parent, {"gpu_check": shlex.join(["bash", argv[1], str(out)])}, env)
-    yield launches, out
-    launches.stop()
+    env = f"env GPU_CHECK_DEVICE=cpu GPU_CHECK_SKIP={shlex.quote(GPU_CHECK_SKIP)}"
+    return {"gpu_check": f"{env} {shlex.join(['bash', argv[1], str(folder / 'gpu_check')])}"}
 
 
-def _gpu_check(argv, tiny, monkeypatch, dry_run):
-    launches, out = dry_run
-    (code,), printed = launches.result("gpu_check")
+def _gpu_check(argv, tiny, monkeypatch, background):
+    (code,), printed = background.result("gpu_check")
+    out = background.folder / "gpu_check"
     assert code == 0, printed[-3000:] + (out / "summary.md").read_text()
     stages = dict(line.split("\t")[:2] for line in (out / "stages.tsv").read_text().splitlines())
     skipped = dict.fromkeys(GPU_CHECK_SKIP.split(), "skipped (GPU_CHECK_SKIP)")
@@ -352,9 +343,9 @@ RUN = {
 
 
 @pytest.mark.parametrize("script", sorted(RUN))
-def test_first_documented_command_runs(script, tiny, monkeypatch, gpu_check_dry_run):
+def test_first_documented_command_runs(script, tiny, monkeypatch, background):
     where, argv = next((w, a) for w, a in COMMANDS if _key(a) == script)
     monkeypatch.chdir(ROOT)
     if script == "scripts/gpu_check.sh":
-        return _gpu_check(argv, tiny, monkeypatch, gpu_check_dry_run)
+        return _gpu_check(argv, tiny, monkeypatch, background)
     RUN[script](_swap(argv[2:], tiny), tiny, monkeypatch)

@@ -8,7 +8,7 @@ def test_two_processes_score_like_one(ddp_run, ddp_scored):
     """The launches' ``score`` step: torchrun --standalone --nproc-per-node=2 test.py --ckpt last.pth."""
     (code,), printed = ddp_run.launches.result("score")
     assert code == 0, printed[-3000:]
-    out = ddp_run.launches.folder / "score"
+    out = ddp_run.work / "score"
 
     assert (out / "results.json").read_text() == (ddp_scored / "results.json").read_text()
     maps, one = sorted((out / "preds" / "SynthCOD").iterdir()), sorted((ddp_scored / "preds" / "SynthCOD").iterdir())

@@ -4,9 +4,8 @@ be one line that names what is wrong, never a traceback, and nothing may execute
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +26,10 @@ def cli():
 
 @pytest.fixture(scope="module")
 def train_args(tiny_dinov3) -> list[str]:
+    return _train_args(tiny_dinov3)
+
+
+def _train_args(tiny_dinov3: Path) -> list[str]:
     """A config train.py accepts; nothing here may get as far as reading data."""
     return [
         "--config",
@@ -109,20 +112,21 @@ def test_broken_checkpoint_is_one_line_naming_the_file(tmp_path, cli, train_args
     _one_error_line(capsys.readouterr().err, "ERROR", f"'{bad}'")
 
 
-def test_train_cli_error_has_no_traceback_in_a_real_process(tmp_path, train_args):
+def background_steps(request, folder: Path) -> dict[str, str]:
+    """`python train.py` resuming from a truncated checkpoint, in the session's background launches."""
+    bad = folder / "truncated" / "last.pth"
+    bad.parent.mkdir()
+    bad.write_bytes(_good_checkpoint(folder / "truncated" / "good.pth")[:1000])
+    args = _train_args(request.getfixturevalue("tiny_dinov3"))
+    argv = [sys.executable, "train.py", *args, f"train.resume={bad}", f"train.run_dir={folder / 'truncated' / 'run'}"]
+    return {"train_cli_error": shlex.join(argv)}
+
+
+def test_train_cli_error_has_no_traceback_in_a_real_process(background):
     """The same through `python train.py` (what a user sees, exit status included)."""
-    bad = tmp_path / "last.pth"
-    bad.write_bytes(_good_checkpoint(tmp_path / "good.pth")[:1000])
-    res = subprocess.run(
-        [sys.executable, "train.py", *train_args, f"train.resume={bad}", f"train.run_dir={tmp_path / 'run'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
-    )
-    assert res.returncode == 1
-    _one_error_line(res.stderr, "truncated or corrupt", f"'{bad}'")
+    (code,), printed = background.result("train_cli_error")
+    assert code == 1, printed[-3000:]
+    _one_error_line(printed, "truncated or corrupt", f"'{background.folder / 'truncated' / 'last.pth'}'")
 
 
 # --------------------------------------------------------------------------- checkpoints that run code

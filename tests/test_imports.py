@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+import re
+import shlex
 import sys
 from pathlib import Path
-
-from helpers import ROOT
 
 SCRIPT = """
 import sys
@@ -25,11 +23,14 @@ print("ok", transformers.__version__)
 """
 
 
-def test_transformers_dinov3_imports_from_repo_root(tiny_dinov3: Path) -> None:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
-    # `python -c` puts the working directory first on sys.path, as running a script from the root does.
-    res = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_dinov3)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.startswith("ok")
+def background_steps(request, folder: Path) -> dict[str, str]:
+    """The script from the repo root, in the session's background launches: ``python -c`` puts the
+    working directory first on sys.path, as running a script from the root does."""
+    argv = [sys.executable, "-c", SCRIPT, str(request.getfixturevalue("tiny_dinov3"))]
+    return {"imports_from_root": "env PYTHONPATH= " + shlex.join(argv)}
+
+
+def test_transformers_dinov3_imports_from_repo_root(background) -> None:
+    (code,), printed = background.result("imports_from_root")
+    assert code == 0, printed[-3000:]
+    assert re.search(r"^ok \d", printed, re.MULTILINE), printed[-3000:]

@@ -17,7 +17,7 @@ def test_two_nodes_lose_a_worker_restart_and_train_like_one_node(ddp_run):
     the loopback address, each launch one machine of one process, ``--max-restarts=1`` and
     ``train.save_every_steps=3``; rank 1 sends itself SIGKILL in its 4th batch (epoch 2)."""
     codes, _ = ddp_run.launches.result("nodes")
-    folder = ddp_run.launches.folder
+    folder = ddp_run.work
     printed = "\n".join((folder / f"node{i}.log").read_text()[-3000:] for i in (0, 1))
     assert codes == [0, 0], printed
 

@@ -128,7 +128,7 @@ def test_torchrun_passes_usr1_on_and_the_run_saves_its_position(ddp_run):
     ``usr1`` step (tests/conftest.py): one process under the documented line, whose rank 0 sends
     SIGUSR1 to torchrun in its 2nd batch."""
     codes, printed = ddp_run.launches.result("usr1")
-    run = ddp_run.launches.folder / "usr1"
+    run = ddp_run.work / "usr1"
     assert codes != [0]
     assert "stopped by SIGUSR1" in (run / "train.log").read_text(), printed[-3000:]
     ckpt = load_checkpoint(run / "last.pth")  # one process, 4 batches per epoch: stopped inside the first
