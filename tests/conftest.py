@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+SUITE_THREADS = min(2, torch.get_num_threads())  # every in-process computation of the suite runs on these
+torch.set_num_threads(SUITE_THREADS)
 
 # Property tests draw the same examples on every run, so a failure replays as it is. HYPOTHESIS_PROFILE=explore
 # draws new ones; a failure there prints its seed (replay with --hypothesis-seed) and @reproduce_failure.
@@ -80,6 +81,7 @@ class TinyRun:
 
     def _train(self, name: str, *overrides: str) -> Path:
         run = self._tmp.mktemp(name) / "run"
+        torch.set_num_threads(SUITE_THREADS)  # the runs are compared bit for bit, whenever each is first used
         assert run_train([*self.args, *overrides, f"train.run_dir={run}"]) == 0
         return run
 
@@ -259,6 +261,16 @@ def ddp_scored(ddp_run: DDPRun, tmp_path_factory: pytest.TempPathFactory) -> Pat
     cli = load_test_cli("e2net_test_cli_scored")
     assert cli.main(["--ckpt", str(ddp_run.run / "last.pth"), "--out", str(out), *SCORE_ARGS]) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def _same_threads():
+    """Each test starts on the suite's thread count, whatever the one before set (an entry point run
+    in-process, e.g. scripts/benchmark.py --threads, keeps its own): the thread count changes the
+    rounding of sums, and the shared runs compared bit for bit are trained at different moments."""
+    torch.set_num_threads(SUITE_THREADS)
+    yield
+    torch.set_num_threads(SUITE_THREADS)
 
 
 @pytest.fixture(autouse=True)
