@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from caem import CAEM
 from config import Amp, Decoder, Init, LossTerm, WeightsDtype, resolved_amp
-from config_checks import check_config as check_keys
+from config_checks import check_keys
 from dinov3_encoder import PyramidEncoder, build_dinov3_encoder
 from encoders.adapters import Adapters
 from encoders.checks import check_encoder

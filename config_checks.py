@@ -1,6 +1,6 @@
 """Config keys that are valid alone but contradict each other.
 
-Run by ``build.check_config`` (with the checks against the encoder's checkpoint) before anything is
+Run (:func:`check_keys`) by ``build.check_config`` (with the checks against the encoder's checkpoint) before anything is
 built, and by ``build.build_model`` for a config nobody checked; :func:`config.load_config` checks
 each key alone. An encoder section's rules are the encoder's own (:mod:`encoders.rules`), reported
 here under the section's keys.
@@ -106,7 +106,7 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
 ]  # fmt: skip
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_keys(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first rule ``cfg`` breaks: each encoder section's own rules
     (:mod:`encoders.rules`), then :data:`RULES`."""
     for which in ("encoder", "encoder2"):

@@ -11,7 +11,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from build import build_loss, build_model
 from config import ConfigError, load_config
-from config_checks import check_config
+from config_checks import check_keys
 from engine import distributed
 from engine.checkpoint import load_checkpoint
 from engine.distributed import DistEnv, wrap_ddp
@@ -96,7 +96,7 @@ def test_ranks_with_different_frozen_weights_are_refused(one_process_group, monk
 
 def test_static_graph_is_refused_with_gradient_accumulation():
     with pytest.raises(ConfigError, match="train.ddp_static_graph"):
-        check_config(load_config(None, ["train.ddp_static_graph=true", "train.accum_steps=2"]))
+        check_keys(load_config(None, ["train.ddp_static_graph=true", "train.accum_steps=2"]))
 
 
 def test_restarts_with_torchruns_shared_store_are_warned_of(monkeypatch):

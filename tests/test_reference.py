@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from build import build_model
 from caem import CAEM
 from config import ConfigError, load_config
-from config_checks import check_config
+from config_checks import check_keys
 from datasets.transforms import box_matrix, side_crop_box
 from dinov3_encoder import build_dinov3_encoder
 from engine.optim import build_optimizer, build_plateau_scheduler, param_groups
@@ -220,7 +220,7 @@ def test_side_crop_box_and_its_matrix() -> None:
 )
 def test_bad_combinations_stop_before_building_naming_the_keys(overrides, keys) -> None:
     with pytest.raises(ConfigError) as err:
-        check_config(load_config(None, overrides))
+        check_keys(load_config(None, overrides))
     assert all(k in str(err.value) for k in keys) and "\n" not in str(err.value)
 
 
