@@ -148,7 +148,8 @@ def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     """Subprocess launches that need nothing from a test but fixtures, started one after another in
     one background shell as the session begins (:class:`helpers.Launches`): they run on the core the
     in-process tests leave idle, and a test reads its step with ``background.result(step)``. The
-    steps: each collected test module's ``background_steps(request, folder) -> {step: shell command}``
+    steps: each collected test module's ``background_steps(request, folder, tests) -> {step: command}``
+    (``tests``: the names of its tests this session runs, with and without their parameters)
     and the DDP launches (:func:`ddp_steps`) a collected module reads, in the order the tests will
     want them."""
     folder = tmp_path_factory.mktemp("background")
@@ -158,7 +159,9 @@ def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     planned: list[tuple[int, str, str]] = []  # (when its module's tests run, step, command)
     for i, module in enumerate(modules):
         if hasattr(module, "background_steps"):
-            planned += [(i, name, cmd) for name, cmd in module.background_steps(request, folder).items()]
+            mine = [it for it in items if getattr(it, "module", None) is module]
+            tests = {it.originalname for it in mine} | {it.name for it in mine}
+            planned += [(i, name, cmd) for name, cmd in module.background_steps(request, folder, tests).items()]
     needs_ddp = [order[it.module.__name__] for it in items if "ddp_run" in it.fixturenames]
     if needs_ddp:
         for name, (reader, cmd) in ddp_steps(request, folder).items():

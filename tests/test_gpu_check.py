@@ -9,8 +9,10 @@ import pytest
 import torch
 
 
-def background_steps(request, folder: Path) -> dict[str, str]:
+def background_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
     """The script as a user runs it, in the session's background launches."""
+    if "test_gpu_check_without_a_gpu_exits_0_and_says_so" not in tests:
+        return {}
     if torch.cuda.is_available():
         return {}
     return {"gpu_check_no_gpu": shlex.join(["bash", "scripts/gpu_check.sh", str(folder / "no_gpu")])}

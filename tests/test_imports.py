@@ -23,9 +23,11 @@ print("ok", transformers.__version__)
 """
 
 
-def background_steps(request, folder: Path) -> dict[str, str]:
+def background_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
     """The script from the repo root, in the session's background launches: ``python -c`` puts the
     working directory first on sys.path, as running a script from the root does."""
+    if "test_transformers_dinov3_imports_from_repo_root" not in tests:
+        return {}
     argv = [sys.executable, "-c", SCRIPT, str(request.getfixturevalue("tiny_dinov3"))]
     return {"imports_from_root": "env PYTHONPATH= " + shlex.join(argv)}
 
