@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import STEPS_PER_EPOCH, _checked_state, _temps
+from test_faults import STEPS_PER_EPOCH
 
 from engine.checkpoint import CheckpointError, load_checkpoint
 from helpers import run_train
+from kill_resume import checked_state, temps
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def run_args(tiny_run) -> list[str]:
 @pytest.fixture
 def one_epoch_run(tiny_run) -> Path:
     """The shared run folder after 1 of 2 epochs."""
-    assert _checked_state(tiny_run.one_epoch) == (1, STEPS_PER_EPOCH)
+    assert checked_state(tiny_run.one_epoch) == (1, STEPS_PER_EPOCH)
     return tiny_run.one_epoch
 
 
@@ -63,7 +64,7 @@ def test_disk_filling_up_mid_run_stops_at_the_failed_save(tmp_path, monkeypatch,
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "No space left on device" in errors[0], errors
     assert "\n" not in errors[0] and f"'{run / 'last.pth'}'" in errors[0]
-    assert (run / "last.pth").read_bytes() == before and not _temps(run)
+    assert (run / "last.pth").read_bytes() == before and not temps(run)
 
 
 @pytest.mark.parametrize("room", ["half a checkpoint", "a few log lines"])
@@ -88,7 +89,7 @@ def test_disk_full_for_train_log_too_is_still_one_line(tmp_path, monkeypatch, ru
     assert "Traceback" not in err and "Logging error" not in err, err[-3000:]
     full = [line for line in err.splitlines() if "No space left on device" in line]
     assert len(full) == 1 and "cannot write" in full[0] and "checkpoints already saved are untouched" in full[0], err
-    assert (run / "last.pth").read_bytes() == before and not _temps(run)
+    assert (run / "last.pth").read_bytes() == before and not temps(run)
 
 
 def _unshare_works() -> bool:
@@ -160,7 +161,7 @@ def test_full_or_read_only_file_system(background, one_epoch_run, kind):
     errors = [line for line in printed.splitlines() if expected in line]
     assert len(errors) == 1 and str(run) in errors[0], printed[-3000:]
     assert (out / "last.pth").read_bytes() == (one_epoch_run / "last.pth").read_bytes()
-    assert _checked_state(out) == (1, STEPS_PER_EPOCH) and not _temps(out)
+    assert checked_state(out) == (1, STEPS_PER_EPOCH) and not temps(out)
     if kind == "full":  # it trained epoch 2 and failed when saving it
         assert "epoch 2 step 4" in printed and "cannot write checkpoint" in errors[0]
 
