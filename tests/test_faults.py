@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.checkpoint.training import RESUME_KEYS
 from helpers import ROOT, torchrun
-from kill_resume import checked_state, temps, wait_for
+from kill_resume import checked_state, temps
 
 ENV = dict(
     os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
@@ -37,13 +35,15 @@ def run_args(tiny_run) -> list[str]:
 
 # --------------------------------------------------------------------------- SIGKILL
 def background_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
-    """tests/kill_resume.py on the shared run, in the session's background launches: most of its time
-    is spent waiting for the moments it kills at."""
+    """tests/kill_resume.py on the shared run, and the signals to one DDP rank, in the session's
+    background launches: most of their time is spent waiting for the moments they strike at."""
+    steps = _ddp_fault_steps(request, folder, tests)
     if "test_sigkill_at_random_moments_then_resume" not in tests:
-        return {}
+        return steps
     run_args = [*request.getfixturevalue("tiny_run").args, f"train.epochs={EPOCHS}"]
     return {
-        "sigkill": shlex.join([sys.executable, "tests/kill_resume.py", str(folder / "sigkill"), str(SEED), *run_args])
+        **steps,
+        "sigkill": shlex.join([sys.executable, "tests/kill_resume.py", str(folder / "sigkill"), str(SEED), *run_args]),
     }
 
 
@@ -74,75 +74,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+def _ddp_fault_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
+    """Two-process torchrun trainings that get a signal to rank 1 after three steps
+    (tests/signal_a_rank.py), in the session's background launches."""
+    run_args = [*request.getfixturevalue("tiny_run").args, "train.epochs=200", "train.batch_size=2"]
+    steps = {}
+    for sig, test in (("KILL", "test_dead_ddp_worker_stops_the_whole_run"),
+                      ("TERM", "test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step")):  # fmt: skip
+        if test in tests:
+            out = folder / f"ddp_sig{sig.lower()}"
+            cmd = [*torchrun(2), str(ROOT / "train.py"), *run_args, f"train.run_dir={out / 'run'}"]
+            script = [sys.executable, "tests/signal_a_rank.py", sig, str(out / "run"), str(out / "report.json")]
+            steps[f"ddp_sig{sig.lower()}"] = f"mkdir -p {shlex.quote(str(out))}; " + shlex.join([*script, "--", *cmd])
+    return steps
 
 
-def test_dead_ddp_worker_stops_the_whole_run(tmp_path, run_args):
+def _signalled(background, sig: str) -> tuple[dict, str, Path]:
+    (code,), printed = background.result(f"ddp_sig{sig}")
+    assert code == 0, printed[-3000:]
+    out = background.folder / f"ddp_sig{sig}"
+    return json.loads((out / "report.json").read_text()), printed, out / "run"
+
+
+def test_dead_ddp_worker_stops_the_whole_run(background):
     """torchrun, 2 CPU processes (gloo): SIGKILL rank 1 mid-training; rank 0 must not wait for it."""
-    run = tmp_path / "run"
-    cmd = [
-        *torchrun(2),
-        str(ROOT / "train.py"),
-        *run_args,
-        f"train.run_dir={run}",
-        "train.epochs=200",
-        "train.batch_size=2",
-    ]
-    with open(tmp_path / "torchrun.log", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(
-                lambda: "step 3 " in ((run / "train.log").read_text() if (run / "train.log").exists() else ""),
-                150,
-                "three training steps",
-            )
-            workers = _children(proc.pid)
-            assert len(workers) == 2, workers
-            victim = next(w for w in workers if b"LOCAL_RANK=1\0" in Path(f"/proc/{w}/environ").read_bytes())
-            os.kill(victim, signal.SIGKILL)
-            killed_at = time.monotonic()
-            rc = proc.wait(timeout=60)
-            took = time.monotonic() - killed_at
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert rc != 0 and took < 30, (rc, took)
-    assert not any(Path(f"/proc/{w}").exists() for w in workers)  # no orphan left behind
-    assert "exitcode  : -9" in (tmp_path / "torchrun.log").read_text()  # torchrun names the dead rank
+    report, printed, run = _signalled(background, "kill")
+    assert len(report["workers"]) == 2, report
+    assert report["rc"] != 0 and report["took"] < 30, report
+    assert not report["alive"], report  # no orphan left behind
+    assert "exitcode  : -9" in printed  # torchrun names the dead rank
     checked_state(run)  # whatever was saved still loads
 
 
-def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path, run_args):
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_step(background):
     """A preemption notice that reaches one rank only: the ranks agree at the next logging step,
     save one last.pth holding both ranks' random states and the position, and exit cleanly."""
-    run = tmp_path / "run"
-    cmd = [
-        *torchrun(2),
-        str(ROOT / "train.py"),
-        *run_args,
-        f"train.run_dir={run}",
-        "train.epochs=200",
-        "train.batch_size=2",
-    ]
-    with open(tmp_path / "torchrun.log", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: "step 3 " in _text(run / "train.log"), 150, "three training steps")
-            workers = _children(proc.pid)
-            rank1 = next(w for w in workers if b"LOCAL_RANK=1\0" in Path(f"/proc/{w}/environ").read_bytes())
-            os.kill(rank1, signal.SIGTERM)
-            rc = proc.wait(timeout=90)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    report, printed, run = _signalled(background, "term")
     log_text = _text(run / "train.log")
-    assert rc == 0 and "stopped by SIGTERM" in log_text, (rc, log_text[-2000:])
+    assert report["rc"] == 0 and "stopped by SIGTERM" in log_text, (report, log_text[-2000:])
     last = load_checkpoint(run / "last.pth", required=RESUME_KEYS)
     assert len(last["rng"]) == 2 and f"holds epoch {last['epoch']} + {last['batch']} batches" in log_text
     assert not (run / "train.lock").exists()
