@@ -1,13 +1,12 @@
 """Faults: SIGKILL at random moments (mid-checkpoint-write included), dead or hung DDP workers.
-Every run here is a real train.py run of a tiny model (disk faults: test_disk_faults.py)."""
+Every run here is a real train.py run of a tiny model (disk faults: test_disk_faults.py), launched
+as a step of the session's background launches (tests/conftest.py) and checked here."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,25 +18,16 @@ from engine.checkpoint.training import RESUME_KEYS
 from helpers import ROOT, torchrun
 from kill_resume import checked_state, temps
 
-ENV = dict(
-    os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
-)
 EPOCHS, STEPS_PER_EPOCH = 6, 2  # 8 training images at batch 4
 # Seeds the SIGKILL test's random delays; a failure names its seed: E2NET_FAULTS_SEED=<seed> replays the delays.
 SEED = int(os.environ.get("E2NET_FAULTS_SEED", "0"))
-
-
-@pytest.fixture
-def run_args(tiny_run) -> list[str]:
-    """train.py arguments of the shared seconds-long run, trained for EPOCHS epochs."""
-    return [*tiny_run.args, f"train.epochs={EPOCHS}"]
 
 
 # --------------------------------------------------------------------------- SIGKILL
 def background_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
     """tests/kill_resume.py on the shared run, and the signals to one DDP rank, in the session's
     background launches: most of their time is spent waiting for the moments they strike at."""
-    steps = _ddp_fault_steps(request, folder, tests)
+    steps = _ddp_fault_steps(request, folder, tests) | _survivor_steps(folder, tests)
     if "test_sigkill_at_random_moments_then_resume" not in tests:
         return steps
     run_args = [*request.getfixturevalue("tiny_run").args, f"train.epochs={EPOCHS}"]
@@ -68,12 +58,6 @@ def test_sigkill_at_random_moments_then_resume(background):
 
 
 # --------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_fault_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
     """Two-process torchrun trainings that get a signal to rank 1 after three steps
     (tests/signal_a_rank.py), in the session's background launches."""
@@ -141,29 +125,30 @@ except RuntimeError as err:
 """
 
 
-@pytest.mark.parametrize("peer", ["dies", "hangs"])
-def test_survivor_fails_within_the_process_group_timeout(tmp_path, peer):
+PEERS = ("dies", "hangs")
+FREE_PORT = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+
+
+def _survivor_steps(folder: Path, tests: set[str]) -> dict[str, str]:
+    """Rank 1 of two plain processes (no torchrun) dies or hangs; rank 0's output and exit code are
+    the step's. In the session's background launches: most of it is waiting for a timeout."""
+    steps = {}
+    for peer in PEERS:
+        if f"test_survivor_fails_within_the_process_group_timeout[{peer}]" in tests:
+            survivor = shlex.join([sys.executable, "-c", SURVIVOR, "4", peer])
+            steps[f"survivor_{peer}"] = (
+                f"export MASTER_ADDR=127.0.0.1 MASTER_PORT=$({shlex.quote(sys.executable)} -c {shlex.quote(FREE_PORT)}) "
+                f"WORLD_SIZE=2; RANK=1 LOCAL_RANK=1 {survivor} > /dev/null 2>&1 & peer=$!; "
+                f"RANK=0 LOCAL_RANK=0 timeout 90 {survivor}; codes=$?; kill -9 $peer 2> /dev/null; wait $peer"
+            )
+    return steps
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_survivor_fails_within_the_process_group_timeout(background, peer):
     """Without torchrun watching (e.g. srun sets RANK/WORLD_SIZE), rank 0 itself must not wait forever:
     a dead peer is an immediate error, a hung one an error after engine.distributed's timeout."""
-    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", SURVIVOR, "4", peer],
-            cwd=ROOT,
-            text=True,
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in (0, 1)
-    ]
-    try:
-        out, _ = procs[0].communicate(timeout=90)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    assert procs[0].returncode == 1, out[-2000:]
+    (code,), out = background.result(f"survivor_{peer}")
+    assert code == 1, out[-2000:]
     took = float(out.split("rank 0 stopped after ")[1].split(" s")[0])
     assert took < (2 if peer == "dies" else 10), out[-2000:]
