@@ -220,7 +220,8 @@ class Launches:
         script = [f"cd {shlex.quote(str(ROOT))}"]
         for name, cmd in steps.items():
             log, rc = (shlex.quote(str(folder / f"{name}.{ext}")) for ext in ("log", "rc"))
-            script.append(f"{{ {cmd} ; }} > {log} 2>&1; echo ${{codes:-$?}} > {rc}.tmp; mv {rc}.tmp {rc}; codes=")
+            # A subshell each: nothing a step sets reaches the next; ``codes`` may name several exit codes.
+            script.append(f"( {cmd}\n  echo ${{codes:-$?}} > {rc}.tmp ) > {log} 2>&1; mv {rc}.tmp {rc}")
         (folder / "launches.sh").write_text("\n".join(script) + "\n")
         self.proc = subprocess.Popen(["bash", str(folder / "launches.sh")], env=env, start_new_session=True)
 

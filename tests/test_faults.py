@@ -140,7 +140,7 @@ def _survivor_steps(folder: Path, tests: set[str]) -> dict[str, str]:
                 f"export MASTER_ADDR=127.0.0.1 MASTER_PORT=$({shlex.quote(sys.executable)} -c {shlex.quote(FREE_PORT)}) "
                 f"WORLD_SIZE=2; RANK=1 LOCAL_RANK=1 {survivor} > /dev/null 2>&1 & peer=$!; "
                 f"RANK=0 LOCAL_RANK=0 timeout 90 {survivor}; codes=$?; kill -9 $peer 2> /dev/null; wait $peer"
-            )
+            )  # the exports end with the step's subshell
     return steps
 
 
