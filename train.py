@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     with StopRequest() as stop:  # from here on Ctrl-C, SIGTERM and SIGUSR1 stop at a safe point
         try:  # every check that needs no model, before anything is written
             cfg = load_config(args.config, args.overrides)
-            check_config(cfg)
             cfg.train.run_dir = cfg.train.run_dir or f"checkpoint/{cfg.train.name}"
+            check_config(cfg)  # the config as built: build_model will not check it again
             find_resume(cfg.train.resume, Path(cfg.train.run_dir))
         except (*USER_ERRORS, ValueError) as err:
             print(f"error: {error_line(err)}", file=sys.stderr)

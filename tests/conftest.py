@@ -149,7 +149,8 @@ def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     one background shell as the session begins (:class:`helpers.Launches`): they run on the core the
     in-process tests leave idle, and a test reads its step with ``background.result(step)``. The
     steps: each collected test module's ``background_steps(request, folder, tests) -> {step: command}``
-    (``tests``: the names of its tests this session runs, with and without their parameters)
+    (``tests``: the names of its tests this session runs, with and without their parameters; those it
+    names in ``WAITING_STEPS`` go to the second shell)
     and the DDP launches (:func:`ddp_steps`) a collected module reads, in the order the tests will
     want them."""
     folder = tmp_path_factory.mktemp("background")
@@ -157,7 +158,9 @@ def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     modules = list(dict.fromkeys(it.module for it in items if getattr(it, "module", None)))
     order = {m.__name__: i for i, m in enumerate(modules)}
     planned: list[tuple[int, str, str]] = []  # (when its module's tests run, step, command)
+    waiting: set[str] = set()  # steps that mostly wait: the second shell
     for i, module in enumerate(modules):
+        waiting |= set(getattr(module, "WAITING_STEPS", ()))
         if hasattr(module, "background_steps"):
             mine = [it for it in items if getattr(it, "module", None) is module]
             tests = {it.originalname for it in mine} | {it.name for it in mine}
@@ -174,7 +177,7 @@ def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         return
     from helpers import documented_env
 
-    launches = Launches(folder, steps, documented_env())
+    launches = Launches(folder, steps, documented_env(), waiting & steps.keys())
     yield launches
     launches.stop()
 

@@ -210,31 +210,40 @@ def _same(a, b) -> bool:
 
 
 class Launches:
-    """torchrun launches run one after another by a shell in the background from the start of the
-    session, on the core the in-process tests leave idle. No thread in this process (its forks stay
-    safe): one ``Popen``, whose steps each write ``<name>.log`` and, once done, ``<name>.rc`` (the exit
-    codes, one per launch of the step)."""
+    """Subprocess launches run one after another by a shell in the background from the start of the
+    session, on the core the in-process tests leave idle; steps that mostly wait (sleeps, timeouts,
+    the moments they strike at) in a second shell beside it, so that their waiting holds up nothing.
+    No thread in this process (its forks stay safe): one ``Popen`` per shell, whose steps each write
+    ``<name>.log`` and, once done, ``<name>.rc`` (the exit codes, one per launch of the step)."""
 
-    def __init__(self, folder: Path, steps: dict[str, str], env: dict[str, str]) -> None:
-        self.folder = folder
-        script = [f"cd {shlex.quote(str(ROOT))}"]
-        for name, cmd in steps.items():
-            log, rc = (shlex.quote(str(folder / f"{name}.{ext}")) for ext in ("log", "rc"))
-            # A subshell each: nothing a step sets reaches the next; ``codes`` may name several exit codes.
-            script.append(f"( {cmd}\n  echo ${{codes:-$?}} > {rc}.tmp ) > {log} 2>&1; mv {rc}.tmp {rc}")
-        (folder / "launches.sh").write_text("\n".join(script) + "\n")
-        self.proc = subprocess.Popen(["bash", str(folder / "launches.sh")], env=env, start_new_session=True)
+    def __init__(self, folder: Path, steps: dict[str, str], env: dict[str, str], waiting: set[str] = frozenset()):
+        self.folder, self.shell_of = folder, {}
+        for shell, wait in (("launches", False), ("waiting", True)):
+            script = [f"cd {shlex.quote(str(ROOT))}"]
+            for name in (n for n in steps if (n in waiting) == wait):
+                log, rc = (shlex.quote(str(folder / f"{name}.{ext}")) for ext in ("log", "rc"))
+                # A subshell each: nothing a step sets reaches the next; ``codes`` may name several exit codes.
+                script.append(f"( {steps[name]}\n  echo ${{codes:-$?}} > {rc}.tmp ) > {log} 2>&1; mv {rc}.tmp {rc}")
+                self.shell_of[name] = shell
+            (folder / f"{shell}.sh").write_text("\n".join(script) + "\n")
+        shells = set(self.shell_of.values())
+        self.shells = {
+            shell: subprocess.Popen(["bash", str(folder / f"{shell}.sh")], env=env, start_new_session=True)
+            for shell in shells
+        }
 
     def result(self, name: str, timeout: float = 900) -> tuple[list[int], str]:
         """(exit codes, what was printed) of step ``name``, once it is done."""
-        rc, end = self.folder / f"{name}.rc", time.monotonic() + timeout
+        assert name in self.shell_of, f"no background step {name} (this session does not need it)"
+        rc, end, shell = self.folder / f"{name}.rc", time.monotonic() + timeout, self.shells[self.shell_of[name]]
         while not rc.exists():
-            assert self.proc.poll() is None or rc.exists(), f"the background launches ended before step {name}"
+            assert shell.poll() is None or rc.exists(), f"the background launches ended before step {name}"
             assert time.monotonic() < end, f"step {name} of the background launches took over {timeout} s"
             time.sleep(0.1)
         return [int(c) for c in rc.read_text().split()], (self.folder / f"{name}.log").read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        for shell in self.shells.values():
+            if shell.poll() is None:
+                os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()

@@ -21,6 +21,7 @@ from kill_resume import checked_state, temps
 EPOCHS, STEPS_PER_EPOCH = 6, 2  # 8 training images at batch 4
 # Seeds the SIGKILL test's random delays; a failure names its seed: E2NET_FAULTS_SEED=<seed> replays the delays.
 SEED = int(os.environ.get("E2NET_FAULTS_SEED", "0"))
+WAITING_STEPS = ("sigkill", "survivor_dies", "survivor_hangs")  # mostly pauses, delays and timeouts
 
 
 # --------------------------------------------------------------------------- SIGKILL
