@@ -193,7 +193,9 @@ def restored(run: Path) -> dict:
 
 def round_trips(run: Path) -> None:
     """Asserts that ``run``'s last.pth survives :func:`restored` whole."""
-    saved, again = torch.load(run / "last.pth", weights_only=True), restored(run)
+    from engine.checkpoint import load_checkpoint
+
+    saved, again = load_checkpoint(run / "last.pth"), restored(run)
     same_training(saved, again)
     assert _same(saved["rng"], again["rng"]) and _same(saved["epoch_loss"], again["epoch_loss"])
 

@@ -97,18 +97,19 @@ class RunCheckpoints:
 
     def save_position(self) -> None:
         """last.pth with the position inside the epoch (``train.save_every_steps``)."""
+        self.check_finite()
         self._save(improved=False)
         if self.state.env.is_main:
             log.info("saved last.pth at %s", self.state.position)
 
     def save_epoch_end(self, improved: bool) -> None:
         """At the end of an epoch's loop (also one a stop request cut short): best.pth when
-        ``improved`` (:meth:`TrainState.new_best`), final.pth after the last epoch, last.pth."""
+        ``improved`` (:meth:`TrainState.new_best`), final.pth after the last epoch, last.pth. The
+        caller has checked the weights (:meth:`check_finite`) before validating them."""
         self._save(improved)
 
     def _save(self, improved: bool) -> None:
         state, t = self.state, self.state.cfg.train
-        self.check_finite()
         checkpoint = training_checkpoint(state)  # every rank: the random states are gathered
         if not state.env.is_main:
             return
