@@ -1,11 +1,15 @@
-"""What the COD benchmarks are and which files they hold: the one place that says so.
+"""What the benchmarks are and which files they hold: the one place that says so.
 
 Training, ``test.py --ckpt``, ``test.py --preds`` and ``--images`` all import these facts,
 so they cannot disagree about which files exist or which of them a benchmark scores. The
 module imports only numpy and the standard library: ``test.py``'s scoring worker processes
 load it, and must start in milliseconds.
 
-- Benchmarks: CAMO, CHAMELEON, COD10K, NC4K, in the column order of the papers.
+- Benchmarks: CAMO, CHAMELEON, COD10K, NC4K, in the column order of the papers; and the
+  registry (:data:`REGISTRY`) of every field the framework scores: COD, salient objects (SOD),
+  dichotomous segmentation (DIS5K), polyps and video COD, with their published image counts and
+  the folder names their downloads unpack to. The field decides the default metrics
+  (``CCM`` on COD, ``HCE`` on DIS).
 - COD10K's benchmark is its 2,026 camouflaged test images, the files whose name holds
   ``-CAM-``; scoring the whole COD10K-v3 test folder (which also holds non-camouflaged
   images) gives numbers nobody can compare with.
@@ -15,7 +19,9 @@ load it, and must start in milliseconds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +40,94 @@ MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".webp", "
 MIN_SIDE = 8
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """One data set of the registry.
+
+    ``n_images``: the published count of the images it scores (trains on, for ``split="train"``);
+    None where we do not state one. ``image_dirs`` / ``mask_dirs``: the folder names its own
+    download unpacks to, beside the generic ones the data package accepts (Imgs/GT, im/gt, ...).
+    """
+
+    name: str
+    field: str  # "COD", "SOD", "DIS", "polyp", "video-COD"
+    n_images: int | None
+    split: str = "test"
+    aliases: tuple[str, ...] = ()
+    image_dirs: tuple[str, ...] = ()
+    mask_dirs: tuple[str, ...] = ()
+
+
+COD, SOD, DIS, POLYP, VIDEO_COD = "COD", "SOD", "DIS", "polyp", "video-COD"
+# The folder the DIS5K download unpacks to, holding DIS-TR, DIS-VD and DIS-TE1..4, each with im/ and gt/.
+COLLECTIONS = ("DIS5K",)
+
+REGISTRY = (
+    Benchmark("CAMO", COD, 250),
+    Benchmark("CHAMELEON", COD, 76),
+    Benchmark("COD10K", COD, 2026),  # the -CAM- files of its test folder
+    Benchmark("NC4K", COD, 4121),
+    Benchmark("COD10K+CAMO train", COD, 4040, split="train"),
+    Benchmark("DUTS-TE", SOD, 5019, image_dirs=("DUTS-TE-Image",), mask_dirs=("DUTS-TE-Mask",)),
+    Benchmark(
+        "DUT-OMRON", SOD, 5168, aliases=("DUT-O",), image_dirs=("DUT-OMRON-image",), mask_dirs=("pixelwiseGT-new-PNG",)
+    ),
+    Benchmark("HKU-IS", SOD, 4447),
+    Benchmark("ECSSD", SOD, 1000),
+    Benchmark("PASCAL-S", SOD, 850),
+    Benchmark("DUTS-TR", SOD, 10553, split="train", image_dirs=("DUTS-TR-Image",), mask_dirs=("DUTS-TR-Mask",)),
+    Benchmark("DIS-VD", DIS, 470),
+    *(Benchmark(f"DIS-TE{i}", DIS, 500) for i in range(1, 5)),
+    Benchmark("DIS-TR", DIS, 3000, split="train"),
+    Benchmark("Kvasir", POLYP, 100, aliases=("Kvasir-SEG",)),
+    Benchmark("CVC-ClinicDB", POLYP, 62),
+    Benchmark("CVC-ColonDB", POLYP, 380),
+    Benchmark("ETIS-LaribPolypDB", POLYP, 196, aliases=("ETIS",)),
+    Benchmark("CVC-300", POLYP, 60, aliases=("EndoScene",)),
+    Benchmark("Kvasir+ClinicDB train", POLYP, 1450, split="train"),  # PraNet's training set
+    # Video sets: counted in frames and videos, which differ between the releases in use.
+    Benchmark("MoCA-Mask", VIDEO_COD, None, aliases=("MoCA-Mask-TE",)),
+    Benchmark("CAD", VIDEO_COD, None, aliases=("CamouflagedAnimalDataset",)),
+)
+
+
+def _key(name: str) -> str:
+    # DUT-OMRON, DUT_OMRON, dut omron and DUTOMRON are one benchmark
+    return re.sub(r"[^0-9A-Z+]", "", name.upper())
+
+
+_BY_KEY = {_key(n): b for b in REGISTRY for n in (b.name, *b.aliases)}
+
+
+def benchmark_info(name: str) -> Benchmark | None:
+    """The registry's entry for a benchmark folder name (any case, ``-``/``_`` ignored), or None."""
+    return _BY_KEY.get(_key(name))
+
+
+def field_of(name: str) -> str | None:
+    """The field a benchmark belongs to (``"COD"``, ``"DIS"``, ...), None for a name not registered."""
+    info = benchmark_info(name)
+    return info.field if info else None
+
+
+def is_training_set(name: str) -> bool:
+    info = benchmark_info(name)
+    return info is not None and info.split == "train"
+
+
 def sort_benchmarks(names: Iterable[str]) -> list[str]:
-    """The four standard benchmarks in the papers' order (any case), then the others alphabetically."""
+    """The four COD benchmarks in the papers' order (any case), then the other registered test
+    sets in the registry's order, then the others alphabetically."""
     rank = {b: i for i, b in enumerate(BENCHMARKS)}
-    return sorted(names, key=lambda n: (rank.get(n.upper(), len(rank)), n.upper()))
+    registered = {_key(b.name): len(rank) + i for i, b in enumerate(REGISTRY) if b.name not in rank}
+    last = len(rank) + len(REGISTRY)
+
+    def order(n: str) -> tuple[int, str]:
+        info = benchmark_info(n)
+        r = rank.get(n.upper(), registered.get(_key(info.name), last) if info else last)
+        return r, n.upper()
+
+    return sorted(names, key=order)
 
 
 def is_cod10k(benchmark: str) -> bool:

@@ -26,8 +26,13 @@
       Masks and side-by-side overlays for images of any size and format, no metrics.
       Default --out: <run folder>/predict/<images folder name>/ (outputs/predict/... as above).
 
+  --metrics Sm,mDice,CCM (any mode that scores) picks the metrics to compute and report. Default:
+      Sm, wFm, MAE, Em_*, Fm_*, mDice, mIoU, maxDice, maxIoU on every benchmark, plus CCM (reads
+      the photos; ~0.2-0.4 s per image) on the COD benchmarks and HCE on the DIS ones (names as
+      in cod_benchmarks.REGISTRY). A named CCM or HCE is computed on every benchmark.
+
 Outputs of a scoring run in --out: results.json ({benchmark: {Sm, wFm, MAE, Em_adp, Em_mean,
-Em_max, Fm_adp, Fm_mean, Fm_max, n_images}}), results.md and results.csv (rows: runs, columns:
+Em_max, Fm_adp, Fm_mean, Fm_max, mDice, mIoU, maxDice, maxIoU, [CCM], [HCE], n_images}}), results.md and results.csv (rows: runs, columns:
 benchmark x metric; also printed), curves/<benchmark>.png (precision-recall and
 F-measure-vs-threshold), report.html (the table, the curves and a per-image gallery: image | GT |
 each method's map with its S-measure and MAE, sortable worst first, filterable by benchmark and
@@ -52,6 +57,7 @@ from cod_benchmarks import IMAGE_EXTS, list_images
 from engine.cli import LOG_FORMAT, add_config_arguments, error_line
 from evaluation.discovery import EvaluationError, find_pred_dirs, match_benchmarks
 from evaluation.maps import MapIssues
+from evaluation.names import METRIC_KEYS, metrics_for
 from evaluation.outputs import Scored, default_out, run_names, write_outputs
 from evaluation.scoring import Scorer, pair_folder, score_benchmark
 
@@ -89,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output folder (defaults above)")
     p.add_argument("--workers", type=int, help="scoring processes (default eval.workers; 0 = all cores)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its thumbnails")
+    p.add_argument(
+        "--metrics",
+        type=lambda text: [k for k in text.replace(",", " ").split() if k],
+        help=f"comma-separated metrics to compute ({','.join(METRIC_KEYS)}); default: the COD set, Dice and "
+        "IoU everywhere, CCM on COD benchmarks, HCE on DIS benchmarks",
+    )
     add_config_arguments(p)  # with --ckpt: a config instead of the checkpoint's own, key=value overrides
     args = p.parse_args(argv)
     if bool(args.ckpt) == bool(args.preds):
@@ -113,9 +125,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 find_pred_dirs(folder)
             except EvaluationError as err:
                 p.error(str(err))
+    if args.metrics is not None:
+        try:
+            metrics_for("", args.metrics or None)
+        except ValueError as err:
+            p.error(f"--metrics: {err}")
+        if not args.metrics:
+            p.error("--metrics: name at least one metric")
     if args.workers is not None and args.workers < 0:
         p.error(f"--workers must be >= 0 (0 = all cores), got {args.workers}")
     return args
+
+
+def extra_metrics(bench: str, photos: dict[str, str], metrics: list[str] | None) -> dict:
+    """The :func:`score_benchmark` arguments for the costly metrics chosen for ``bench``:
+    ``photos`` (``{name: photo path}``) when its CCM is, ``hce`` when its HCE is."""
+    chosen = metrics_for(bench, metrics)
+    if "CCM" in chosen and not photos:
+        log.warning("%s: no photos (Imgs/ or im/ beside the masks), which the CCM reads: CCM not reported", bench)
+    return {"photos": photos if "CCM" in chosen and photos else None, "hce": "HCE" in chosen}
 
 
 def score_saved_maps(args: argparse.Namespace) -> None:
@@ -125,6 +153,10 @@ def score_saved_maps(args: argparse.Namespace) -> None:
     # Maps are scored against masks only: a benchmark with GT/ and no Imgs/ is enough.
     bench_dirs = datasets.find_benchmark_dirs(args.data_root, need_images=False)
     gt_dirs = {b: mask_dir for b, (_, mask_dir) in bench_dirs.items()}
+    photos = {
+        b: {name: str(files[0]) for name, files in list_images(img_dir).items()} if img_dir else {}
+        for b, (img_dir, _) in bench_dirs.items()
+    }
     scored: Scored = {}
     with Scorer(args.workers or 0) as scorer:
         for run, folder in run_names(args.preds).items():
@@ -141,7 +173,8 @@ def score_saved_maps(args: argparse.Namespace) -> None:
                 log.warning("%s: no maps for %s", folder, ", ".join(no_maps))
             for bench, (pred_dir, gt_dir) in matched.items():
                 pairs, issues = pair_folder(pred_dir, gt_dir, bench)
-                result = score_benchmark(scorer, pairs, issues, f"{run}/{bench}")
+                chosen = extra_metrics(bench, photos[bench], args.metrics)
+                result = score_benchmark(scorer, pairs, issues, f"{run}/{bench}", **chosen)
                 if result is not None:
                     scored.setdefault(run, {})[bench] = result
     if not scored:
@@ -149,12 +182,8 @@ def score_saved_maps(args: argparse.Namespace) -> None:
             f"none of the --preds folders holds maps named like the masks under {args.data_root} "
             "(maps must be DIR/<Benchmark>/<mask file stem>.png)"
         )
-    images = {
-        b: {name: str(files[0]) for name, files in list_images(img_dir).items()} if img_dir else {}
-        for b, (img_dir, _) in bench_dirs.items()
-        if any(b in per_run for per_run in scored.values())
-    }
-    write_outputs(scored, args.out or Path("outputs/scores"), images, report=not args.no_report)
+    images = {b: photos[b] for b in bench_dirs if any(b in per_run for per_run in scored.values())}
+    write_outputs(scored, args.out or Path("outputs/scores"), images, report=not args.no_report, metrics=args.metrics)
 
 
 def load_model(args: argparse.Namespace, device=None):
@@ -220,17 +249,18 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     run = f"{args.ckpt.parent.name}/{args.ckpt.stem}" if args.ckpt.parent.name else args.ckpt.stem
     run += f"+{tta}" if tta else ""
     scored = {}
+    images = {b: {s.name: s.image_path for s in ds.samples} for b, ds in test_sets.items()}
     # The data package already holds each benchmark to its definition (COD10K: camouflaged images only).
     with Scorer(cfg.eval.workers if args.workers is None else args.workers) as scorer:
         for bench, written in predicted.items():
-            result = score_benchmark(scorer, written, MapIssues(), bench)
+            chosen = extra_metrics(bench, images[bench], args.metrics)
+            result = score_benchmark(scorer, written, MapIssues(), bench, **chosen)
             if result is not None:
                 scored[bench] = result
     if not scored:
         raise EvaluationError("no benchmark could be scored (see the warnings above)")
-    images = {b: {s.name: s.image_path for s in ds.samples} for b, ds in test_sets.items()}
     extra = {"tta": {"hflip": bool(cfg.eval.tta.hflip), "scales": list(cfg.eval.tta.scales) or [1.0]}} if tta else None
-    write_outputs({run: scored}, out, images, report=not args.no_report, extra=extra)
+    write_outputs({run: scored}, out, images, report=not args.no_report, extra=extra, metrics=args.metrics)
 
 
 def predict_own_images(args: argparse.Namespace) -> None:

@@ -3,6 +3,8 @@
 Accepted (no renaming needed):
 - SINet-V2: ``TrainDataset/{Imgs,GT}`` (or ``TrainValDataset/``), ``TestDataset/<name>/{Imgs,GT}``;
 - CamoFormer: ``TrainDataset/{Image,GT}``; also ``images/``/``masks/``, ``Mask/``.
+- DIS5K as it unpacks: ``DIS5K/DIS-TE1/{im,gt}`` (the root may be the DIS5K folder or hold it);
+  other downloads' own folder names (``DUTS-TE/DUTS-TE-{Image,Mask}``) from the registry.
 Folder names match case-insensitively; files pair by stem whatever their extension's case.
 Which files count as images and masks, and the benchmarks' order: :mod:`cod_benchmarks`.
 """
@@ -12,13 +14,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cod_benchmarks import IMAGE_EXTS, MASK_EXTS, list_files, sort_benchmarks
+from cod_benchmarks import (
+    COLLECTIONS,
+    IMAGE_EXTS,
+    MASK_EXTS,
+    benchmark_info,
+    is_training_set,
+    list_files,
+    sort_benchmarks,
+)
 
 from .problems import DatasetError, Problem
 
 log = logging.getLogger(__name__)
 
-IMAGE_DIRS = ("imgs", "image", "images", "img")
+IMAGE_DIRS = ("imgs", "image", "images", "img", "im")
 MASK_DIRS = ("gt", "mask", "masks", "gts")
 TEST_DIR = "TestDataset"
 
@@ -34,9 +44,19 @@ def _subdir(folder: Path, names: tuple[str, ...]) -> Path | None:
     return hits[0] if hits else None
 
 
+def _dir_names(folder: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The image and mask folder names to look for in ``folder``: the generic ones, then those
+    of the registered benchmark it is named after."""
+    info = benchmark_info(folder.name)
+    extra_img = tuple(n.lower() for n in info.image_dirs) if info else ()
+    extra_gt = tuple(n.lower() for n in info.mask_dirs) if info else ()
+    return IMAGE_DIRS + extra_img, MASK_DIRS + extra_gt
+
+
 def split_dirs(folder: Path) -> tuple[Path, Path] | None:
     """(image dir, mask dir) inside ``folder``, or None if it does not hold both."""
-    img, gt = _subdir(folder, IMAGE_DIRS), _subdir(folder, MASK_DIRS)
+    img_names, gt_names = _dir_names(folder)
+    img, gt = _subdir(folder, img_names), _subdir(folder, gt_names)
     return (img, gt) if img and gt else None
 
 
@@ -117,7 +137,9 @@ def _missing(folder: Path, root: Path, what: str, key: str) -> str:
 def find_benchmark_dirs(
     root: str | Path, names: list[str] | None = None, need_images: bool = True
 ) -> dict[str, tuple[Path | None, Path]]:
-    """Benchmarks under ``root/TestDataset`` (or ``root`` itself if it is that folder).
+    """Benchmarks under ``root/TestDataset`` (or ``root`` itself if it is that folder), and in a
+    collection folder there (``DIS5K/``). Registered training sets (DIS-TR, DUTS-TR) are not test
+    benchmarks unless named.
 
     Returns ``{name: (image dir, mask dir)}`` in the papers' order (CAMO, CHAMELEON, COD10K, NC4K,
     then others by name). ``names`` picks benchmarks by folder name (case-insensitive) or by path
@@ -134,14 +156,16 @@ def find_benchmark_dirs(
             return None
         if need_images:
             return split_dirs(folder)
-        gt = _subdir(folder, MASK_DIRS)
-        return (_subdir(folder, IMAGE_DIRS), gt) if gt else None
+        img_names, gt_names = _dir_names(folder)
+        gt = _subdir(folder, gt_names)
+        return (_subdir(folder, img_names), gt) if gt else None
 
     found: dict[str, tuple[Path | None, Path]] = {}
-    if base.is_dir():
-        for sub in sorted(base.iterdir()):
+    bases = [base] + [c for c in sorted(base.iterdir()) if c.name.upper() in COLLECTIONS] if base.is_dir() else []
+    for folder in bases:
+        for sub in sorted(folder.iterdir()):
             dirs = dirs_of(sub)
-            if dirs:
+            if dirs and not is_training_set(sub.name) and sub.name not in found:
                 found[sub.name] = dirs
     found = {b: found[b] for b in sort_benchmarks(found)}
     if not names:

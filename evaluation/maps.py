@@ -33,6 +33,7 @@ class MapIssues:
     unscorable: list[str] = field(default_factory=list)  # "name (why)": the metrics are not finite (not scored)
     resized: list[str] = field(default_factory=list)  # "name (HxW -> HxW)"
     excluded: list[str] = field(default_factory=list)  # COD10K non-camouflaged masks (not the benchmark)
+    no_photo: list[str] = field(default_factory=list)  # masks whose photo is missing or unreadable (no CCM)
 
     def merge(self, other: MapIssues) -> None:
         for name in self.__dataclass_fields__:
@@ -51,6 +52,7 @@ class MapIssues:
             "resized": "maps differ in size from their masks (resized bilinearly to the mask size)",
             "excluded": f"COD10K files are not camouflaged images (no '{CAMOUFLAGED_MARK}' in the name): "
             "they are not part of the COD10K benchmark and are not scored",
+            "no_photo": "masks have no readable photo, which the CCM reads (CCM not reported for the benchmark)",
         }
         lines = []
         for key, text in what.items():
@@ -76,6 +78,18 @@ def read_mask(path: Path) -> np.ndarray | None:
         return mask_levels(raw)
     except ValueError:
         return None
+
+
+def read_photo(path: Path, size: tuple[int, int], issues: MapIssues) -> np.ndarray | None:
+    """The photo as uint8 RGB [H, W, 3] at the mask's ``size`` (H, W) (bilinear where it differs,
+    like a map; noted in ``issues.resized``), or None if unreadable."""
+    raw = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if raw is None or raw.size == 0:
+        return None
+    if raw.shape[:2] != tuple(size):
+        issues.resized.append(f"{path.name} ({raw.shape[0]}x{raw.shape[1]} -> {size[0]}x{size[1]})")
+        raw = cv2.resize(raw, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
 
 
 def read_map(path: Path, size: tuple[int, int], issues: MapIssues) -> np.ndarray | None:

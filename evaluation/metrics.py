@@ -1,4 +1,4 @@
-"""COD metrics through PySODMetrics, split into per-image work and a fixed-order combine.
+"""The metrics through PySODMetrics, split into per-image work and a fixed-order combine.
 
 :func:`image_scores` runs the library's metric classes on one image (fresh objects, so each
 number is exactly the value the library records for that image). :class:`CODMetrics`
@@ -10,9 +10,16 @@ order, and any number of workers gives bit-identical results.
 
 Conventions (the library's): maps and masks are uint8 greyscale; masks are binarised at
 ``> 128``; each map is min-max scaled to [0, 1] unless it is constant; F-measure uses
-beta^2 = 0.3, weighted F-measure beta = 1.
+beta^2 = 0.3, weighted F-measure beta = 1. Dice and IoU come from the same per-image
+histogram as the F-measure (``FmeasureV2`` with ``DICEHandler`` / ``IOUHandler``): ``mDice`` /
+``maxDice`` are the mean / max over the 256 thresholds of the dataset-mean Dice curve, as the
+library reduces its dynamic results. ``CCM`` (``CamouflageContextMeasure``, library defaults) also
+reads the photo, RGB at the mask's size; ``HCE`` (``HumanCorrectionEffortMeasure``, relax 5,
+epsilon 2) counts the clicks a person needs to correct the map at the mask's full resolution.
+Both are computed only when asked (they cost far more than the rest, see the README), and reduced
+with ``np.mean`` over images as the library does.
 
-Range guard (ours): no number leaves [0, 1]. Images smaller than ``cod_benchmarks.MIN_SIDE``
+Range guard (ours): no number leaves [0, 1] (HCE: a finite count >= 0). Images smaller than ``cod_benchmarks.MIN_SIDE``
 on a side, and images whose metrics are not finite (e.g. S-measure of a mask whose only object
 pixel sits on the border), are refused with ValueError; the scorer lists them and scores the
 rest. The library divides the E-measure's alignment sum by ``H*W - 1``, so a perfect map scores
@@ -31,7 +38,7 @@ from py_sod_metrics.utils import prepare_data
 
 from cod_benchmarks import too_small
 
-from .names import METRIC_KEYS
+from .names import COD_KEYS
 
 N_THRESHOLDS = 256
 
@@ -53,6 +60,10 @@ class ImageScores:
     fm_curve: np.ndarray
     precision: np.ndarray
     recall: np.ndarray
+    dice_curve: np.ndarray
+    iou_curve: np.ndarray
+    ccm: float | None = None  # only when the photo was given
+    hce: float | None = None  # only when asked for
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ def _fmeasure_v2() -> sod.FmeasureV2:
             "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
             "pre": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
             "rec": sod.RecallHandler(with_dynamic=True, with_adaptive=False),
+            "dice": sod.DICEHandler(with_dynamic=True, with_adaptive=False),
+            "iou": sod.IOUHandler(with_dynamic=True, with_adaptive=False),
         }
     )
 
@@ -93,9 +106,13 @@ def check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
         raise ValueError(f"mask {reason}")
 
 
-def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
-    """Score one map. ``pred``, ``gt``: uint8 [H, W] (same size)."""
+def image_scores(pred: np.ndarray, gt: np.ndarray, photo: np.ndarray | None = None, hce: bool = False) -> ImageScores:
+    """Score one map. ``pred``, ``gt``: uint8 [H, W] (same size). ``photo``: uint8 RGB
+    [H, W, 3], the image the map was made from: given, the CCM is computed too. ``hce``: compute
+    the human correction effort."""
     check_pair(pred, gt)
+    if photo is not None and (photo.dtype != np.uint8 or photo.shape != (*gt.shape, 3)):
+        raise ValueError(f"photo must be a uint8 RGB array of shape {(*gt.shape, 3)}, got {photo.dtype} {photo.shape}")
     # The library's own normalisation (mask > 128, min-max scaled map), done once and
     # handed to every metric with normalize=False instead of being repeated five times.
     pred_n, gt_b = prepare_data(pred, gt)
@@ -104,6 +121,13 @@ def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
         warnings.simplefilter("ignore", RuntimeWarning)
         for metric in (sm, em, wfm, mae, fm):
             metric.step(pred_n, gt_b, normalize=False)
+        ccm = hce_m = None
+        if photo is not None:
+            ccm = sod.CamouflageContextMeasure()
+            ccm.step(pred_n, gt_b, img=photo, normalize=False)
+        if hce:
+            hce_m = sod.HumanCorrectionEffortMeasure()
+            hce_m.step(pred_n, gt_b, normalize=False)
     # get_results() of a one-image accumulator is that image's value, exactly (x / 1).
     em_r, fm_r = em.get_results()["em"], fm.get_results()
     scores = ImageScores(
@@ -116,6 +140,10 @@ def image_scores(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
         fm_curve=np.asarray(fm_r["fm"]["dynamic"], dtype=np.float64),
         precision=np.asarray(fm_r["pre"]["dynamic"], dtype=np.float64),
         recall=np.asarray(fm_r["rec"]["dynamic"], dtype=np.float64),
+        dice_curve=np.asarray(fm_r["dice"]["dynamic"], dtype=np.float64),
+        iou_curve=np.asarray(fm_r["iou"]["dynamic"], dtype=np.float64),
+        ccm=None if ccm is None else float(ccm.get_results()["ccm"]),
+        hce=None if hce_m is None else float(hce_m.get_results()["hce"]),
     )
     _check_range(scores)
     return scores
@@ -125,8 +153,11 @@ def _check_range(scores: ImageScores) -> None:
     """Raise ValueError naming every metric of one image that is not a number in [0, 1]."""
     bad = []
     for name in ImageScores.__dataclass_fields__:
+        if getattr(scores, name) is None:
+            continue
         values = np.asarray(getattr(scores, name), dtype=np.float64)
-        if not (np.all(np.isfinite(values)) and values.min() >= 0.0 and values.max() <= 1.0):
+        top = np.inf if name == "hce" else 1.0
+        if not (np.all(np.isfinite(values)) and values.min() >= 0.0 and values.max() <= top):
             bad.append(name)
     if bad:
         raise ValueError(f"metrics not in [0, 1] or not finite: {', '.join(bad)}")
@@ -163,11 +194,14 @@ class CODMetrics:
 
     def results(self) -> dict:
         """``{"Sm", "wFm", "MAE", "Em_adp", "Em_mean", "Em_max", "Fm_adp", "Fm_mean",
-        "Fm_max", "n_images"}`` as Python floats (n_images: int)."""
+        "Fm_max", "mDice", "mIoU", "maxDice", "maxIoU", ["CCM"], ["HCE"], "n_images"}`` as Python
+        floats (n_images: int). CCM / HCE are there when every image was scored with them."""
         self._require_images()
         ims = self._images
         em_curve = _mean([s.em_curve for s in ims])
         fm_curve = _mean([s.fm_curve for s in ims])
+        dice_curve = _mean([s.dice_curve for s in ims])
+        iou_curve = _mean([s.iou_curve for s in ims])
         out = {
             "Sm": _mean([s.sm for s in ims]),
             "wFm": _mean([s.wfm for s in ims]),
@@ -179,9 +213,20 @@ class CODMetrics:
             "Fm_mean": fm_curve.mean(),
             "Fm_max": fm_curve.max(),
         }
-        assert tuple(out) == METRIC_KEYS
+        assert tuple(out) == COD_KEYS
+        out |= {
+            "mDice": dice_curve.mean(),
+            "mIoU": iou_curve.mean(),
+            "maxDice": dice_curve.max(),
+            "maxIoU": iou_curve.max(),
+        }
+        if all(s.ccm is not None for s in ims):
+            out["CCM"] = _mean([s.ccm for s in ims])
         # Means of per-image values in [0, 1]: the clip only absorbs float rounding at the ends.
-        return {**{k: float(np.clip(v, 0.0, 1.0)) for k, v in out.items()}, "n_images": len(ims)}
+        out = {k: float(np.clip(v, 0.0, 1.0)) for k, v in out.items()}
+        if all(s.hce is not None for s in ims):
+            out["HCE"] = float(_mean([s.hce for s in ims]))
+        return {**out, "n_images": len(ims)}
 
     def curves(self) -> Curves:
         """Dataset-mean precision, recall, F-measure and E-measure against threshold 0..255."""

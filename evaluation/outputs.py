@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .curves import plot_curves
 from .metrics import CODMetrics
+from .names import metrics_for
 from .report import gallery_rows, write_report
 from .scoring import ImageResult
 from .tables import format_table, write_results_json, write_tables
@@ -18,16 +19,30 @@ log = logging.getLogger("test")
 Scored = dict[str, dict[str, tuple[CODMetrics, list[ImageResult]]]]  # {run: {benchmark: (metrics, per image)}}
 
 
+def selected(results: dict, benchmark: str, metrics: list[str] | None) -> dict:
+    """``results`` cut to the metrics chosen for ``benchmark`` (:func:`evaluation.names.metrics_for`)."""
+    keep = set(metrics_for(benchmark, metrics)) | {"n_images"}
+    return {k: v for k, v in results.items() if k in keep}
+
+
 def write_outputs(
-    scored: Scored, out: Path, images: dict[str, dict[str, str]], report: bool = True, extra: dict | None = None
+    scored: Scored,
+    out: Path,
+    images: dict[str, dict[str, str]],
+    report: bool = True,
+    extra: dict | None = None,
+    metrics: list[str] | None = None,
 ) -> None:
     """results.json per run, the comparison table (printed, .md, .csv), the curves and report.html.
 
     ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery; ``extra``: keys added
-    to every results.json entry (the test-time augmentation used).
+    to every results.json entry (the test-time augmentation used); ``metrics``: ``test.py --metrics``
+    (None: each benchmark's default set).
     """
     out.mkdir(parents=True, exist_ok=True)
-    runs = {run: {b: m.results() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}
+    runs = {
+        run: {b: selected(m.results(), b, metrics) for b, (m, _) in per_run.items()} for run, per_run in scored.items()
+    }
     for run, results in runs.items():
         run_dir = out if len(runs) == 1 else out / run
         run_dir.mkdir(parents=True, exist_ok=True)

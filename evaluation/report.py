@@ -23,7 +23,7 @@ from PIL import Image
 
 from .discovery import sort_benchmarks
 from .maps import read_mask
-from .names import LOWER_IS_BETTER, METRIC_KEYS
+from .names import LOWER_IS_BETTER, ordered_keys
 from .scoring import ImageResult, available_cores
 from .tables import LEGEND
 
@@ -105,19 +105,18 @@ def _safe_thumbnail(job: tuple[str, Path, int]) -> str | None:
 
 def _results_table(runs: Mapping[str, Mapping[str, dict]]) -> str:
     benches = sort_benchmarks({b for res in runs.values() for b in res})
-    head1 = "".join(f'<th colspan="{len(METRIC_KEYS)}">{html.escape(b)} (n={_n(runs, b)})</th>' for b in benches)
-    arrows = "".join(
-        f"<th>{k} {'&darr;' if k in LOWER_IS_BETTER else '&uarr;'}</th>" for _ in benches for k in METRIC_KEYS
-    )
+    keys = ordered_keys({k: None for res in runs.values() for r in res.values() for k in r})
+    head1 = "".join(f'<th colspan="{len(keys)}">{html.escape(b)} (n={_n(runs, b)})</th>' for b in benches)
+    arrows = "".join(f"<th>{k} {'&darr;' if k in LOWER_IS_BETTER else '&uarr;'}</th>" for _ in benches for k in keys)
     body = []
     for run, res in runs.items():
         cells = [f'<th class="run">{html.escape(run)}</th>']
         for b in benches:
-            for k in METRIC_KEYS:
-                if b not in res:
+            for k in keys:
+                if k not in res.get(b, {}):
                     cells.append("<td>-</td>")
                     continue
-                values = [r[b][k] for r in runs.values() if b in r]
+                values = [r[b][k] for r in runs.values() if k in r.get(b, {})]
                 best = (min if k in LOWER_IS_BETTER else max)(values)
                 bold = len(values) > 1 and res[b][k] == best
                 cells.append(f"<td{' class=best' if bold else ''}>{res[b][k]:.3f}</td>")

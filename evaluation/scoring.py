@@ -27,12 +27,13 @@ from tqdm import tqdm
 from cod_benchmarks import list_masks, select_benchmark_images, too_small
 
 from .discovery import EvaluationError, one_map_per_image
-from .maps import MapIssues, read_map, read_mask
+from .maps import MapIssues, read_map, read_mask, read_photo
 from .metrics import CODMetrics, ImageScores, image_scores
 
 log = logging.getLogger(__name__)
 
 Pair = tuple[str, str, str]  # (name, map path, mask path)
+Task = tuple[Pair, str | None, bool]  # (the pair, its photo for the CCM or None, whether to compute HCE)
 
 
 class ImageResult(NamedTuple):
@@ -79,8 +80,8 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one image per process: threads inside OpenCV would only contend
 
 
-def _score_pair(pair: Pair) -> tuple[ImageScores | None, MapIssues]:
-    _, pred_path, gt_path = pair
+def _score_pair(task: Task) -> tuple[ImageScores | None, MapIssues]:
+    (_, pred_path, gt_path), photo_path, hce = task
     issues = MapIssues()
     gt = read_mask(Path(gt_path))
     if gt is None:
@@ -93,8 +94,13 @@ def _score_pair(pair: Pair) -> tuple[ImageScores | None, MapIssues]:
     pred = read_map(Path(pred_path), gt.shape, issues)
     if pred is None:
         return None, issues
+    photo = None
+    if photo_path is not None:
+        photo = read_photo(Path(photo_path), gt.shape, issues)
+        if photo is None:
+            issues.no_photo.append(Path(gt_path).name)
     try:
-        return image_scores(pred, gt), issues
+        return image_scores(pred, gt, photo, hce), issues
     except ValueError as err:  # the range guard in image_scores
         issues.unscorable.append(f"{Path(gt_path).name} ({err})")
         return None, issues
@@ -128,21 +134,27 @@ class Scorer:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def score(self, pairs: list[Pair], desc: str = "scoring") -> tuple[CODMetrics, MapIssues]:
-        """Per-image work in the pool, combined here in the order of ``pairs``."""
-        metrics, issues, _ = self.score_images(pairs, desc)
+    def score(
+        self, pairs: list[Pair], desc: str = "scoring", photos: dict[str, str] | None = None, hce: bool = False
+    ) -> tuple[CODMetrics, MapIssues]:
+        """Per-image work in the pool, combined here in the order of ``pairs``. ``photos``
+        (``{name: photo path}``): compute the CCM too; ``hce``: the HCE too."""
+        metrics, issues, _ = self.score_images(pairs, desc, photos, hce)
         return metrics, issues
 
-    def score_images(self, pairs: list[Pair], desc: str = "scoring") -> tuple[CODMetrics, MapIssues, list[ImageResult]]:
+    def score_images(
+        self, pairs: list[Pair], desc: str = "scoring", photos: dict[str, str] | None = None, hce: bool = False
+    ) -> tuple[CODMetrics, MapIssues, list[ImageResult]]:
         """:meth:`score`, plus each scored map's own S-measure and MAE (the values added to the metrics)."""
+        tasks: list[Task] = [(p, None if photos is None else photos.get(p[0], ""), hce) for p in pairs]
         if self.workers <= 1 or len(pairs) < self.min_parallel:
-            results = map(_score_pair, pairs)
+            results = map(_score_pair, tasks)
         else:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=_start_method(), initializer=_init_worker)
             # Chunks amortise the inter-process round trips; ~8 chunks per worker keep the load balanced.
             chunk = max(1, min(16, len(pairs) // (8 * self.workers)))
-            results = self._pool.map(_score_pair, pairs, chunksize=chunk)
+            results = self._pool.map(_score_pair, tasks, chunksize=chunk)
         metrics, issues, per_image = CODMetrics(), MapIssues(), []
         bar = tqdm(results, total=len(pairs), desc=desc, unit="map", leave=False, disable=None)
         for pair, (scores, image_issues) in zip(pairs, bar, strict=True):
@@ -159,11 +171,17 @@ def log_issues(issues: MapIssues, where: str) -> None:
 
 
 def score_benchmark(
-    scorer: Scorer, pairs: list[Pair], issues: MapIssues, where: str
+    scorer: Scorer,
+    pairs: list[Pair],
+    issues: MapIssues,
+    where: str,
+    photos: dict[str, str] | None = None,
+    hce: bool = False,
 ) -> tuple[CODMetrics, list[ImageResult]] | None:
     """Score one benchmark's pairs, log every problem found (by file name) under ``where``.
-    Returns the metrics and the per-image results; None when no map could be scored."""
-    metrics, read_issues, per_image = scorer.score_images(pairs, desc=where)
+    Returns the metrics and the per-image results; None when no map could be scored.
+    ``photos``, ``hce``: see :meth:`Scorer.score`."""
+    metrics, read_issues, per_image = scorer.score_images(pairs, where, photos, hce)
     issues.merge(read_issues)
     log_issues(issues, where)
     if not len(metrics):
