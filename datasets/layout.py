@@ -138,7 +138,7 @@ def find_benchmark_dirs(
     root: str | Path, names: list[str] | None = None, need_images: bool = True
 ) -> dict[str, tuple[Path | None, Path]]:
     """Benchmarks under ``root/TestDataset`` (or ``root`` itself if it is that folder), and in a
-    collection folder there (``DIS5K/``). Registered training sets (DIS-TR, DUTS-TR) are not test
+    collection folder there or in ``root`` (``DIS5K/``). Registered training sets (DIS-TR, DUTS-TR) are not test
     benchmarks unless named.
 
     Returns ``{name: (image dir, mask dir)}`` in the papers' order (CAMO, CHAMELEON, COD10K, NC4K,
@@ -161,7 +161,8 @@ def find_benchmark_dirs(
         return (_subdir(folder, img_names), gt) if gt else None
 
     found: dict[str, tuple[Path | None, Path]] = {}
-    bases = [base] + [c for c in sorted(base.iterdir()) if c.name.upper() in COLLECTIONS] if base.is_dir() else []
+    homes = [d for d in dict.fromkeys((base, root)) if d.is_dir()]
+    bases = [base] * base.is_dir() + [c for d in homes for c in sorted(d.iterdir()) if c.name.upper() in COLLECTIONS]
     for folder in bases:
         for sub in sorted(folder.iterdir()):
             dirs = dirs_of(sub)
