@@ -1,7 +1,7 @@
 """One map-style dataset class for training, validation and test benchmarks.
 
 A sample is ``{"image": float32 [3, S, S] RGB in [0, 1], "mask": float32 [1, S, S] in {0, 1},
-"name": str (image file stem), "size": (mask_h, mask_w) original size, "mask_path": str}``.
+"name": str (image file stem), "size": (mask_h, mask_w) original size, "mask_path": str, "image_path": str}``.
 The key may be an int (size ``default_size``, epoch 0) or ``(index, size, epoch)`` from
 :class:`datasets.loader.SeededBatchSampler`: augmentations are drawn from a generator seeded by
 ``(seed, epoch, index)``, so they do not depend on which worker loads a sample (no two workers
@@ -117,6 +117,7 @@ class CODDataset(Dataset):
             "name": s.name,
             "size": (s.mask_height, s.mask_width),
             "mask_path": s.mask_path,
+            "image_path": s.image_path,
         }
 
     def _blank(self, s: Sample, size: int) -> dict:
@@ -126,4 +127,5 @@ class CODDataset(Dataset):
             "name": s.name,
             "size": (s.mask_height, s.mask_width),
             "mask_path": s.mask_path,
+            "image_path": s.image_path,
         }

@@ -97,7 +97,7 @@ class ShardSampler(Sampler):
 
 def collate(samples: list[dict]) -> dict:
     """List of samples -> ``{"image": [B,3,S,S], "mask": [B,1,S,S], "name": list[str],
-    "size": list[(h, w)], "mask_path": list[str]}``; any other key (the device path's augmentation
+    "size": list[(h, w)], "mask_path": list[str], "image_path": list[str]}``; any other key (the device path's augmentation
     parameters) holds tensors and is stacked."""
     out = {
         "image": torch.stack([s["image"] for s in samples]),
@@ -105,6 +105,7 @@ def collate(samples: list[dict]) -> dict:
         "name": [s["name"] for s in samples],
         "size": [tuple(s["size"]) for s in samples],
         "mask_path": [s["mask_path"] for s in samples],
+        "image_path": [s["image_path"] for s in samples],
     }
     for k in samples[0].keys() - out.keys():
         out[k] = torch.stack([s[k] for s in samples])

@@ -20,9 +20,9 @@ from engine.logger import RunWriter, labelled_grid
 from engine.optim import steps_per_iteration
 from engine.predict import MapRule, final_maps, forward_probs
 from engine.state import TrainState
-from evaluation.maps import read_mask
+from evaluation.maps import MapIssues, read_mask, read_photo
 from evaluation.metrics import CODMetrics, ImageScores, image_scores
-from evaluation.names import METRIC_KEYS
+from evaluation.names import ordered_keys
 
 log = logging.getLogger("train")
 
@@ -52,11 +52,14 @@ def evaluate(
     grid_images: int = 4,
     rule: MapRule | None = None,
     score_maps: bool = True,
+    ccm: bool = False,
+    hce: bool = False,
 ) -> Shard:
     """Score this process's share of ``loader``: maps at each mask's original size (made by
     ``rule``), the training loss on the masks at the training size, and an image grid of the first
     batch. ``score_maps=False`` (augmented validation images, which the masks on disk do not
-    match) computes the loss alone."""
+    match) computes the loss alone. ``ccm`` / ``hce``: score those too (``train.best_metric`` names
+    one; the CCM reads each photo again at its mask's size)."""
     model.eval()
     scores, grid, nonfinite = [], None, torch.zeros((), dtype=torch.int64, device=device)
     loss_sum, n_loss = torch.zeros((), device=device), 0
@@ -79,7 +82,9 @@ def evaluate(
                 log.warning("validation mask %s is unreadable: image skipped", path)
         keep = [j for j, gt in enumerate(gts) if gt is not None]
         maps = final_maps(model, x[keep], prob[keep], [gts[j].shape for j in keep], precision, rule or MapRule())
-        scores += [image_scores(m, gts[j]) for m, j in zip(maps, keep)]
+        for m, j in zip(maps, keep):
+            photo = read_photo(Path(batch["image_path"][j]), gts[j].shape, MapIssues()) if ccm else None
+            scores.append(image_scores(m, gts[j], photo, hce))
     return Shard(scores, float(loss_sum), n_loss, int(nonfinite), grid)
 
 
@@ -111,6 +116,8 @@ def validate(state: TrainState, model, loader, loss_fn, precision: Precision, wr
         state.env.device,
         rule=MapRule.of(cfg),
         score_maps=not cfg.data.val_augment,
+        ccm=cfg.train.best_metric == "CCM",
+        hce=cfg.train.best_metric == "HCE",
     )
     metrics, nonfinite = merge(shard)
     if not steps_per_iteration(state.scheduler):
@@ -139,8 +146,9 @@ def test_at_end(
         loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
         shard = evaluate(model, loader, loss_fn, precision, writer, env.device, rule=MapRule.of(cfg))
         metrics, _ = merge(shard)
-        writer.scalars(f"test/{bench}", {k: metrics[k] for k in METRIC_KEYS}, step)
+        keys = ordered_keys(metrics)
+        writer.scalars(f"test/{bench}", {k: metrics[k] for k in keys}, step)
         if shard.grid is not None:
             writer.image(f"test/{bench}/image_mask_pred_coarse", shard.grid, step)
-        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS)
+        shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys)
         log.info("test %s (%s, %d images): %s", bench, which, metrics["n_images"], shown)

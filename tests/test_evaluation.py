@@ -18,10 +18,12 @@ from cod_benchmarks import select_benchmark_images
 from evaluation.curves import plot_curves
 from evaluation.maps import MapIssues
 from evaluation.metrics import CODMetrics, image_scores
-from evaluation.names import METRIC_KEYS
+from evaluation.names import COD_KEYS, OVERLAP_KEYS
 from evaluation.scoring import Scorer, pair_folder, score_folder
 from evaluation.tables import format_markdown, format_table, write_results_json, write_tables
 
+# What CODMetrics.results() holds when neither the photo (CCM) nor HCE was asked for.
+SCORED = (*COD_KEYS, *OVERLAP_KEYS)
 # PySODMetrics' example maps and the scores its own tests assert (MIT; tests/data/README.md).
 EXAMPLES = Path(__file__).resolve().parent / "data" / "pysodmetrics-examples"
 # results.json key -> the reference file's key
@@ -47,10 +49,17 @@ def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]], clip_em: bool = F
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Fmeasure's deprecation notice
         sm, em, wfm, fm, mae = sod.Smeasure(), sod.Emeasure(), sod.WeightedFmeasure(), sod.Fmeasure(), sod.MAE()
+    overlap = sod.FmeasureV2(
+        {
+            "dice": sod.DICEHandler(with_dynamic=True, with_adaptive=False),
+            "iou": sod.IOUHandler(with_dynamic=True, with_adaptive=False),
+        }
+    )
     for pred, gt in pairs:
-        for m in (sm, em, wfm, fm, mae):
+        for m in (sm, em, wfm, fm, mae, overlap):
             m.step(pred, gt)
     e, f = em.get_results()["em"], fm.get_results()["fm"]
+    dice, iou = (overlap.get_results()[k]["dynamic"] for k in ("dice", "iou"))
     if clip_em:
         e = {"adp": min(e["adp"], 1.0), "curve": np.minimum(e["curve"], 1.0)}
     return {
@@ -63,11 +72,15 @@ def library_scores(pairs: list[tuple[np.ndarray, np.ndarray]], clip_em: bool = F
         "Fm_adp": f["adp"],
         "Fm_mean": f["curve"].mean(),
         "Fm_max": f["curve"].max(),
+        "mDice": dice.mean(),
+        "mIoU": iou.mean(),
+        "maxDice": dice.max(),
+        "maxIoU": iou.max(),
     }
 
 
 def assert_close(ours: dict, ref: dict, tol: float = 1e-12) -> None:
-    for k in METRIC_KEYS:
+    for k in ref:  # the published reference values hold the COD keys only
         assert abs(ours[k] - ref[k]) <= tol, (k, ours[k], ref[k])
 
 
@@ -107,7 +120,7 @@ def test_reproduces_pysodmetrics_reference_values() -> None:
             cv2.imread(str(EXAMPLES / "masks" / name), cv2.IMREAD_GRAYSCALE),
         )
     results = metrics.results()
-    assert list(results) == [*METRIC_KEYS, "n_images"] and results["n_images"] == 3
+    assert list(results) == [*SCORED, "n_images"] and results["n_images"] == 3
     assert_close(results, ref, 1e-12)
     # Reading the files ourselves gives the same numbers.
     assert score_folder(EXAMPLES / "preds", EXAMPLES / "masks", workers=1) == results
@@ -162,7 +175,7 @@ def test_edge_cases_match_the_library(case: str) -> None:
     m = CODMetrics()
     m.step(pred, gt)
     results = m.results()
-    assert all(0.0 <= results[k] <= 1.0 for k in METRIC_KEYS)
+    assert all(0.0 <= results[k] <= 1.0 for k in SCORED)
     assert_close(results, library_scores([(pred, gt)], clip_em=True))
 
 
@@ -208,7 +221,7 @@ def test_no_metric_leaves_its_range_and_tiny_images_are_refused(tmp_path: Path, 
     cv2.imwrite(str(tmp_path / "maps" / "dot.png"), np.zeros((40, 50), np.uint8))
     with caplog.at_level(logging.WARNING):
         results = score_folder(tmp_path / "maps", tmp_path / "GT", workers=1, benchmark="bench")
-    assert results["n_images"] == 3 and all(0.0 <= results[k] <= 1.0 for k in METRIC_KEYS)
+    assert results["n_images"] == 3 and all(0.0 <= results[k] <= 1.0 for k in SCORED)
     assert "too small to score" in caplog.text and "tiny.png" in caplog.text and "thin.png" in caplog.text
     assert "not finite" in caplog.text and "dot.png" in caplog.text
 
@@ -292,7 +305,7 @@ def test_results_json_and_tables_have_the_papers_layout(tmp_path: Path) -> None:
     write_results_json(runs["ours"], tmp_path / "results.json")
     saved = json.loads((tmp_path / "results.json").read_text())
     assert list(saved) == ["CAMO", "COD10K"]  # the papers' benchmark order
-    assert all(list(v) == [*METRIC_KEYS, "n_images"] for v in saved.values())
+    assert all(list(v) == [*SCORED, "n_images"] for v in saved.values())
     assert saved["CAMO"] == runs["ours"]["CAMO"]
 
     md, csv_path = write_tables(runs, tmp_path)

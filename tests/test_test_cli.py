@@ -13,8 +13,10 @@ import pytest
 from test_evaluation import library_scores  # the same oracle (tests/ is on sys.path under pytest)
 
 from build import build_model
-from evaluation.names import METRIC_KEYS
+from evaluation.names import COD_KEYS, OVERLAP_KEYS
 from helpers import ROOT, load_test_cli
+
+SCORED = (*COD_KEYS, *OVERLAP_KEYS)  # the default set of a benchmark outside the COD and DIS registries
 
 # The S-measure paper's demo: two masks and six published methods' maps (BSD-3-Clause; tests/data/README.md).
 DEMO = ROOT / "tests" / "data" / "smeasure-demo"
@@ -57,9 +59,9 @@ def test_preds_mode_matches_pysodmetrics_on_the_smeasure_demo(cli, tmp_path: Pat
     assert rc == 0
     for method in METHODS:
         ours = json.loads((tmp_path / "out" / method / "results.json").read_text())["DEMO"]
-        assert list(ours) == [*METRIC_KEYS, "n_images"] and ours["n_images"] == 2
+        assert list(ours) == [*SCORED, "n_images"] and ours["n_images"] == 2
         ref = direct_scores([(DEMO / "FG" / f"{g}_{method}.png", DEMO / "GT" / f"{g}.png") for g in ("0021", "846")])
-        for k in METRIC_KEYS:
+        for k in SCORED:
             assert abs(ours[k] - ref[k]) <= 1e-12, (method, k, ours[k], ref[k])
     table = capsys.readouterr().out
     assert "DEMO (n=2)" in table and all(m in table for m in METHODS)
@@ -175,7 +177,7 @@ def test_checkpoint_mode_end_to_end(cli, tmp_path: Path, tiny_dinov3: Path, caps
     out = tmp_path / "run" / "test" / "best"
     results = json.loads((out / "results.json").read_text())
     bench = next(iter(results))
-    assert list(results[bench]) == [*METRIC_KEYS, "n_images"] and results[bench]["n_images"] == 5
+    assert list(results[bench]) == [*SCORED, "n_images"] and results[bench]["n_images"] == 5
     masks = sorted((data / "TestDataset" / bench / "GT").iterdir())
     for mask in masks:  # maps are at each mask's original size
         pred = cv2.imread(str(out / "preds" / bench / mask.name), cv2.IMREAD_UNCHANGED)
