@@ -1,4 +1,4 @@
-"""Count and check a COD data root: every split and benchmark, every bad file.
+"""Count and check a data root: every split and benchmark, every bad file.
 
     python scripts/check_dataset.py ROOT [--fast] [key=value ...]
 
@@ -6,7 +6,9 @@ Uses the same discovery and checks as training (``data.train``, ``data.test_sets
 ``data.val_fraction`` / ``data.val_set`` and ``train.seed`` may be overridden), and by default
 also decodes every pixel of every file (``--fast``: headers and end markers only). Prints the
 counts per split and benchmark, then every problem; exits 1 if there were problems, else 0.
-Notes (e.g. a mask whose size differs from its image) are printed but do not fail the check.
+Notes (e.g. a mask whose size differs from its image, or a registered benchmark whose count
+differs from the published one, cod_benchmarks.REGISTRY) are printed but do not fail the check.
+DIS5K is found as it unpacks (ROOT/DIS5K/DIS-TE1/{im,gt}, or ROOT is the DIS5K folder).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cod_benchmarks import benchmark_info  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from datasets.build import cod10k_camouflaged, scan, split_train_val  # noqa: E402
 from datasets.layout import find_benchmark_dirs, resolve_train_dirs  # noqa: E402
@@ -55,6 +58,9 @@ def check(root: str | Path, overrides: list[str], full: bool = True) -> tuple[li
         rows.append(
             (f"test {name}" + (" (also val: data.val_set)" if name.lower() == d.val_set.lower() else ""), len(found))
         )
+        info = benchmark_info(name)
+        if info and info.n_images is not None and len(found) != info.n_images:
+            notes.append(Problem(str(bdirs[1]), f"{len(found)} images; the published {info.name} has {info.n_images}"))
     return rows, problems, notes
 
 

@@ -35,7 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cod_benchmarks import BENCHMARKS, CAMOUFLAGED_MARK, list_images, list_masks, select_benchmark_images  # noqa: E402
+from cod_benchmarks import (  # noqa: E402
+    BENCHMARKS,
+    CAMOUFLAGED_MARK,
+    REGISTRY,
+    list_images,
+    list_masks,
+    select_benchmark_images,
+)
 
 
 @dataclass(frozen=True)
@@ -214,14 +221,35 @@ def format_report(reports: list[PartReport]) -> tuple[str, int]:
     return "\n".join(lines), differences
 
 
+def describe_registry() -> str:
+    """Every registered data set with its field and published count. The SOD, DIS5K, polyp and
+    video sets are used as they unpack (e.g. DIS5K/DIS-TE1/{im,gt}: data.root=.../DIS5K or its
+    parent); this script builds the COD layout only."""
+    lines = [f"{'field':<10} {'split':<6} {'name':<22} {'published':>9}"]
+    for b in REGISTRY:
+        count = f"{b.n_images:,}" if b.n_images is not None else "see paper"
+        lines.append(f"{b.field:<10} {b.split:<6} {b.name:<22} {count:>9}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--list-benchmarks",
+        action="store_true",
+        help="print every benchmark the framework knows (COD, SOD, DIS5K, polyp, video) with its published count",
+    )
     p.add_argument("--downloads", type=Path, help="folder holding the unpacked archives (found by name)")
     for archive in ARCHIVES:
         p.add_argument(f"--{archive.flag}", type=Path, help=f"the unpacked {archive.parts[0].benchmark} folder")
-    p.add_argument("--out", type=Path, required=True, help="data root to build (then data.root=OUT)")
+    p.add_argument("--out", type=Path, help="data root to build (then data.root=OUT)")
     p.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
     args = p.parse_args(argv)
+    if args.list_benchmarks:
+        print(describe_registry())
+        return 0
+    if args.out is None:
+        p.error("the following arguments are required: --out")
     sources: dict[str, Path | None] = {}
     for archive in ARCHIVES:
         given = getattr(args, archive.flag)
