@@ -346,3 +346,46 @@ def test_image_scores_are_the_library_values_for_one_image() -> None:
     ref = library_scores([(pred, gt)])
     assert (s.sm, s.wfm, s.mae, s.em_adp, s.fm_adp) == (ref["Sm"], ref["wFm"], ref["MAE"], ref["Em_adp"], ref["Fm_adp"])
     assert s.em_curve.shape == s.fm_curve.shape == s.precision.shape == (256,)
+
+
+# ---------------------------------------------------------------- CCM, HCE and the registry
+def test_ccm_and_hce_match_the_library_on_the_same_files(tmp_path: Path) -> None:
+    """A COD folder (photos read for the CCM) and a DIS5K folder as it unpacks (im/, gt/)."""
+    from datasets.layout import find_benchmark_dirs
+    from evaluation.names import metrics_for
+
+    rng = np.random.default_rng(3)
+    for bench, folder in (("CAMO", "TestDataset/CAMO"), ("DIS-TE1", "DIS5K/DIS-TE1")):
+        img_dir, gt_dir = ("Imgs", "GT") if bench == "CAMO" else ("im", "gt")
+        for d in (img_dir, gt_dir):
+            (tmp_path / folder / d).mkdir(parents=True)
+        (tmp_path / "maps" / bench).mkdir(parents=True)
+        for i, (pred, gt) in enumerate(random_pairs(2, seed=11, h=24, w=32)):
+            photo = cv2.GaussianBlur(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), (5, 5), 2)
+            cv2.imwrite(str(tmp_path / folder / img_dir / f"{i}.png"), photo)
+            cv2.imwrite(str(tmp_path / folder / gt_dir / f"{i}.png"), gt)
+            cv2.imwrite(str(tmp_path / "maps" / bench / f"{i}.png"), pred)
+    found = find_benchmark_dirs(tmp_path)
+    assert list(found) == ["CAMO", "DIS-TE1"]
+    assert metrics_for("CAMO")[-1] == "CCM" and metrics_for("DIS-TE1")[-1] == "HCE"
+    with Scorer(workers=1) as scorer:
+        for bench, (img_dir, gt_dir) in found.items():
+            pairs, _ = pair_folder(tmp_path / "maps" / bench, gt_dir, bench)
+            photos = {n: str(img_dir / f"{n}.png") for n, _, _ in pairs}
+            ours = scorer.score(pairs, photos=photos, hce=True)[0].results()
+            ccm, hce = sod.CamouflageContextMeasure(), sod.HumanCorrectionEffortMeasure()
+            for n, pred_path, gt_path in pairs:
+                pred, gt = (cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in (pred_path, gt_path))
+                ccm.step(pred, gt, img=cv2.cvtColor(cv2.imread(photos[n]), cv2.COLOR_BGR2RGB))
+                hce.step(pred, gt)
+            assert ours["CCM"] == ccm.get_results()["ccm"] and ours["HCE"] == hce.get_results()["hce"]
+            assert ours["HCE"] > 0  # the random maps need correcting: a real count is compared
+
+
+def test_registry_names_the_test_sets_with_their_published_counts() -> None:
+    from cod_benchmarks import benchmark_info, field_of, sort_benchmarks
+
+    assert benchmark_info("DIS-TE1").n_images == 500 and field_of("dis_te4") == "DIS"
+    assert benchmark_info("dut-omron").n_images == 5168 and benchmark_info("CAMO").n_images == 250
+    assert benchmark_info("CVC-300").field == "polyp" and benchmark_info("DIS-TR").split == "train"
+    assert sort_benchmarks(["x", "DIS-TE1", "ECSSD", "NC4K"]) == ["NC4K", "ECSSD", "DIS-TE1", "x"]
