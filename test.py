@@ -31,15 +31,13 @@
       the photos; ~0.2-0.4 s per image) on the COD benchmarks and HCE on the DIS ones (names as
       in cod_benchmarks.REGISTRY). A named CCM or HCE is computed on every benchmark.
 
-Outputs of a scoring run in --out: results.json ({benchmark: {Sm, wFm, MAE, Em_adp, Em_mean,
-Em_max, Fm_adp, Fm_mean, Fm_max, mDice, mIoU, maxDice, maxIoU, [CCM], [HCE], n_images}}), results.md and results.csv (rows: runs, columns:
-benchmark x metric; also printed), curves/<benchmark>.png (precision-recall and
-F-measure-vs-threshold), report.html (the table, the curves and a per-image gallery: image | GT |
-each method's map with its S-measure and MAE, sortable worst first, filterable by benchmark and
-method; thumbnails in report/, opens from disk). With several --preds, each run's results.json
-is in <out>/<run name>/ and the tables and curves compare them all. Metrics are PySODMetrics' (maps min-max scaled
-per image, masks binarised at > 128); scoring runs in --workers processes (default: all cores)
-and gives identical numbers for any worker count.
+Outputs of a scoring run in --out: results.json ({benchmark: {metric: value, ..., n_images}}, the
+metrics in evaluation/names.py's column order), results.md and results.csv (rows: runs, columns:
+benchmark x metric; also printed), curves/<benchmark>.png (precision-recall, F-measure, Dice and IoU
+against the threshold), report.html (the table, the curves and a per-image gallery, sortable worst
+first; opens from disk). With several --preds, each run's results.json is in <out>/<run name>/.
+Metrics are PySODMetrics' (maps min-max scaled per image, masks binarised at > 128), identical for
+any number of --workers scoring processes.
 
 Config keys (key=value, eval.tta.* for test-time augmentation, eval.batch_size, data.root, ...):
 config_schema.py holds the schema with a comment on every key; the README's "Config reference" lists them.
@@ -57,7 +55,7 @@ from cod_benchmarks import IMAGE_EXTS, list_images
 from engine.cli import LOG_FORMAT, add_config_arguments, error_line
 from evaluation.discovery import EvaluationError, find_pred_dirs, match_benchmarks
 from evaluation.maps import MapIssues
-from evaluation.names import METRIC_KEYS, metrics_for
+from evaluation.names import METRIC_KEYS, metrics_for, parse_metrics
 from evaluation.outputs import Scored, default_out, run_names, write_outputs
 from evaluation.scoring import Scorer, pair_folder, score_benchmark
 
@@ -72,6 +70,13 @@ def is_model_folder(path: Path) -> bool:
     from engine.hub import is_hf_folder
 
     return is_hf_folder(path)
+
+
+def metric_list(text: str) -> list[str]:
+    try:
+        return parse_metrics(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-report", action="store_true", help="skip report.html and its thumbnails")
     p.add_argument(
         "--metrics",
-        type=lambda text: [k for k in text.replace(",", " ").split() if k],
+        type=metric_list,
         help=f"comma-separated metrics to compute ({','.join(METRIC_KEYS)}); default: the COD set, Dice and "
         "IoU everywhere, CCM on COD benchmarks, HCE on DIS benchmarks",
     )
@@ -125,25 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 find_pred_dirs(folder)
             except EvaluationError as err:
                 p.error(str(err))
-    if args.metrics is not None:
-        try:
-            metrics_for("", args.metrics or None)
-        except ValueError as err:
-            p.error(f"--metrics: {err}")
-        if not args.metrics:
-            p.error("--metrics: name at least one metric")
     if args.workers is not None and args.workers < 0:
         p.error(f"--workers must be >= 0 (0 = all cores), got {args.workers}")
     return args
-
-
-def extra_metrics(bench: str, photos: dict[str, str], metrics: list[str] | None) -> dict:
-    """The :func:`score_benchmark` arguments for the costly metrics chosen for ``bench``:
-    ``photos`` (``{name: photo path}``) when its CCM is, ``hce`` when its HCE is."""
-    chosen = metrics_for(bench, metrics)
-    if "CCM" in chosen and not photos:
-        log.warning("%s: no photos (Imgs/ or im/ beside the masks), which the CCM reads: CCM not reported", bench)
-    return {"photos": photos if "CCM" in chosen and photos else None, "hce": "HCE" in chosen}
 
 
 def score_saved_maps(args: argparse.Namespace) -> None:
@@ -173,8 +162,8 @@ def score_saved_maps(args: argparse.Namespace) -> None:
                 log.warning("%s: no maps for %s", folder, ", ".join(no_maps))
             for bench, (pred_dir, gt_dir) in matched.items():
                 pairs, issues = pair_folder(pred_dir, gt_dir, bench)
-                chosen = extra_metrics(bench, photos[bench], args.metrics)
-                result = score_benchmark(scorer, pairs, issues, f"{run}/{bench}", **chosen)
+                chosen = metrics_for(bench, args.metrics)
+                result = score_benchmark(scorer, pairs, issues, f"{run}/{bench}", photos[bench], chosen)
                 if result is not None:
                     scored.setdefault(run, {})[bench] = result
     if not scored:
@@ -253,8 +242,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     # The data package already holds each benchmark to its definition (COD10K: camouflaged images only).
     with Scorer(cfg.eval.workers if args.workers is None else args.workers) as scorer:
         for bench, written in predicted.items():
-            chosen = extra_metrics(bench, images[bench], args.metrics)
-            result = score_benchmark(scorer, written, MapIssues(), bench, **chosen)
+            chosen = metrics_for(bench, args.metrics)
+            result = score_benchmark(scorer, written, MapIssues(), bench, images[bench], chosen)
             if result is not None:
                 scored[bench] = result
     if not scored:

@@ -42,6 +42,15 @@ class Sample:
     mask_height: int
     mask_width: int
 
+    def about(self) -> dict:
+        """What a loaded sample says of its files, beside its tensors: name, original mask size, paths."""
+        return {
+            "name": self.name,
+            "size": (self.mask_height, self.mask_width),
+            "mask_path": self.mask_path,
+            "image_path": self.image_path,
+        }
+
 
 def eval_input(path: str, size: int, max_pixels: int, reduced_decode: bool = True) -> torch.Tensor:
     """How the model sees an image file outside training: float32 [3, size, size] RGB in [0, 1].
@@ -114,18 +123,12 @@ class CODDataset(Dataset):
         return {
             "image": img,
             "mask": msk,
-            "name": s.name,
-            "size": (s.mask_height, s.mask_width),
-            "mask_path": s.mask_path,
-            "image_path": s.image_path,
+            **s.about(),
         }
 
     def _blank(self, s: Sample, size: int) -> dict:
         return {
             "image": torch.zeros(3, size, size),
             "mask": torch.zeros(1, size, size),
-            "name": s.name,
-            "size": (s.mask_height, s.mask_width),
-            "mask_path": s.mask_path,
-            "image_path": s.image_path,
+            **s.about(),
         }

@@ -94,7 +94,7 @@ class DecodedTrainSet(Dataset):
     An item (key ``(index, size, epoch)`` as :class:`datasets.CODDataset`) is ``{"image": uint8
     [3, side, side], "mask": uint8 [1, side, side], "warp": float32 [2, 3] (affine_grid theta),
     "jitter": float32 [3] (brightness, contrast, saturation factors), "out_size": int64 [],
-    "name", "size", "mask_path"}``. Pairs that fail to decode at start-up are left out with a warning.
+    "name", "size", "mask_path", "image_path"}``. Pairs that fail to decode at start-up are left out with a warning.
     """
 
     def __init__(
@@ -151,9 +151,7 @@ class DecodedTrainSet(Dataset):
             "warp": torch.from_numpy(warp_theta(matrix, h, w, self.side, size)),
             "jitter": torch.ones(3) if factors is None else torch.from_numpy(factors.astype(np.float32)),
             "out_size": torch.tensor(size),
-            "name": s.name,
-            "size": (s.mask_height, s.mask_width),
-            "mask_path": s.mask_path,
+            **s.about(),
         }
 
 

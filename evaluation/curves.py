@@ -1,4 +1,4 @@
-"""Precision-recall and F-measure-vs-threshold curves, one PNG per benchmark.
+"""Precision-recall, F-measure-vs-threshold and Dice / IoU-vs-threshold curves, one PNG per benchmark.
 
 Several runs or methods share each plot. Figures are drawn with matplotlib's object API
 on the Agg canvas (no pyplot, no display, no global state), so this works on servers
@@ -17,10 +17,11 @@ from .metrics import Curves
 
 
 def plot_benchmark(curves: dict[str, Curves], benchmark: str, path: str | Path) -> Path:
-    """Draw ``{run name: Curves}`` for one benchmark to ``path`` (PNG): PR on the left,
-    F-measure against the binarisation threshold on the right (max marked)."""
-    fig = Figure(figsize=(11, 4.6), dpi=110)
-    ax_pr, ax_fm = fig.subplots(1, 2)
+    """Draw ``{run name: Curves}`` for one benchmark to ``path`` (PNG): PR on the left, then the
+    F-measure (max marked), then Dice (solid) and IoU (dashed) against the binarisation threshold,
+    the curves whose means are ``mDice`` / ``mIoU``."""
+    fig = Figure(figsize=(16, 4.6), dpi=110)
+    ax_pr, ax_fm, ax_di = fig.subplots(1, 3)
     thresholds = np.arange(len(next(iter(curves.values())).fmeasure))
     for i, (run, c) in enumerate(curves.items()):
         colour = f"C{i % 10}"
@@ -35,6 +36,8 @@ def plot_benchmark(curves: dict[str, Curves], benchmark: str, path: str | Path) 
             label=f"{run} (max {c.fmeasure[best]:.3f} at {best}, mean {c.fmeasure.mean():.3f})",
         )
         ax_fm.plot(best, c.fmeasure[best], "o", color=colour, ms=4)
+        ax_di.plot(thresholds, c.dice, color=colour, lw=1.6, label=f"{run} Dice (mean {c.dice.mean():.3f})")
+        ax_di.plot(thresholds, c.iou, color=colour, lw=1.2, ls="--", label=f"{run} IoU (mean {c.iou.mean():.3f})")
     ax_pr.set(
         xlabel="Recall",
         ylabel="Precision",
@@ -49,7 +52,14 @@ def plot_benchmark(curves: dict[str, Curves], benchmark: str, path: str | Path) 
         ylim=(0, 1.02),
         title=f"{benchmark}: F-measure vs threshold",
     )
-    for ax in (ax_pr, ax_fm):
+    ax_di.set(
+        xlabel="Threshold t",
+        ylabel="Dice / IoU",
+        xlim=(0, thresholds[-1]),
+        ylim=(0, 1.02),
+        title=f"{benchmark}: Dice and IoU vs threshold",
+    )
+    for ax in (ax_pr, ax_fm, ax_di):
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

@@ -74,6 +74,8 @@ class Curves:
     recall: np.ndarray
     fmeasure: np.ndarray
     emeasure: np.ndarray
+    dice: np.ndarray
+    iou: np.ndarray
 
 
 def _fmeasure_v2() -> sod.FmeasureV2:
@@ -229,7 +231,7 @@ class CODMetrics:
         return {**out, "n_images": len(ims)}
 
     def curves(self) -> Curves:
-        """Dataset-mean precision, recall, F-measure and E-measure against threshold 0..255."""
+        """Dataset-mean precision, recall, F-measure, E-measure, Dice and IoU against threshold 0..255."""
         self._require_images()
         ims = self._images
         # flip: the library indexes thresholds 255..0
@@ -238,4 +240,6 @@ class CODMetrics:
             recall=np.flip(_mean([s.recall for s in ims])).copy(),
             fmeasure=np.flip(_mean([s.fm_curve for s in ims])).copy(),
             emeasure=np.flip(_mean([s.em_curve for s in ims])).copy(),
+            dice=np.flip(_mean([s.dice_curve for s in ims])).copy(),
+            iou=np.flip(_mean([s.iou_curve for s in ims])).copy(),
         )

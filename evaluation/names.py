@@ -38,3 +38,11 @@ def metrics_for(benchmark: str, requested: list[str] | None = None) -> list[str]
         return [k for k in METRIC_KEYS if k in requested]
     field = field_of(benchmark)
     return [*COD_KEYS, *OVERLAP_KEYS, *(["CCM"] if field == COD else []), *(["HCE"] if field == DIS else [])]
+
+
+def parse_metrics(text: str) -> list[str]:
+    """``test.py --metrics``: ``"mIoU,Sm"`` -> the named metrics in column order (ValueError: none, or an unknown one)."""
+    requested = [k for k in text.replace(",", " ").split() if k]
+    if not requested:
+        raise ValueError("name at least one metric, e.g. --metrics Sm,mDice")
+    return metrics_for("", requested)

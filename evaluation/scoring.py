@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -176,12 +177,16 @@ def score_benchmark(
     issues: MapIssues,
     where: str,
     photos: dict[str, str] | None = None,
-    hce: bool = False,
+    chosen: Sequence[str] = (),
 ) -> tuple[CODMetrics, list[ImageResult]] | None:
     """Score one benchmark's pairs, log every problem found (by file name) under ``where``.
     Returns the metrics and the per-image results; None when no map could be scored.
-    ``photos``, ``hce``: see :meth:`Scorer.score`."""
-    metrics, read_issues, per_image = scorer.score_images(pairs, where, photos, hce)
+    ``chosen``: the metrics to report (:func:`evaluation.names.metrics_for`); of them the costly
+    ones are computed only when named: the CCM from ``photos`` (``{name: photo path}``), HCE."""
+    if "CCM" in chosen and not photos:
+        log.warning("%s: no photos (Imgs/ or im/ beside the masks), which the CCM reads: CCM not reported", where)
+    photos = photos if "CCM" in chosen else None
+    metrics, read_issues, per_image = scorer.score_images(pairs, where, photos or None, "HCE" in chosen)
     issues.merge(read_issues)
     log_issues(issues, where)
     if not len(metrics):

@@ -72,6 +72,16 @@ def test_preds_mode_matches_pysodmetrics_on_the_smeasure_demo(cli, tmp_path: Pat
     assert "DISC/DEMO: 2 maps are colour images" in caplog.text and "mc/DEMO: 2 maps are 16-bit" in caplog.text
 
 
+def test_metrics_flag_writes_only_the_chosen_metrics(cli, tmp_path: Path) -> None:
+    data_root, preds = demo_layout(tmp_path)
+    argv = ["--preds", str(preds["DCL"]), "--data-root", str(data_root), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--workers", "1", "--no-report", "--metrics", "mIoU,Sm"]) == 0
+    ours = json.loads((tmp_path / "out" / "results.json").read_text())["DEMO"]
+    assert list(ours) == ["Sm", "mIoU", "n_images"]  # in column order, whatever the order asked
+    ref = direct_scores([(DEMO / "FG" / f"{g}_DCL.png", DEMO / "GT" / f"{g}.png") for g in ("0021", "846")])
+    assert abs(ours["Sm"] - ref["Sm"]) <= 1e-12 and abs(ours["mIoU"] - ref["mIoU"]) <= 1e-12
+
+
 def test_preds_mode_reports_unmatched_benchmarks_as_an_error(cli, tmp_path: Path, capsys) -> None:
     bench = tmp_path / "data" / "TestDataset" / "CAMO"
     for sub in ("Imgs", "GT"):
@@ -122,6 +132,8 @@ def test_cli_errors_are_one_clear_line(cli, tmp_path: Path, capsys) -> None:
         "needs --data-root": ["--preds", str(tmp_path / "flat")],
         "apply to --ckpt only": ["--preds", str(tmp_path / "flat"), "--data-root", str(tmp_path), "eval.batch_size=2"],
         "--workers must be >= 0": ["--ckpt", str(fake_ckpt), "--workers", "-1"],
+        "unknown metric(s) Sharpness": ["--ckpt", str(fake_ckpt), "--metrics", "Sm,Sharpness"],
+        "name at least one metric": ["--ckpt", str(fake_ckpt), "--metrics", ""],
     }
     for expected, argv in cases.items():
         line = _error(cli, capsys, argv)

@@ -282,3 +282,12 @@ def test_resume_with_a_different_model_is_refused(tmp_path, tiny_run):
     assert run_train([*tiny_run.args, f"train.run_dir={run}", "model.channels=24"]) == 1
     text = (run / "train.log").read_text()
     assert "does not fit this model/config" in text and "model.channels: 16 -> 24" in text
+
+
+def test_best_metric_may_be_the_context_measure(tmp_path, tiny_run):
+    """train.best_metric=CCM makes validation read each photo for the CCM, and best.pth is chosen on it."""
+    run = tmp_path / "run"
+    assert run_train([*tiny_run.args, "train.epochs=1", "train.best_metric=CCM", f"train.run_dir={run}"]) == 0
+    best = _load(run / "best.pth")
+    assert 0.0 <= best["metrics"]["CCM"] <= 1.0 and best["best"] == best["metrics"]["CCM"]
+    assert "new best CCM" in (run / "train.log").read_text()
