@@ -38,28 +38,14 @@ def plot_benchmark(curves: dict[str, Curves], benchmark: str, path: str | Path) 
         ax_fm.plot(best, c.fmeasure[best], "o", color=colour, ms=4)
         ax_di.plot(thresholds, c.dice, color=colour, lw=1.6, label=f"{run} Dice (mean {c.dice.mean():.3f})")
         ax_di.plot(thresholds, c.iou, color=colour, lw=1.2, ls="--", label=f"{run} IoU (mean {c.iou.mean():.3f})")
-    ax_pr.set(
-        xlabel="Recall",
-        ylabel="Precision",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        title=f"{benchmark}: precision-recall (thresholds 0..255)",
-    )
-    ax_fm.set(
-        xlabel="Threshold t (min-max scaled map >= t is foreground)",
-        ylabel="F-measure (beta^2 = 0.3)",
-        xlim=(0, thresholds[-1]),
-        ylim=(0, 1.02),
-        title=f"{benchmark}: F-measure vs threshold",
-    )
-    ax_di.set(
-        xlabel="Threshold t",
-        ylabel="Dice / IoU",
-        xlim=(0, thresholds[-1]),
-        ylim=(0, 1.02),
-        title=f"{benchmark}: Dice and IoU vs threshold",
-    )
-    for ax in (ax_pr, ax_fm, ax_di):
+    axes = {
+        ax_pr: ("Recall", "Precision", 1, "precision-recall (thresholds 0..255)"),
+        ax_fm: ("Threshold t (min-max scaled map >= t is foreground)", "F-measure (beta^2 = 0.3)", thresholds[-1],
+                "F-measure vs threshold"),
+        ax_di: ("Threshold t", "Dice / IoU", thresholds[-1], "Dice and IoU vs threshold"),
+    }  # fmt: skip
+    for ax, (xlabel, ylabel, xmax, title) in axes.items():
+        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, xmax), ylim=(0, 1.02), title=f"{benchmark}: {title}")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
