@@ -176,6 +176,43 @@ def test_sam2_unext_builds_adapters_before_blocks_a_one_output_unet_soft_flipped
     assert gap[cv2.INTER_CUBIC] <= 2 and gap[cv2.INTER_LINEAR] > 8
 
 
+def _published_attention(attn, query, context):  # lfsm.py / ccm.py: softmax(Q K^T / sqrt(d)) V, heads concatenated
+    b, n, c = query.shape
+    h = attn.heads
+    w_k, w_v = attn.kv.weight.chunk(2)
+    q, k, v = (
+        t.reshape(b, -1, h, c // h).transpose(1, 2) for t in (query @ attn.q.weight.T, context @ w_k.T, context @ w_v.T)
+    )
+    weights = ((q @ k.transpose(-2, -1)) * (c // h) ** -0.5).softmax(dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(b, n, c)
+
+
+def test_lfsm_and_ccm_attend_on_32x32_average_pooled_grids_as_published() -> None:
+    from models.reference_dinov2 import PooledBlock, PooledCCM
+
+    torch.manual_seed(0)
+    block, ccm = PooledBlock(16, heads=2).eval(), PooledCCM(16, heads=2).eval()
+    x, kv = torch.randn(1, 16, 34, 34), torch.randn(1, 16, 34, 34)
+    up = lambda t: F.interpolate(t, size=(34, 34), mode="bilinear", align_corners=False)  # noqa: E731
+    with torch.no_grad():
+        # lfsm.py's TransformerBlock: x = attn(x) (LayerNorm on the pooled tokens, resized back, + x), then the MLP
+        small = F.adaptive_avg_pool2d(x, (32, 32)).flatten(2).transpose(1, 2)
+        tokens = block.norm1(small)
+        out = block.attn.proj(_published_attention(block.attn, tokens, tokens))
+        y = up(out.transpose(1, 2).reshape(1, 16, 32, 32)) + x
+        flat = y.flatten(2).transpose(1, 2)
+        want = (flat + block.mlp(block.norm2(flat))).transpose(1, 2).reshape(1, 16, 34, 34)
+        torch.testing.assert_close(block(x), want, rtol=1e-4, atol=1e-5)
+        # ccm.py's GatedCrossAttention: both sides pooled, out * sigmoid(gate(out)), proj, resized back, + query
+        q, c = (ccm.norm_q, ccm.norm_kv)
+        q_tok = q(F.adaptive_avg_pool2d(x, (32, 32)).flatten(2).transpose(1, 2))
+        kv_tok = c(F.adaptive_avg_pool2d(kv, (32, 32)).flatten(2).transpose(1, 2))
+        out = _published_attention(ccm.attn, q_tok, kv_tok)
+        out = ccm.attn.proj(out * torch.sigmoid(ccm.gate(out)))
+        want = up(out.transpose(1, 2).reshape(1, 16, 32, 32)) + x
+        torch.testing.assert_close(ccm.cross(x, kv), want, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------ one epoch each, scored by test.py
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
