@@ -9,8 +9,8 @@ its CLS and register tokens and is reshaped to a [B, D, H/p, W/p] map. A pyramid
 then turns the four stride-p maps into strides p/4, p/2, p, 2p; ``simple=True`` keeps them at stride p.
 A hierarchical trunk (a timm DINOv3 ConvNeXt, a SAM2 Hiera: :mod:`encoders.hiera`) gives its four
 native stages instead. With ``input_size`` the encoder sees every image resized to that square
-(bilinear, antialiased unless ``antialias=False``, on the image's device), whatever size it arrives at: two encoders of one
-network each get their own.
+(bilinear, antialiased unless ``antialias=False``, on the image's device), whatever size it arrives
+at: two encoders of one network each get their own.
 
 The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordinates in training
 mode (``pos_embed_rescale``), a pre-training augmentation that only adds noise here, and released
@@ -99,9 +99,8 @@ class PyramidEncoder(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = trunk.depth - trainable_blocks if freeze else 0
-        self._add_pyramid(
-            simple, pyramid, pyramid_sizes
-        )  # before LoRA and adapters: a seed gives the pyramid the same weights
+        # before LoRA and adapters: a seed gives the pyramid the same weights
+        self._add_pyramid(simple, pyramid, pyramid_sizes)
         prepare_trunk(
             trunk,
             freeze=freeze,
@@ -134,9 +133,8 @@ class PyramidEncoder(nn.Module):
         if sizes != "patch" and pyramid == "vitdet":
             raise ValueError(f"pyramid sizes '{sizes}' need the interpolate or projected pyramid, not vitdet")
         p = strides[0]
-        self.pyramid = (
-            PYRAMIDS[pyramid](channels[0], patch=p, sizes=sizes) if sizes != "patch" else PYRAMIDS[pyramid](channels[0])
-        )
+        image_sizes = {} if sizes == "patch" else {"patch": p, "sizes": sizes}
+        self.pyramid = PYRAMIDS[pyramid](channels[0], **image_sizes)
         self.out_channels = self.pyramid.out_channels
         # Patch 14: strides 3.5, 7, 14, 28 (the 4x level of a 28x28 grid is 112x112 at 392 px);
         # "image" sizes: 4, 8, 16, 32 of the image (floored).

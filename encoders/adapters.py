@@ -53,7 +53,26 @@ MIN_HIDDEN = 32  # the bottleneck never narrows below this width
 POSITIONS = ("after", "before")  # the values of adapter.position
 
 
-class BlockAdapter(nn.Module):
+class AdapterHooks:
+    """How an adapter joins its block: :meth:`after_block` (a forward hook) or :meth:`before_block`
+    (a forward pre-hook), each applying the adapter (``self(tokens)``) to the block's tokens."""
+
+    def after_block(self, block: nn.Module, args: tuple, output):
+        """Forward hook: the block's output (a tensor, or a tuple whose first entry is the tokens,
+        as some transformers versions return) with the adapter applied to the tokens."""
+        if isinstance(output, tuple):
+            return (self(output[0]), *output[1:])
+        return self(output)
+
+    def before_block(self, block: nn.Module, args: tuple, kwargs: dict):
+        """Forward pre-hook: the block's input tokens (its first argument, or ``hidden_states``) with
+        the adapter applied."""
+        if args:
+            return (self(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": self(kwargs["hidden_states"])}
+
+
+class BlockAdapter(AdapterHooks, nn.Module):
     """tokens [..., D] (a ViT's [B, N, D], a Hiera's [B, h, w, D]) -> tokens + scale * up(GELU(down(LayerNorm(tokens)))).
 
     Float32 whatever the trunk stores: it computes on a float32 copy of the tokens and returns the
@@ -75,28 +94,14 @@ class BlockAdapter(nn.Module):
         h = x.to(self.scale.dtype)
         return (h + self.scale * self.up(F.gelu(self.down(self.norm(h))))).to(x.dtype)
 
-    def after_block(self, block: nn.Module, args: tuple, output):
-        """Forward hook: the block's output (a tensor, or a tuple whose first entry is the tokens,
-        as some transformers versions return) with the adapter applied to the tokens."""
-        if isinstance(output, tuple):
-            return (self(output[0]), *output[1:])
-        return self(output)
 
-    def before_block(self, block: nn.Module, args: tuple, kwargs: dict):
-        """Forward pre-hook: the block's input tokens (its first argument, or ``hidden_states``) with
-        the adapter applied."""
-        if args:
-            return (self(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": self(kwargs["hidden_states"])}
-
-
-class MLPAdapter(BlockAdapter):
+class MLPAdapter(AdapterHooks, nn.Module):
     """tokens [..., D] -> tokens + GELU(up(GELU(down(tokens)))), ``down`` to ``max(D // reduction, 32)``
     (SAM2-UNeXT's 32), both with bias; weights truncated normal (std 0.02), biases zero. Float32 like
     :class:`BlockAdapter`."""
 
     def __init__(self, dim: int, reduction: int = 4, init_scale: float = 1e-3) -> None:
-        nn.Module.__init__(self)
+        super().__init__()  # init_scale: unused (no scale), the signature of every form
         if reduction < 1:
             raise ValueError(f"adapter reduction {reduction} must be >= 1")
         hidden = max(dim // reduction, MIN_HIDDEN)

@@ -170,7 +170,7 @@ def test_sam2_unext_builds_adapters_before_blocks_a_one_output_unet_soft_flipped
     )
     # OpenCV's bicubic resize, up to the warp's fixed-point coordinates (1/32 px), far from a bilinear one
     gap = {
-        f: (resized[0] * 255 - cv2.resize(mask, (64, 64), interpolation=f)).abs().max()
+        f: (resized[0] * 255 - torch.from_numpy(cv2.resize(mask, (64, 64), interpolation=f)).float()).abs().max()
         for f in (cv2.INTER_CUBIC, cv2.INTER_LINEAR)
     }
     assert gap[cv2.INTER_CUBIC] <= 2 and gap[cv2.INTER_LINEAR] > 8
