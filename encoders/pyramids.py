@@ -50,9 +50,9 @@ def pyramid_sizes(h: int, w: int) -> list[tuple[int, int]]:
 
 def image_pyramid_sizes(h: int, w: int, patch: int) -> list[tuple[int, int]]:
     """Sizes of the four levels at strides 4, 8, 16, 32 of the H x W = ``patch`` h x ``patch`` w image
-    (floored: 129 / 64 / 32 / 16 at 518 px), whatever the patch size."""
+    (floored: 129 / 64 / 32 / 16 at 518 px), whatever the patch size; at least 1 (below 32 px)."""
     H, W = h * patch, w * patch
-    return [(H // s, W // s) for s in (4, 8, 16, 32)]
+    return [(max(H // s, 1), max(W // s, 1)) for s in (4, 8, 16, 32)]
 
 
 SIZES = ("patch", "image")  # the values of model.encoder.pyramid_sizes
