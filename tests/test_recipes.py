@@ -219,7 +219,7 @@ def data(tmp_path_factory):
     from scripts.make_synthetic_cod import generate
 
     root = tmp_path_factory.mktemp("synth")
-    generate(root, n_train=2, n_test=2, size=32, seed=0)
+    generate(root, n_train=2, n_test=1, size=32, seed=0)
     return root
 
 
@@ -245,7 +245,7 @@ def test_recipe_trains_one_epoch_and_test_py_scores_it(tmp_path, trunks, data, c
     assert run_train(["--config", path, *args, *common]) == 0
     assert cli.main(["--ckpt", str(run / ckpt), "--workers", "1", "--no-report", "train.amp=off"]) == 0
     maps = sorted((run / "test" / ckpt.removesuffix(".pth") / "preds").rglob("*.png"))
-    assert len(maps) == 2
+    assert len(maps) == 1
     values = np.unique(np.concatenate([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).ravel() for p in maps]))
     if recipe == "ours2":  # eval.binarize: 0.5, written and scored as 0 / 255
         assert set(values.tolist()) <= {0, 255}
