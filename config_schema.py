@@ -246,8 +246,8 @@ class DataConfig:
     # Keep the masks' grey levels (/ 255, interpolated) as training and validation targets, as the
     # published E2Net did; false: binarised at 127 after resizing. Scores always binarise the masks on disk.
     soft_masks: bool = False
-    # How masks are resampled: bilinear, like the image; bicubic (OpenCV's, saturated to 0..255), as
-    # SAM2-UNeXT's PIL resize of its soft masks.
+    # How masks are resampled: bilinear, like the image; bicubic (OpenCV's, saturated to 0..255), for
+    # SAM2-UNeXT's bicubic resize of its soft masks (PIL's, whose kernel differs: configs/sam2_unext.yaml).
     mask_interpolation: MaskInterpolation = MaskInterpolation.bilinear
     # Decode large JPEGs at 1/2, 1/4 or 1/8 size (in the DCT, several times faster) when the transform
     # needs no more pixels; false: full size, then the bilinear resize alone, as the published E2Net.
