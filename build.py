@@ -24,6 +24,8 @@ from models.init import published_init_
 from models.linear import LinearDecoder
 from models.losses import CODLoss
 from models.reference import E2NetRefDecoder
+from models.reference_dinov2 import E2NetDinov2Decoder
+from models.unet import UNetDecoder
 
 _passed: str | None = None  # _content() of the last config check_config passed
 
@@ -83,8 +85,11 @@ def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
             blocks=e.adapter.blocks if isinstance(e.adapter.blocks, str) else tuple(e.adapter.blocks),
             reduction=e.adapter.reduction,
             init_scale=e.adapter.init_scale,
+            position=str(e.adapter.position),
+            form=str(e.adapter.form),
         ),
         pyramid=str(e.pyramid),
+        pyramid_sizes=str(e.pyramid_sizes),
         tap_norm=e.tap_norm,
         channel_order=str(e.channel_order),
         # the config's 0..255 statistics on the [0, 1] scale of the model's input
@@ -92,6 +97,7 @@ def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
         std=[v / 255 for v in e.pixel_std] or None,
         drop_border=e.drop_border,
         input_size=e.image_size or None,
+        antialias=e.antialias,
     )
 
 
@@ -122,6 +128,9 @@ def build_model(cfg: DictConfig) -> E2Net:
         if m.init == Init.published:
             published_init_([decoder])
         return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
+    if m.decoder == Decoder.unet:  # SAM2-UNeXT's: the fused levels straight into the U-Net
+        decoder = UNetDecoder(m.channels, levels, norm=norm)
+        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
     caem = CAEM(
         encoder.out_channels,
         out_channels=m.channels,
@@ -130,11 +139,15 @@ def build_model(cfg: DictConfig) -> E2Net:
         align=str(m.caem_align),
         reduce_norm=m.caem_reduce_norm,
         se_bias=m.caem_se_bias,
+        se=str(m.caem_se),
+        out_conv=m.caem_out_conv,
     )
     keep_conv_bias = []
     if m.decoder == Decoder.e2net_ref:
         decoder = E2NetRefDecoder(m.channels, levels, heads=m.context_heads, norm=norm, coarse_sigmoid=m.coarse_sigmoid)
         keep_conv_bias = [decoder.lfsm, decoder.cfzm]  # the published initialize() never reset these
+    elif m.decoder == Decoder.e2net_dinov2:
+        decoder = E2NetDinov2Decoder(m.channels, heads=m.context_heads, norm=norm)
     else:
         decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=norm)
     if m.init == Init.published:
@@ -149,6 +162,7 @@ def build_loss(cfg: DictConfig) -> CODLoss:
         weights={t: lo[t] for t in LossTerm},
         side=lo.side,
         weighted=lo.weighted,
+        bce_weighted=lo.bce_weighted,
         pooled=lo.pooled,
         coarse_terms=[str(t) for t in lo.coarse_terms],
         coarse=lo.coarse,

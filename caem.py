@@ -14,6 +14,10 @@ two that carry no more information than their low-resolution sources, multiplies
 every later stage on them (16x for the stride-16 level) and leaves no low-resolution level for
 the coarse search (``models.heads`` resizes a level only where it is fused into another one).
 The reference's trained recipe used four stride-16 maps (``simple``), where both are the same.
+
+E2Net-DINOv2's CAEM is the same top-down path arranged differently: squeeze-excitation inside each
+fusion (``se="fusions"``: the fused map is re-weighted before the next level reads it, and the deepest
+level is never re-weighted), then a 3x3 conv-norm-ReLU on every aligned level (``out_conv``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 from models.blocks import conv_norm_act, resize_to, squeeze_excite
 
 ALIGNS = ("own", "finest")  # the values of model.caem_align
+SE_PLACES = ("outputs", "fusions")  # the values of model.caem_se
 
 
 class CAEM(nn.Module):
@@ -42,6 +47,9 @@ class CAEM(nn.Module):
         reduce_norm: norm + ReLU after the 1x1 reductions; False gives a plain 1x1 conv with bias
             (the reference).
         se_bias: biases in the squeeze-excitation layers (the published E2Net's have none).
+        se: ``"outputs"`` (squeeze-excitation on every output) or ``"fusions"`` (inside each fusion, after
+            its conv; the deepest level gets none).
+        out_conv: a 3x3 conv-norm-ReLU on every output, after the alignment (before ``"outputs"`` SE).
 
     ``forward(feats)``: list of ``num_levels`` maps [B, C_i, H_i, W_i], finest first (any
     strides, e.g. 4/8/16/32 or all 16) -> list of ``num_levels`` maps [B, out_channels, H_i, W_i]
@@ -58,6 +66,8 @@ class CAEM(nn.Module):
         align: str = "own",
         reduce_norm: bool = True,
         se_bias: bool = True,
+        se: str = "outputs",
+        out_conv: bool = False,
     ) -> None:
         super().__init__()
         widths = [in_channels] * num_levels if isinstance(in_channels, int) else list(in_channels)
@@ -65,12 +75,24 @@ class CAEM(nn.Module):
             raise ValueError(f"CAEM got {len(widths)} input widths {widths} for {num_levels} levels")
         if align not in ALIGNS:
             raise ValueError(f"CAEM align '{align}' is not one of {', '.join(ALIGNS)}")
+        if se not in SE_PLACES:
+            raise ValueError(f"CAEM se '{se}' is not one of {', '.join(SE_PLACES)}")
         self.num_levels, self.align = num_levels, str(align)
         self.reduce = nn.ModuleList(
             conv_norm_act(c, out_channels, 1, norm) if reduce_norm else nn.Conv2d(c, out_channels, 1) for c in widths
         )
-        self.fuse = nn.ModuleList(conv_norm_act(2 * out_channels, out_channels, 3, norm) for _ in widths[:-1])
-        self.attend = nn.ModuleList(squeeze_excite(out_channels, bias=se_bias) for _ in widths)
+
+        def fusion() -> nn.Module:
+            conv = conv_norm_act(2 * out_channels, out_channels, 3, norm)
+            return nn.Sequential(conv, squeeze_excite(out_channels, bias=se_bias)) if se == "fusions" else conv
+
+        self.fuse = nn.ModuleList(fusion() for _ in widths[:-1])
+        self.out = (
+            nn.ModuleList(conv_norm_act(out_channels, out_channels, 3, norm) for _ in widths) if out_conv else None
+        )
+        self.attend = (
+            nn.ModuleList(squeeze_excite(out_channels, bias=se_bias) for _ in widths) if se == "outputs" else None
+        )
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         if len(feats) != self.num_levels:
@@ -82,4 +104,8 @@ class CAEM(nn.Module):
             fused.insert(0, self.fuse[i](torch.cat((reduced[i], deeper), dim=1)))
         if self.align == "finest":
             fused = [resize_to(g, fused[0]) for g in fused]
-        return [se(g) for se, g in zip(self.attend, fused)]
+        if self.out is not None:
+            fused = [conv(g) for conv, g in zip(self.out, fused)]
+        if self.attend is not None:
+            fused = [se(g) for se, g in zip(self.attend, fused)]
+        return fused

@@ -24,11 +24,14 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from config_schema import (  # noqa: F401
     WEIGHT,
     AdapterConfig,
+    AdapterForm,
+    AdapterPosition,
     Amp,
     AugmentOn,
     Backend,
     BestMetric,
     CaemAlign,
+    CaemSE,
     ChannelOrder,
     Config,
     DataConfig,
@@ -40,9 +43,11 @@ from config_schema import (  # noqa: F401
     LoRAConfig,
     LossConfig,
     LossTerm,
+    MaskInterpolation,
     ModelConfig,
     Norm,
     Pyramid,
+    PyramidSizes,
     Range,
     Scheduler,
     SecondEncoderConfig,
@@ -111,7 +116,7 @@ def _check_values(node: DictConfig, prefix: str = "") -> None:
         for v in value if OmegaConf.is_list(value) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"config key '{key}': {v} is not a finite number")
-            if (bounds := f.metadata.get("range")) and v not in bounds:
+            if (bounds := f.metadata.get("range")) and v is not None and v not in bounds:
                 raise ConfigError(f"config key '{key}': {v} is out of range (must be in {bounds})")
             if isinstance(v, str) and (bad := re.search(r"[\x00-\x1f\x7f]", v)):
                 raise ConfigError(f"config key '{key}': contains the control character {bad.group()!r}; remove it")

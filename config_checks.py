@@ -12,7 +12,19 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from config import AugmentOn, BestMetric, CaemAlign, ConfigError, Decoder, Fusion, LossTerm, Pyramid, Scheduler
+from config import (
+    AugmentOn,
+    BestMetric,
+    CaemAlign,
+    ConfigError,
+    Decoder,
+    Fusion,
+    LossTerm,
+    MaskInterpolation,
+    Pyramid,
+    PyramidSizes,
+    Scheduler,
+)
 from encoders.rules import SettingError, check_taps, check_training
 from models.losses import NO_TERM, weighted_terms
 
@@ -39,6 +51,8 @@ def _encoder_rules(which: str) -> list[tuple[str, Callable[[DictConfig], bool], 
          "give a list of 0-based block indices (e.g. [0, 1, 2]), 'all', or [] for no adapters"),
         (f"{k}.pyramid", lambda c: not e(c).simple or e(c).pyramid == Pyramid.vitdet,
          f"has no effect with {k}.simple=true (all levels at stride p): set simple=false or leave it at vitdet"),
+        (f"{k}.pyramid_sizes", lambda c: e(c).pyramid_sizes == PyramidSizes.patch or e(c).pyramid != Pyramid.vitdet,
+         f"image-stride sizes resize every level: set {k}.pyramid to projected or interpolate"),
         (f"{k}.pixel_mean", lambda c: len(e(c).pixel_mean) == len(e(c).pixel_std) and len(e(c).pixel_std) in (0, 3),
          f"give three values, and three for {k}.pixel_std (or leave both empty for the checkpoint's own)"),
     ]  # fmt: skip
@@ -72,12 +86,16 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "e2net wires exactly 4 levels (strides 4/8/16/32): model.encoder.layers must give four"),
     ("model.decoder", lambda c: c.model.decoder != Decoder.e2net_ref or _levels(c) >= 2,
      "e2net_ref needs at least 2 levels (the finest as CCM query, the deepest for LFSM)"),
-    ("model.caem_align", lambda c: c.model.decoder != Decoder.linear or c.model.caem_align == CaemAlign.own,
-     "applies to the decoders with a CAEM (model.decoder=e2net or e2net_ref), not linear"),
+    ("model.decoder", lambda c: c.model.decoder != Decoder.e2net_dinov2 or _levels(c) == 4,
+     "e2net_dinov2 wires exactly 4 levels: model.encoder.layers must give four"),
+    ("model.decoder", lambda c: c.model.decoder != Decoder.unet or _levels(c) >= 2,
+     "unet needs at least 2 levels: model.encoder.layers must give two or more"),
+    ("model.caem_align", lambda c: c.model.decoder not in (Decoder.linear, Decoder.unet) or c.model.caem_align == CaemAlign.own,
+     "applies to the decoders with a CAEM (model.decoder=e2net, e2net_ref or e2net_dinov2), not linear or unet"),
     ("loss", lambda c: weighted_terms({t: c.loss[t] for t in LossTerm}), NO_TERM),
     ("loss.coarse_terms", lambda c: len(set(c.loss.coarse_terms)) == len(c.loss.coarse_terms), "lists a term twice"),
-    ("loss.coarse_terms", lambda c: not c.loss.coarse_terms or c.model.decoder != Decoder.linear,
-     "model.decoder=linear has no coarse map: leave loss.coarse_terms empty"),
+    ("loss.coarse_terms", lambda c: not c.loss.coarse_terms or c.model.decoder not in (Decoder.linear, Decoder.unet),
+     "model.decoder=linear or unet has no coarse map: leave loss.coarse_terms empty"),
     ("data.scale", lambda c: len(c.data.scale) == 2 and c.data.scale[0] <= c.data.scale[1],
      "must be [min, max] with min <= max"),
     ("data.train", lambda c: len(c.data.train) > 0, "list at least one training folder (relative to data.root)"),
@@ -100,6 +118,9 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
     ("data.augment_on", lambda c: c.data.augment_on != AugmentOn.device or not c.data.soft_masks and c.data.reduced_decode,
      "the device path decodes each image once, area-resized and binarised: set data.augment_on=workers "
      "for data.soft_masks=true or data.reduced_decode=false"),
+    ("data.augment_on",
+     lambda c: c.data.augment_on != AugmentOn.device or c.data.mask_interpolation == MaskInterpolation.bilinear,
+     "the device path resamples masks bilinearly: set data.augment_on=workers for data.mask_interpolation=bicubic"),
     ("data.cache", lambda c: not c.data.cache or not c.data.soft_masks and c.data.reduced_decode,
      "the cache stores pre-resized images and 1-bit masks: set data.cache=false "
      "for data.soft_masks=true or data.reduced_decode=false"),

@@ -21,9 +21,14 @@ Backend = StrEnum("Backend", ["hf", "timm"])
 WeightsDtype = StrEnum("WeightsDtype", ["auto", "float32", "bfloat16"])
 Norm = StrEnum("Norm", ["gn", "bn"])
 Amp = StrEnum("Amp", ["auto", "bf16", "fp16", "off"])
-Decoder = StrEnum("Decoder", ["e2net", "e2net_ref", "linear"])
+Decoder = StrEnum("Decoder", ["e2net", "e2net_ref", "e2net_dinov2", "unet", "linear"])
 CaemAlign = StrEnum("CaemAlign", ["own", "finest"])
+CaemSE = StrEnum("CaemSE", ["outputs", "fusions"])
 Pyramid = StrEnum("Pyramid", ["vitdet", "interpolate", "projected"])
+PyramidSizes = StrEnum("PyramidSizes", ["patch", "image"])
+AdapterPosition = StrEnum("AdapterPosition", ["after", "before"])
+AdapterForm = StrEnum("AdapterForm", ["bottleneck", "mlp"])
+MaskInterpolation = StrEnum("MaskInterpolation", ["bilinear", "bicubic"])
 Fusion = StrEnum("Fusion", ["concat", "levels"])
 Scheduler = StrEnum("Scheduler", ["cosine", "cosine_epoch", "plateau"])
 LossTerm = StrEnum("LossTerm", ["bce", "iou", "dice", "edge", "sobel"])
@@ -90,6 +95,13 @@ class AdapterConfig:
     reduction: int = within(4, 1, 4096)  # bottleneck width = max(width // reduction, 32)
     # Starting value of the learned scale s (0 would never learn).
     init_scale: float = within(1e-3, 0, 100, open_low=True)
+    # after: the adapter reads the block's output and the sum goes on (E2Net-DINOv2's); before: it
+    # reads the block's input and the block reads input + adapter(input) (SAM2-UNeXT's).
+    position: AdapterPosition = AdapterPosition.after
+    # bottleneck: the form above (LayerNorm, no biases, up at zero, learned scale s); mlp: SAM2-UNeXT's
+    # Linear(bias) -> GELU -> Linear(bias) -> GELU, truncated-normal (std 0.02) weights, zero biases, no
+    # scale (init_scale unused).
+    form: AdapterForm = AdapterForm.bottleneck
 
 
 @dataclass
@@ -109,6 +121,10 @@ class EncoderConfig:
     # projected = per level Linear -> LayerNorm -> GELU to widths D/4, D/2, D, D, then bilinear resizes
     # (E2Net-DINOv2's).
     pyramid: Pyramid = Pyramid.vitdet
+    # Sizes of those levels: patch = 4x, 2x, 1x and 1/2 of the patch grid (148 / 74 / 37 / 19 at 518 px
+    # with p = 14); image = H/4, H/8, H/16, H/32 of the image (129 / 64 / 32 / 16), every level a
+    # bilinear resize of its map, as E2Net-DINOv2's pyramid (interpolate and projected only).
+    pyramid_sizes: PyramidSizes = PyramidSizes.patch
     # Storage of the frozen trunk weights; auto = bfloat16 under bf16 autocast, else float32.
     weights_dtype: WeightsDtype = WeightsDtype.auto
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -132,6 +148,7 @@ class EncoderConfig:
     # Side of the square image this encoder sees: the loaded image is resized to it on the device
     # (bilinear, antialiased); 0 = the image as loaded (data.image_size).
     image_size: int = within(0, 0, 8192)
+    antialias: bool = True  # false: that resize without antialiasing (SAM2-UNeXT's F.interpolate of DINOv2's input)
 
 
 @dataclass
@@ -153,11 +170,18 @@ class ModelConfig:
     # levels = its level i into level i.
     fusion: Fusion = Fusion.concat
     # e2net: ours (search -> focus -> refine at each level's own stride, deep supervision); e2net_ref: the
-    # published E2Net (LFSM -> CFZM -> CCM); linear: the DINOv3 linear-probe baseline.
+    # published E2Net (LFSM -> CFZM -> CCM); e2net_dinov2: E2Net-DINOv2's LFSM -> CFZM -> CCM (attention on
+    # 32x32 average-pooled grids, maps resized as probabilities; models/reference_dinov2.py); unet:
+    # SAM2-UNeXT's U-Net of double 3x3 conv-norm-ReLU blocks, one output, no CAEM; linear: the DINOv3
+    # linear-probe baseline.
     decoder: Decoder = Decoder.e2net
     channels: int = within(128, 8, 4096)  # CAEM / decoder width, a multiple of 8
     caem_align: CaemAlign = CaemAlign.own  # own: each output at its level's stride; finest: all at the finest
     caem_reduce_norm: bool = True  # norm + ReLU after CAEM's 1x1 reductions (false: a plain conv, the reference)
+    # Where CAEM's squeeze-excitation sits: outputs = on every output level (E2Net's); fusions = inside each
+    # top-down fusion, so the deepest level has none (E2Net-DINOv2's).
+    caem_se: CaemSE = CaemSE.outputs
+    caem_out_conv: bool = False  # a 3x3 conv-norm-ReLU on every output level, after the alignment (E2Net-DINOv2's)
     norm: Norm = Norm.gn  # gn: GroupNorm, independent of the per-GPU batch size; bn: BatchNorm
     context_heads: int = within(4, 1, 256)  # heads of the decoder's attention; divides channels
     channels_last: bool = False
@@ -180,6 +204,9 @@ class LossConfig:
     sobel: float = within(0.0, *WEIGHT)  # BCE between Sobel edge maps of prediction and mask (the reference's)
     side: float = within(0.5, *WEIGHT)  # weight of each side output (deep supervision) relative to the final map
     weighted: bool = True  # SINet-V2 boundary weighting of bce and iou (up to 6x near the boundary)
+    # false: BCE stays the plain mean even when `weighted`, as the widely copied structure loss computes it
+    # (its reduce='none' is PyTorch's legacy flag: the BCE is averaged before the weight is applied).
+    bce_weighted: bool = True
     pooled: bool = False  # dice and iou summed over the whole batch (the reference) instead of per image
     # Terms of the coarse map (the first output), each weighted `coarse`; empty = the coarse map is
     # one more side output with the final map's terms.
@@ -207,6 +234,7 @@ class DataConfig:
     multi_scale: list[int] = within([], 32, 8192)  # e.g. [320, 384, 448], one per batch
     strict: bool = False  # bad files fail at start-up instead of being skipped
     hflip: float = within(0.5, 0, 1)  # probability
+    vflip: float = within(0.0, 0, 1)  # probability of a vertical flip (SAM2-UNeXT's: 0.5)
     rotate: float = within(10.0, 0, 180)  # degrees
     scale: list[float] = within([0.75, 1.0], 0, 1, open_low=True)  # [min, max] random crop area
     color_jitter: float = within(0.2, 0, 1, open_high=True)  # brightness/contrast/saturation factors 1 +- it
@@ -218,6 +246,9 @@ class DataConfig:
     # Keep the masks' grey levels (/ 255, interpolated) as training and validation targets, as the
     # published E2Net did; false: binarised at 127 after resizing. Scores always binarise the masks on disk.
     soft_masks: bool = False
+    # How masks are resampled: bilinear, like the image; bicubic (OpenCV's, saturated to 0..255), for
+    # SAM2-UNeXT's bicubic resize of its soft masks (PIL's, whose kernel differs: configs/sam2_unext.yaml).
+    mask_interpolation: MaskInterpolation = MaskInterpolation.bilinear
     # Decode large JPEGs at 1/2, 1/4 or 1/8 size (in the DCT, several times faster) when the transform
     # needs no more pixels; false: full size, then the bilinear resize alone, as the published E2Net.
     reduced_decode: bool = True
@@ -294,6 +325,9 @@ class EvalConfig:
     # sigmoid (the published test path); false: probabilities at the input size, resized after. No TTA.
     resize_logits: bool = False
     floor_maps: bool = False  # 8-bit maps by truncating 255 p (the published astype(uint8)); false: rounding
+    # A threshold: every final map is binarised (p > binarize -> 255, else 0) before it is written and
+    # scored, in validation and test.py (E2Net-DINOv2's test script at 0.5); null = probabilities.
+    binarize: float | None = within(None, 0, 1, open_low=True, open_high=True)
     tta: TTAConfig = field(default_factory=TTAConfig)  # test.py only; validation never uses it
 
 

@@ -9,8 +9,8 @@ its CLS and register tokens and is reshaped to a [B, D, H/p, W/p] map. A pyramid
 then turns the four stride-p maps into strides p/4, p/2, p, 2p; ``simple=True`` keeps them at stride p.
 A hierarchical trunk (a timm DINOv3 ConvNeXt, a SAM2 Hiera: :mod:`encoders.hiera`) gives its four
 native stages instead. With ``input_size`` the encoder sees every image resized to that square
-(bilinear, antialiased, on the image's device), whatever size it arrives at: two encoders of one
-network each get their own.
+(bilinear, antialiased unless ``antialias=False``, on the image's device), whatever size it arrives
+at: two encoders of one network each get their own.
 
 The trunk always runs in eval mode: DINOv3's RoPE randomly rescales patch coordinates in training
 mode (``pos_embed_rescale``), a pre-training augmentation that only adds noise here, and released
@@ -72,10 +72,12 @@ class PyramidEncoder(nn.Module):
         lora: LoRA | None = None,
         adapters: Adapters | None = None,
         pyramid: str = "vitdet",
+        pyramid_sizes: str = "patch",
         tap_norm: bool = True,
         channel_order: str = "rgb",
         drop_border: bool = False,
         input_size: int | None = None,
+        antialias: bool = True,
     ):
         super().__init__()
         self.trunk = trunk
@@ -91,12 +93,14 @@ class PyramidEncoder(nn.Module):
         if channel_order not in ("rgb", "bgr"):
             raise ValueError(f"channel_order '{channel_order}' is not rgb or bgr")
         self.input_size, self.tap_norm, self.drop_border = input_size, tap_norm, drop_border
+        self.antialias = antialias
         self.bgr = channel_order == "bgr"
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size, self.embed_dim, self.num_registers = trunk.patch_size, trunk.embed_dim, trunk.num_registers
         self.frozen_blocks = trunk.depth - trainable_blocks if freeze else 0
-        self._add_pyramid(simple, pyramid)  # before LoRA and adapters: a seed gives the pyramid the same weights
+        # before LoRA and adapters: a seed gives the pyramid the same weights
+        self._add_pyramid(simple, pyramid, pyramid_sizes)
         prepare_trunk(
             trunk,
             freeze=freeze,
@@ -111,7 +115,7 @@ class PyramidEncoder(nn.Module):
         self._trunk_trains = any(p.requires_grad for p in trunk.parameters())
         trunk.eval()
 
-    def _add_pyramid(self, simple: bool, pyramid: str) -> None:
+    def _add_pyramid(self, simple: bool, pyramid: str, sizes: str = "patch") -> None:
         """Set ``out_channels``, ``strides`` and ``pyramid`` (None: a hierarchical trunk's stages, or ``simple``)."""
         trunk = self.trunk
         if pyramid not in PYRAMIDS:
@@ -126,11 +130,16 @@ class PyramidEncoder(nn.Module):
         if trunk.pyramid_taps or simple:  # a ConvNeXt's or a Hiera's stages already form the pyramid
             self.out_channels, self.strides = channels, strides
             return
-        self.pyramid = PYRAMIDS[pyramid](channels[0])
-        # Patch 14: strides 3.5, 7, 14, 28 (the 4x level of a 28x28 grid is 112x112 at 392 px).
+        if sizes != "patch" and pyramid == "vitdet":
+            raise ValueError(f"pyramid sizes '{sizes}' need the interpolate or projected pyramid, not vitdet")
         p = strides[0]
+        image_sizes = {} if sizes == "patch" else {"patch": p, "sizes": sizes}
+        self.pyramid = PYRAMIDS[pyramid](channels[0], **image_sizes)
         self.out_channels = self.pyramid.out_channels
-        self.strides = [int(s) if s % 1 == 0 else s for s in (p / 4, p / 2, p, 2 * p)]
+        # Patch 14: strides 3.5, 7, 14, 28 (the 4x level of a 28x28 grid is 112x112 at 392 px);
+        # "image" sizes: 4, 8, 16, 32 of the image (floored).
+        patch_strides = [int(s) if s % 1 == 0 else s for s in (p / 4, p / 2, p, 2 * p)]
+        self.strides = [4, 8, 16, 32] if sizes == "image" else patch_strides
 
     def lora_parameters(self) -> list[nn.Parameter]:
         """The LoRA adapters' weights (empty without LoRA)."""
@@ -156,7 +165,7 @@ class PyramidEncoder(nn.Module):
             raise ValueError(f"expected images [B, 3, H, W], got shape {list(x.shape)}")
         s = self.input_size
         if s is not None:  # always, even at that size already (an exact copy): see models.fusion
-            x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=self.antialias)
         H, W = x.shape[-2:]
         p = self.patch_size
         if self.drop_border:
@@ -213,12 +222,14 @@ def build_dinov3_encoder(
     lora: LoRA | None = None,
     adapters: Adapters | None = None,
     pyramid: str = "vitdet",
+    pyramid_sizes: str = "patch",
     tap_norm: bool = True,
     channel_order: str = "rgb",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     drop_border: bool = False,
     input_size: int | None = None,
+    antialias: bool = True,
 ) -> PyramidEncoder:
     """Load a trunk of any supported family and wrap it in a :class:`PyramidEncoder`, which takes every
     argument but the trunk's source (``model_name``, ``pretrained_path``, ``backend``, ``timm_kwargs``).

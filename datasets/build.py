@@ -124,6 +124,8 @@ def train_transform(d) -> TrainTransform:
         side_crop=float(d.side_crop),
         soft_masks=bool(d.soft_masks),
         reduced_decode=bool(d.reduced_decode),
+        vflip=float(d.vflip),
+        mask_interpolation=str(d.mask_interpolation),
     )
 
 
@@ -131,7 +133,11 @@ def _test_dataset(samples: list[Sample], cfg, name: str, transform=None) -> CODD
     """Evaluation samples, resized (or through ``transform``, e.g. the training augmentation)."""
     d = cfg.data
     if transform is None:
-        transform = TestTransform(soft_masks=bool(d.soft_masks), reduced_decode=bool(d.reduced_decode))
+        transform = TestTransform(
+            soft_masks=bool(d.soft_masks),
+            reduced_decode=bool(d.reduced_decode),
+            mask_interpolation=str(d.mask_interpolation),
+        )
     return CODDataset(samples, transform, int(d.image_size), max_pixels=int(d.max_pixels), on_error="blank", name=name)
 
 

@@ -5,7 +5,9 @@ matrix and applied by one ``cv2.warpAffine`` per array, then colour jitter on th
 Masks are interpolated bilinearly like the image and thresholded at 50%, so their edge sits where
 the image's edge does (nearest neighbour is up to half a pixel off, and not mirror-symmetric);
 ``soft_masks`` keeps the interpolated grey levels instead, as the published E2Net trained.
-Test: resize only. Outputs are float tensors in [0, 1]; normalisation belongs to the model.
+``mask_interpolation="bicubic"`` resamples masks bicubically (saturated to 0..255), as SAM2-UNeXT's
+PIL resize of its soft masks. Test: resize only. Outputs are float tensors in [0, 1]; normalisation
+belongs to the model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 import cv2
 import numpy as np
 import torch
+
+MASK_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}  # data.mask_interpolation
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray, soft_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +81,12 @@ def box_matrix(box: tuple[float, ...], size: int, angle_deg: float, flip: bool) 
     return np.hstack([a, (centre_dst - a @ centre_src)[:, None]]).astype(np.float32)
 
 
+def upside_down(m: np.ndarray, size: int) -> np.ndarray:
+    """The 2x3 warp ``m`` followed by a vertical flip of its ``size`` x ``size`` output."""
+    flip = np.array([[1, 0, 0], [0, -1, size - 1]], np.float32)
+    return flip @ np.vstack([m, np.array([0, 0, 1], np.float32)])
+
+
 def color_jitter(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """Brightness, contrast and saturation ``factors`` (b, c, s); uint8 RGB in and out."""
     b, c, s = (float(f) for f in factors)
@@ -90,6 +100,7 @@ def color_jitter(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 class TrainTransform:
     """Random flip + scale-crop + rotation (one warp), colour jitter; see :func:`affine_matrix`.
+    ``vflip``: the probability of an upside-down flip, drawn after the rest (:func:`upside_down`).
 
     ``side_crop`` > 0 replaces the aspect-keeping area crop of ``scale`` by the published E2Net's
     crop: per axis, a total cut of less than that fraction of the side, split at random between its
@@ -106,9 +117,12 @@ class TrainTransform:
         side_crop: float = 0.0,
         soft_masks: bool = False,
         reduced_decode: bool = True,
+        vflip: float = 0.0,
+        mask_interpolation: str = "bilinear",
     ) -> None:
         self.hflip, self.rotate, self.scale, self.jitter = hflip, rotate, tuple(scale), color_jitter
         self.side_crop, self.soft_masks, self.reduced_decode = side_crop, soft_masks, reduced_decode
+        self.vflip, self.mask_flag = vflip, MASK_INTERPOLATION[mask_interpolation]
 
     def needed_side(self, size: int) -> float:
         """Short side the decoded image must keep so that the smallest crop is not upsampled
@@ -138,6 +152,8 @@ class TrainTransform:
                 angle_deg=rng.uniform(-self.rotate, self.rotate),
                 flip=bool(rng.random() < self.hflip),
             )
+        if self.vflip > 0 and rng.random() < self.vflip:  # drawn last: without it, the draws stay as they were
+            m = upside_down(m, size)
         factors = 1.0 + rng.uniform(-self.jitter, self.jitter, size=3) if self.jitter > 0 else None
         return m, factors
 
@@ -150,7 +166,7 @@ class TrainTransform:
         # replicated borders: no dark rim when upsampling small images, and rotated corners are
         # smeared edge pixels rather than black wedges (reflection costs 1.4x more here)
         image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        mask = cv2.warpAffine(mask, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mask = cv2.warpAffine(mask, m, (size, size), flags=self.mask_flag, borderMode=cv2.BORDER_REPLICATE)
         if factors is not None:
             image = color_jitter(image, factors)
         return to_tensors(image, mask, self.soft_masks)
@@ -160,8 +176,11 @@ class TestTransform:
     """Resize to ``size`` x ``size`` (bilinear, as in training; the mask is thresholded after,
     unless ``soft_masks``); ``reduced_decode``: see :class:`TrainTransform`."""
 
-    def __init__(self, soft_masks: bool = False, reduced_decode: bool = True) -> None:
+    def __init__(
+        self, soft_masks: bool = False, reduced_decode: bool = True, mask_interpolation: str = "bilinear"
+    ) -> None:
         self.soft_masks, self.reduced_decode = soft_masks, reduced_decode
+        self.mask_flag = MASK_INTERPOLATION[mask_interpolation]
 
     def needed_side(self, size: int) -> float:
         return float(size) if self.reduced_decode else 0.0
@@ -170,7 +189,7 @@ class TestTransform:
         self, image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (size, size), interpolation=self.mask_flag)
         return to_tensors(image, mask, self.soft_masks)
 
     def image(self, image: np.ndarray, size: int) -> torch.Tensor:

@@ -16,6 +16,11 @@ hidden state is the adapted one even when transformers installed its hooks earli
 keep their names, so state-dict keys, LoRA targets and the library's own forward stay as they were.
 The adapters themselves live in ``trunk.adapters`` (a ``ModuleDict`` keyed by block index), so
 their parameter names hold ``.adapters.``, which the optimizer groups and checkpoints key on.
+
+SAM2-UNeXT's adapters (``position="before"``, ``form="mlp"``) sit in front of each block instead: a
+forward pre-hook hands the block ``x + GELU(up(GELU(down(x))))`` of its input x, at the block's input
+width (a Hiera stage's first block reads the previous stage's), both layers with bias, weights
+truncated-normal (std 0.02), biases zero, no scale: the trunk is perturbed from the first step.
 """
 
 from __future__ import annotations
@@ -39,13 +44,35 @@ class Adapters:
     blocks: tuple[int, ...] | str = ()
     reduction: int = 4
     init_scale: float = 1e-3
+    position: str = "after"  # after: on the block's output; before: on its input
+    form: str = "bottleneck"  # bottleneck (BlockAdapter) or mlp (MLPAdapter)
 
 
 ADAPTERS_ATTR = "adapters"  # trunk.adapters; its parameters are named "...adapters.<block>...."
 MIN_HIDDEN = 32  # the bottleneck never narrows below this width
+POSITIONS = ("after", "before")  # the values of adapter.position
 
 
-class BlockAdapter(nn.Module):
+class AdapterHooks:
+    """How an adapter joins its block: :meth:`after_block` (a forward hook) or :meth:`before_block`
+    (a forward pre-hook), each applying the adapter (``self(tokens)``) to the block's tokens."""
+
+    def after_block(self, block: nn.Module, args: tuple, output):
+        """Forward hook: the block's output (a tensor, or a tuple whose first entry is the tokens,
+        as some transformers versions return) with the adapter applied to the tokens."""
+        if isinstance(output, tuple):
+            return (self(output[0]), *output[1:])
+        return self(output)
+
+    def before_block(self, block: nn.Module, args: tuple, kwargs: dict):
+        """Forward pre-hook: the block's input tokens (its first argument, or ``hidden_states``) with
+        the adapter applied."""
+        if args:
+            return (self(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": self(kwargs["hidden_states"])}
+
+
+class BlockAdapter(AdapterHooks, nn.Module):
     """tokens [..., D] (a ViT's [B, N, D], a Hiera's [B, h, w, D]) -> tokens + scale * up(GELU(down(LayerNorm(tokens)))).
 
     Float32 whatever the trunk stores: it computes on a float32 copy of the tokens and returns the
@@ -67,12 +94,29 @@ class BlockAdapter(nn.Module):
         h = x.to(self.scale.dtype)
         return (h + self.scale * self.up(F.gelu(self.down(self.norm(h))))).to(x.dtype)
 
-    def after_block(self, block: nn.Module, args: tuple, output):
-        """Forward hook: the block's output (a tensor, or a tuple whose first entry is the tokens,
-        as some transformers versions return) with the adapter applied to the tokens."""
-        if isinstance(output, tuple):
-            return (self(output[0]), *output[1:])
-        return self(output)
+
+class MLPAdapter(AdapterHooks, nn.Module):
+    """tokens [..., D] -> tokens + GELU(up(GELU(down(tokens)))), ``down`` to ``max(D // reduction, 32)``
+    (SAM2-UNeXT's 32), both with bias; weights truncated normal (std 0.02), biases zero. Float32 like
+    :class:`BlockAdapter`."""
+
+    def __init__(self, dim: int, reduction: int = 4, init_scale: float = 1e-3) -> None:
+        super().__init__()  # init_scale: unused (no scale), the signature of every form
+        if reduction < 1:
+            raise ValueError(f"adapter reduction {reduction} must be >= 1")
+        hidden = max(dim // reduction, MIN_HIDDEN)
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        for layer in (self.down, self.up):
+            nn.init.trunc_normal_(layer.weight, std=0.02)  # cut at +-2 (absolute), as timm's trunc_normal_
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.down.weight.dtype)
+        return (h + F.gelu(self.up(F.gelu(self.down(h))))).to(x.dtype)
+
+
+FORMS = {"bottleneck": BlockAdapter, "mlp": MLPAdapter}  # the values of adapter.form
 
 
 def resolve_blocks(blocks: Sequence[int] | str, depth: int, usable: int | None = None) -> list[int]:
@@ -110,27 +154,38 @@ def add_adapters(
     reduction: int = 4,
     init_scale: float = 1e-3,
     usable: int | None = None,
+    position: str = "after",
+    form: str = "bottleneck",
 ) -> list[nn.Parameter]:
-    """Attach a :class:`BlockAdapter` after each block in ``blocks`` (see :func:`resolve_blocks`)
-    of a ViT or Hiera ``trunk``; returns the new, trainable, float32 parameters (none for an empty list).
+    """Attach an adapter of ``form`` (:data:`FORMS`) after (or, ``position="before"``, in front of)
+    each block in ``blocks`` (see :func:`resolve_blocks`) of a ViT or Hiera ``trunk``; returns the
+    new, trainable, float32 parameters (none for an empty list).
 
     ``blocks`` count from 0 (block 0 is the first), unlike the tapped ``layers`` of
     :class:`~dinov3_encoder.PyramidEncoder`, which count from 1: adapters on blocks 0..n-1 feed a
     tap at layer n. Call it after freezing the trunk (the adapters train whatever the trunk does).
     Raises ValueError for a ConvNeXt trunk (its stages hold maps, not tokens), for an index outside
-    the trunk, or when the trunk already has adapters.
+    the trunk, an unknown position or form, or when the trunk already has adapters.
     """
     check_adapter_family(trunk.family, blocks)
+    if position not in POSITIONS or form not in FORMS:
+        raise ValueError(f"adapter position '{position}' / form '{form}': use {POSITIONS} / {tuple(FORMS)}")
     if hasattr(trunk, ADAPTERS_ATTR):
         raise ValueError("this trunk already has adapters")
     chosen = resolve_blocks(blocks, trunk.depth, usable)
     if not chosen:
         return []
-    widths = trunk.tap_shapes([i + 1 for i in chosen])[0]  # a ViT's are all D; a Hiera's grow per stage
-    adapters = nn.ModuleDict({str(i): BlockAdapter(w, reduction, init_scale) for i, w in zip(chosen, widths)})
+    # A block's output width is its tap's; its input width is the previous block's output (block 0's
+    # input has the first stage's width). A ViT's are all D; a Hiera's grow per stage.
+    taps = [i + 1 for i in chosen] if position == "after" else [max(i, 1) for i in chosen]
+    widths = trunk.tap_shapes(taps)[0]
+    adapters = nn.ModuleDict({str(i): FORMS[form](w, reduction, init_scale) for i, w in zip(chosen, widths)})
     trunk.add_module(ADAPTERS_ATTR, adapters)
     for i in chosen:
-        trunk.blocks[i].register_forward_hook(adapters[str(i)].after_block, prepend=True)
+        if position == "after":
+            trunk.blocks[i].register_forward_hook(adapters[str(i)].after_block, prepend=True)
+        else:
+            trunk.blocks[i].register_forward_pre_hook(adapters[str(i)].before_block, prepend=True, with_kwargs=True)
     return list(adapters.parameters())
 
 

@@ -55,7 +55,15 @@ def prepare_trunk(
     if lora is not None:  # before the cast below: peft gives adapters the dtype of the layer they wrap
         add_lora(trunk, lora, last_tap)
     if adapters is not None:  # float32 whatever the cast below does (they train)
-        add_adapters(trunk, adapters.blocks, adapters.reduction, adapters.init_scale, usable=last_tap)
+        add_adapters(
+            trunk,
+            adapters.blocks,
+            adapters.reduction,
+            adapters.init_scale,
+            usable=last_tap,
+            position=adapters.position,
+            form=adapters.form,
+        )
     for p in trunk.parameters():
         if not p.requires_grad and p.is_floating_point():
             p.data = p.data.to(weights_dtype)

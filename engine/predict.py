@@ -42,27 +42,35 @@ def forward_probs(model: nn.Module, x: Tensor, precision: Precision) -> tuple[li
 @dataclass(frozen=True)
 class MapRule:
     """How the final output becomes an 8-bit map at an original size (``eval.resize_logits``,
-    ``eval.floor_maps``): ``resize_logits`` runs the model once more per image with its output
-    resized straight to that size, then the sigmoid; ``floor`` truncates ``255 p`` instead of rounding."""
+    ``eval.floor_maps``, ``eval.binarize``): ``resize_logits`` runs the model once more per image with
+    its output resized straight to that size, then the sigmoid; ``floor`` truncates ``255 p`` instead of
+    rounding; ``binarize`` (a threshold t) writes 255 where p > t and 0 elsewhere instead."""
 
     resize_logits: bool = False
     floor: bool = False
+    binarize: float | None = None
 
     @classmethod
     def of(cls, cfg) -> MapRule:
-        return cls(resize_logits=bool(cfg.eval.resize_logits), floor=bool(cfg.eval.floor_maps))
+        return cls(
+            resize_logits=bool(cfg.eval.resize_logits), floor=bool(cfg.eval.floor_maps), binarize=cfg.eval.binarize
+        )
 
 
-def quantise(prob: Tensor, floor: bool = False) -> np.ndarray:
-    """[1, 1, H, W] probabilities -> uint8 [H, W]: ``round(255 p)``, or ``floor(255 p)``."""
-    scaled = prob[0, 0].float() * 255
+def quantise(prob: Tensor, floor: bool = False, binarize: float | None = None) -> np.ndarray:
+    """[1, 1, H, W] probabilities -> uint8 [H, W]: ``round(255 p)``, or ``floor(255 p)``, or with a
+    ``binarize`` threshold t ``255 [p > t]``."""
+    p = prob[0, 0].float()
+    if binarize is not None:
+        return (p > binarize).to(torch.uint8).mul_(255).cpu().numpy()
+    scaled = p * 255
     return (scaled.floor() if floor else scaled.round()).clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def to_uint8(prob: Tensor, size: tuple[int, int], floor: bool = False) -> np.ndarray:
+def to_uint8(prob: Tensor, size: tuple[int, int], floor: bool = False, binarize: float | None = None) -> np.ndarray:
     """``prob``: [1, 1, h, w] float probabilities -> uint8 [H, W] at ``size`` = (H, W) (bilinear)."""
     prob = F.interpolate(prob.float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
-    return quantise(prob, floor)
+    return quantise(prob, floor, binarize)
 
 
 def final_maps(
@@ -72,12 +80,12 @@ def final_maps(
     ``prob`` (their final probabilities from :func:`forward_probs`) resized, or under
     ``rule.resize_logits`` the model's final logits at each size (one more forward per image)."""
     if not rule.resize_logits:
-        return [to_uint8(prob[j : j + 1], size, rule.floor) for j, size in enumerate(sizes)]
+        return [to_uint8(prob[j : j + 1], size, rule.floor, rule.binarize) for j, size in enumerate(sizes)]
     maps = []
     for j, size in enumerate(sizes):
         with precision.autocast():
             logits = model(x[j : j + 1], size=tuple(int(s) for s in size))[-1]
-        maps.append(quantise(torch.sigmoid(logits.float()), rule.floor))
+        maps.append(quantise(torch.sigmoid(logits.float()), rule.floor, rule.binarize))
     return maps
 
 

@@ -77,22 +77,26 @@ def to_map(tokens: Tensor, like: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Multi-head attention of query tokens [B, Nq, C] over key/value tokens [B, Nk, C] -> [B, Nq, C]."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, bias: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads (set model.context_heads)")
         self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.q = nn.Linear(dim, dim, bias=bias)  # bias=False: query, key and value projections without bias
+        self.kv = nn.Linear(dim, 2 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, query: Tensor, context: Tensor) -> Tensor:
+    def attend(self, query: Tensor, context: Tensor) -> Tensor:
+        """The heads' outputs, concatenated, before the output projection: [B, Nq, C]."""
         b, nq, c = query.shape
         d = c // self.heads
         q = self.q(query).view(b, nq, self.heads, d).transpose(1, 2)  # [B, h, Nq, d]
         k, v = self.kv(context).view(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # 2 x [B, h, Nk, d]
         out = F.scaled_dot_product_attention(q, k, v)  # [B, h, Nq, d]
-        return self.proj(out.transpose(1, 2).reshape(b, nq, c))
+        return out.transpose(1, 2).reshape(b, nq, c)
+
+    def forward(self, query: Tensor, context: Tensor) -> Tensor:
+        return self.proj(self.attend(query, context))
 
 
 class TransformerBlock(nn.Module):

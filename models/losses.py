@@ -121,7 +121,7 @@ def sobel_edge_loss(
 
 # The loss terms by the name the config gives them (loss.<name> weights, loss.coarse_terms).
 TERMS: dict[str, Callable[..., Tensor]] = {
-    "bce": lambda x, m, weight, **_: weighted_bce(x, m, torch.ones_like(m) if weight is None else weight),
+    "bce": lambda x, m, bce_weight, **_: weighted_bce(x, m, torch.ones_like(m) if bce_weight is None else bce_weight),
     "iou": lambda x, m, weight, pooled, smooth, **_: weighted_iou(x, m, weight, smooth, pooled=pooled),
     "dice": lambda x, m, pooled, smooth, **_: dice_loss(x, m, smooth, pooled=pooled),
     "edge": lambda x, m, edge_width, **_: edge_loss(x, m, edge_width),
@@ -144,7 +144,8 @@ class CODLoss(nn.Module):
     ``coarse_terms`` the sides are every output but the last; with them the coarse map (the first
     output) is scored by ``C`` = the unweighted sum of those terms instead, and the sides are the
     outputs between the first and the last. ``weighted``: BCE and IoU use SINet-V2's boundary
-    weight; ``pooled``: Dice and IoU sum over the batch; ``smooth``: their additive smoothing
+    weight (``bce_weighted=False``: IoU only, BCE the plain mean, as SINet-V2's own code computes
+    it, see :func:`weighted_bce`); ``pooled``: Dice and IoU sum over the batch; ``smooth``: their additive smoothing
     (the published E2Net's is 1e-5); ``sobel_peak`` and ``sobel_border``: see
     :func:`sobel_edge_loss`. ``terms`` holds each weighted term of the final output plus
     ``"side"`` and ``"coarse"`` when present, all float32 tensors that still carry gradients
@@ -157,6 +158,7 @@ class CODLoss(nn.Module):
         weights: Mapping[str, float] = MappingProxyType({"bce": 1.0, "iou": 1.0}),
         side: float = 0.5,
         weighted: bool = True,
+        bce_weighted: bool = True,
         pooled: bool = False,
         coarse_terms: Sequence[str] = (),
         coarse: float = 0.2,
@@ -174,10 +176,18 @@ class CODLoss(nn.Module):
             raise ValueError(NO_TERM)
         self.coarse_weights = dict.fromkeys(coarse_terms, coarse)
         self.side, self.weighted, self.pooled, self.edge_width = side, weighted, pooled, edge_width
+        self.bce_weighted = bce_weighted
         self._args = {"smooth": smooth, "sobel_peak": sobel_peak, "sobel_border": sobel_border}
 
     def _terms(self, weights: dict[str, float], logits: Tensor, mask: Tensor, weight: Tensor | None) -> dict:
-        args = {"weight": weight, "pooled": self.pooled, "edge_width": self.edge_width, **self._args}
+        bce_weight = weight if self.bce_weighted else None
+        args = {
+            "weight": weight,
+            "bce_weight": bce_weight,
+            "pooled": self.pooled,
+            "edge_width": self.edge_width,
+            **self._args,
+        }
         return {name: w * TERMS[name](logits, mask, **args) for name, w in weights.items() if w}
 
     def forward(self, outputs: Sequence[Tensor], mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

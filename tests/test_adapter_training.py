@@ -17,7 +17,7 @@ from engine.checkpoint import load_checkpoint
 from engine.optim import build_scheduler
 from helpers import load_test_cli, round_trips, run_train
 
-CONFIGS = {"dinov2": "configs/e2net_dinov2_adapter.yaml", "dinov3": "configs/e2net_dinov3_adapter.yaml"}
+CONFIGS = {"dinov2": "configs/e2net_dinov2_full_adapter.yaml", "dinov3": "configs/e2net_dinov3_adapter.yaml"}
 TINY = {"hidden": 32, "layers": 4, "heads": 2}
 
 

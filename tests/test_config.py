@@ -60,7 +60,7 @@ def test_dict_round_trip(tmp_path):
         ("train.amp=fp8", "train.amp"),
         ("train.epochs=2.5", "train.epochs"),
         ("data.val_fraction=1.5", "data.val_fraction"),
-        ("model.decoder=unet", "model.decoder"),
+        ("model.decoder=segformer", "model.decoder"),
         ("model.encoder=3", "model.encoder"),
         ("train.best_metric=accuracy", "train.best_metric"),
         ("data.multi_scale=[[64]]", "data.multi_scale"),
