@@ -24,6 +24,7 @@ from models.init import published_init_
 from models.linear import LinearDecoder
 from models.losses import CODLoss
 from models.reference import E2NetRefDecoder
+from models.temporal import ClipLoss, TemporalAttention
 
 _passed: str | None = None  # _content() of the last config check_config passed
 
@@ -121,7 +122,8 @@ def build_model(cfg: DictConfig) -> E2Net:
         decoder = LinearDecoder(encoder.out_channels, levels, norm=norm)
         if m.init == Init.published:
             published_init_([decoder])
-        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
+        temporal = build_temporal(cfg, encoder.out_channels)
+        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile, temporal=temporal)
     caem = CAEM(
         encoder.out_channels,
         out_channels=m.channels,
@@ -139,13 +141,21 @@ def build_model(cfg: DictConfig) -> E2Net:
         decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=norm)
     if m.init == Init.published:
         published_init_([caem, decoder], keep_conv_bias=keep_conv_bias)
-    return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
+    temporal = build_temporal(cfg, [m.channels] * levels)
+    return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile, temporal=temporal)
 
 
-def build_loss(cfg: DictConfig) -> CODLoss:
-    """``CODLoss`` with the terms, weights and switches of ``cfg.loss``."""
+def build_temporal(cfg: DictConfig, channels: list[int]) -> TemporalAttention | None:
+    """``model.temporal``'s attention across a clip's frames on the maps the decoder reads, or None (off)."""
+    t = cfg.model.temporal
+    return TemporalAttention(channels, t.levels, t.heads) if t.levels else None
+
+
+def build_loss(cfg: DictConfig) -> CODLoss | ClipLoss:
+    """``CODLoss`` with the terms, weights and switches of ``cfg.loss``; on clips (``data.clip`` > 1)
+    read on the frames that have a mask."""
     lo = cfg.loss
-    return CODLoss(
+    loss = CODLoss(
         weights={t: lo[t] for t in LossTerm},
         side=lo.side,
         weighted=lo.weighted,
@@ -156,3 +166,4 @@ def build_loss(cfg: DictConfig) -> CODLoss:
         sobel_peak=lo.sobel_peak,
         sobel_border=lo.sobel_border,
     )
+    return ClipLoss(loss) if cfg.data.clip > 1 else loss

@@ -16,6 +16,7 @@ from .layout import find_benchmark_dirs, pair_files, resolve_train_dirs
 from .problems import BadFile, DatasetError, Problem, report
 from .reading import probe, verify_decode
 from .transforms import TestTransform, TrainTransform
+from .video import build_clip_train_val, is_video_folder
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
     """
     d = cfg.data
     root = Path(d.root)
+    if any(is_video_folder(root / entry) for entry in d.train):
+        return build_clip_train_val(cfg)
     dirs = resolve_train_dirs(root, list(d.train))
     samples, problems, notes = scan(dirs, int(d.max_pixels), bool(d.verify))
     val_samples: list[Sample] = []
@@ -198,10 +201,11 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
     return train_ds, val_ds
 
 
-def build_test_sets(cfg) -> dict[str, CODDataset]:
-    """``{benchmark name: dataset}`` for ``data.test_sets`` (or every folder under TestDataset/)."""
+def build_test_sets(cfg, names: list[str] | None = None) -> dict[str, CODDataset]:
+    """``{benchmark name: dataset}`` for ``names`` (default ``data.test_sets``; empty: every folder under
+    TestDataset/)."""
     d = cfg.data
-    benches = find_benchmark_dirs(Path(d.root), list(d.test_sets) or None)
+    benches = find_benchmark_dirs(Path(d.root), list(d.test_sets if names is None else names) or None)
     found, problems, notes = {}, [], []
     for name, dirs in benches.items():
         samples, bad, odd = scan([dirs], int(d.max_pixels), bool(d.verify))

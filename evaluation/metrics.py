@@ -181,6 +181,10 @@ class CODMetrics:
     def __len__(self) -> int:
         return len(self._images)
 
+    def __iter__(self):
+        """The per-image scores in the order they were added."""
+        return iter(self._images)
+
     def step(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Score one map. ``pred``, ``gt``: uint8 [H, W], same size (resize the map first)."""
         self._images.append(image_scores(pred, gt))
@@ -227,6 +231,18 @@ class CODMetrics:
         if all(s.hce is not None for s in ims):
             out["HCE"] = float(_mean([s.hce for s in ims]))
         return {**out, "n_images": len(ims)}
+
+    def mean_scores(self) -> ImageScores:
+        """The mean over the images of each per-image number and curve: one row standing for them all
+        (a video sequence's, which the video protocol then averages over sequences)."""
+        self._require_images()
+        ims = self._images
+        means = {
+            name: _mean([getattr(s, name) for s in ims])
+            for name in ImageScores.__dataclass_fields__
+            if all(getattr(s, name) is not None for s in ims)
+        }
+        return ImageScores(**{k: v if v.ndim else float(v) for k, v in means.items()})
 
     def curves(self) -> Curves:
         """Dataset-mean precision, recall, F-measure and E-measure against threshold 0..255."""

@@ -2,6 +2,8 @@
 
     python scripts/make_synthetic_cod.py --out data/SynthCOD --train 600 --test 100 --size 256 --seed 0
 
+    python scripts/make_synthetic_cod.py --video --out data/SynthVCOD --train 12 --test 4 --frames 30 --size 128
+
 writes ``OUT/TrainDataset/{Imgs,GT}`` and ``OUT/TestDataset/SynthCOD/{Imgs,GT}``: JPEG images,
 PNG masks (0/255). Each image is a random oriented texture (two sinusoid gratings with a wavy
 phase, filtered noise, a two-colour palette, slow colour drift, grain); each object is cut from
@@ -10,7 +12,8 @@ pasted with a soft edge. Shapes: ellipses, Fourier blobs, star polygons, worms, 
 limbs; 0 to 3 objects per image (about 8% empty, ~10-15% of the area on average); sizes and
 aspect ratios vary. ``--difficulty`` (0 easy .. 1 hard) scales the object/background
 differences. Every image depends only on (seed, split, index); generating again into the same
-folder replaces this script's earlier files there (and only those).
+folder replaces this script's earlier files there (and only those). ``--video`` writes moving
+objects in MoCA-Mask's and CAD's layouts instead (scripts/synthetic_video.py).
 
 Calibration (difficulty 0.5, 600 train / 100 test at --size 256, trained and scored at 128 px):
 an untrained network scores S-measure ~0.37; a 16-channel 4-level U-Net reaches 0.89 after 280
@@ -257,10 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
+    ap.add_argument("--video", action="store_true", help="sequences instead (--train/--test count them): "
+                    "MoCA-Mask's and CAD's layouts, scripts/synthetic_video.py")  # fmt: skip
+    ap.add_argument("--frames", type=int, default=20, help="with --video: frames per sequence")
     args = ap.parse_args(argv)
     if args.train < 0 or args.test < 0 or args.size < 32 or not 0 <= args.difficulty <= 1 or args.workers < 1:
         ap.error("need --train/--test >= 0, --size >= 32, --difficulty in [0, 1], --workers >= 1")
     t0 = time.perf_counter()
+    if args.video:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from scripts.synthetic_video import generate_video
+
+        generate_video(args.out, args.train, args.test, args.frames, args.size, args.seed, args.difficulty)
+        print(f"wrote {args.train} training and {args.test} test sequences to {args.out}")
+        return 0
     generate(args.out, args.train, args.test, args.size, args.seed, args.difficulty, args.workers)
     print(
         f"wrote {args.train} training and {args.test} test images ({TEST_SET}) to {args.out} "
