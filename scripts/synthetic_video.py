@@ -34,7 +34,7 @@ def make_sequence(
     shape = random_shape(rng, h, w).astype(np.float32) / 255
     alpha = cv2.GaussianBlur(shape, (0, 0), max(0.6, size / 256))
     pan = rng.uniform(-1, 1, 2) * margin / max(frames, 1)  # camera: pixels per frame
-    drift = rng.uniform(-1, 1, 2) * size * 0.3 / max(frames, 1)  # the object against the background
+    drift = rng.uniform(-1, 1, 2) * size * 0.12 / max(frames, 1)  # the object against the background
     out = []
     for t in range(frames):
         cx, cy = (margin + pan * t).round().astype(int)
