@@ -103,8 +103,6 @@ def anchors(frames: Tensor, clip: int) -> Tensor:
     return frames.unflatten(0, (-1, clip))[:, clip_anchor(clip)]
 
 
-
-
 class AnchorFrames(nn.Module):
     """``model``'s outputs on clips cut to each clip's anchor frame: ``x`` [B, T, 3, H, W] -> logits
     [B, 1, *size] (images pass through), so that clip predictions score and save as image ones."""
