@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from cod_benchmarks import NO_MASK, VIDEO_COD, benchmark_info, clip_anchor, list_images, list_masks
-from config import AugmentOn
 
 from .dataset import CODDataset
 from .layout import _subdir
@@ -233,51 +232,6 @@ class ClipDataset(CODDataset):
             "mask_path": s.mask_path,
             "image_path": s.image_path,
         }
-
-
-def build_clip_train_val(cfg) -> tuple[ClipDataset, ClipDataset | None]:
-    """Training and validation clips from the ``data.train`` folders of sequences: a seeded hold-out of
-    ``data.val_fraction`` of the sequences (whole sequences, so no validation frame has a training
-    neighbour), or the sequences of the video benchmark ``data.val_set``."""
-    from .build import split_train_val, train_transform  # build.py dispatches here
-
-    d, root, seed = cfg.data, Path(cfg.data.root), int(cfg.train.seed)
-    if d.augment_on != AugmentOn.workers or d.cache:
-        raise DatasetError("config key 'data.augment_on': clips are augmented by the workers: set "
-                           "data.augment_on=workers and data.cache=false for video training")  # fmt: skip
-    sequences, problems = [], []
-    for entry in d.train:
-        folder = root / entry
-        if not is_video_folder(folder):
-            raise DatasetError(
-                f"training folder {folder}: holds no sequences (<sequence>/Imgs+GT or frames+groundtruth); "
-                "data.train lists either image folders or video folders, not both"
-            )
-        found, bad = find_sequences(folder)
-        sequences, problems = sequences + found, problems + bad
-    val: list[Sequence] = []
-    if d.val_set:
-        for folder in video_benchmarks(root, [d.val_set]).values():
-            found, bad = find_sequences(folder)
-            val, problems = val + found, problems + bad
-    report(problems, [], bool(d.strict), "training data")
-    if not sequences:
-        raise DatasetError(f"no usable training sequences in {', '.join(str(root / e) for e in d.train)}")
-    train = sequences
-    if not d.val_set:
-        train, val = split_train_val(sequences, float(d.val_fraction), seed, root)
-    log.info(
-        "training data: %d sequences -> %d train (%d annotated frames), %d validation; clips of %d frame(s), "
-        "stride %d", len(sequences), len(train), sum(len(s.masks) for s in train), len(val), d.clip, d.clip_stride,
-    )  # fmt: skip
-    common = {"clip": int(d.clip), "stride": int(d.clip_stride), "max_pixels": int(d.max_pixels)}
-    transform = train_transform(d)
-    train_ds = ClipDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train", **common)
-    if not val:
-        return train_ds, None
-    test = TestTransform(soft_masks=bool(d.soft_masks), reduced_decode=bool(d.reduced_decode))
-    val_transform = transform if d.val_augment else test
-    return train_ds, ClipDataset(val, val_transform, int(d.image_size), on_error="blank", name="val", **common)
 
 
 def split_test_sets(root: str | Path, names: list[str]) -> tuple[list[str] | None, dict[str, Path]]:
