@@ -304,16 +304,6 @@ def predict_own_images(args: argparse.Namespace) -> None:
     log.info("%d of %d images: masks in %s, overlays in %s", n, len(paths), out / "masks", out / "overlays")
 
 
-def predict_video(args: argparse.Namespace) -> None:
-    """--ckpt --video mode: one mask per frame and an overlay video, no metrics."""
-    from engine.video_io import predict_video_file
-
-    trained = load_model(args)
-    out = args.out or default_out(args.ckpt, "predict", args.video.stem)
-    n = predict_video_file(trained.model, trained.cfg, trained.precision, trained.device, args.video, out)
-    log.info("%d frames: masks in %s, overlay video %s", n, out / "masks", out / "overlay.mp4")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK") or 0)  # set by torchrun
@@ -326,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.preds:
             score_saved_maps(args)
         elif args.video:
-            predict_video(args)
+            from engine.video_io import predict_video_file
+
+            predict_video_file(
+                load_model(args), args.video, args.out or default_out(args.ckpt, "predict", args.video.stem)
+            )
         elif args.images:
             predict_own_images(args)
         else:
