@@ -100,6 +100,8 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "only a loss can choose the checkpoint (train.best_metric=loss or train_loss)"),
     ("eval.resize_logits", lambda c: not c.eval.resize_logits or not (c.eval.tta.hflip or c.eval.tta.scales),
      "test-time augmentation averages probabilities at the input size: turn eval.tta off or resize_logits off"),
+    ("eval.tta", lambda c: c.data.clip == 1 or not (c.eval.tta.hflip or c.eval.tta.scales),
+     "test-time augmentation transforms single images: turn it off for a clip model (data.clip > 1)"),
     ("data.augment_on", lambda c: c.data.augment_on != AugmentOn.device or not c.data.soft_masks and c.data.reduced_decode,
      "the device path decodes each image once, area-resized and binarised: set data.augment_on=workers "
      "for data.soft_masks=true or data.reduced_decode=false"),
