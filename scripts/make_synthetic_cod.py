@@ -13,7 +13,7 @@ limbs; 0 to 3 objects per image (about 8% empty, ~10-15% of the area on average)
 aspect ratios vary. ``--difficulty`` (0 easy .. 1 hard) scales the object/background
 differences. Every image depends only on (seed, split, index); generating again into the same
 folder replaces this script's earlier files there (and only those). ``--video`` writes moving
-objects in MoCA-Mask's and CAD's layouts instead (scripts/synthetic_video.py).
+objects in MoCA-Mask's and CAD's layouts instead (scripts/parts/synthetic_video.py).
 
 Calibration (difficulty 0.5, 600 train / 100 test at --size 256, trained and scored at 128 px):
 an untrained network scores S-measure ~0.37; a 16-channel 4-level U-Net reaches 0.89 after 280
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.synthetic_texture import random_shape, random_texture, render, shifted, smooth_noise  # noqa: E402
+from scripts.parts.synthetic_texture import random_shape, random_texture, render, shifted, smooth_noise  # noqa: E402
 
 TEST_SET = "SynthCOD"
 
@@ -147,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
     ap.add_argument("--video", action="store_true", help="sequences instead (--train/--test count them): "
-                    "MoCA-Mask's and CAD's layouts, scripts/synthetic_video.py")  # fmt: skip
+                    "MoCA-Mask's and CAD's layouts, scripts/parts/synthetic_video.py")  # fmt: skip
     ap.add_argument("--frames", type=int, default=20, help="with --video: frames per sequence")
     args = ap.parse_args(argv)
     if args.train < 0 or args.test < 0 or args.size < 32 or not 0 <= args.difficulty <= 1 or args.workers < 1:
         ap.error("need --train/--test >= 0, --size >= 32, --difficulty in [0, 1], --workers >= 1")
     t0 = time.perf_counter()
     if args.video:
-        from scripts.synthetic_video import generate_video
+        from scripts.parts.synthetic_video import generate_video
 
         generate_video(args.out, args.train, args.test, args.frames, args.size, args.seed, args.difficulty)
         print(f"wrote {args.train} training and {args.test} test sequences to {args.out}")

@@ -49,7 +49,7 @@ from cod_benchmarks import (  # noqa: E402
     list_masks,
     select_benchmark_images,
 )
-from scripts.prepare_video import VIDEO_ARCHIVES, find_video_archive, prepare_videos  # noqa: E402
+from scripts.parts.prepare_video import VIDEO_ARCHIVES, find_video_archive, prepare_videos  # noqa: E402
 
 
 @dataclass(frozen=True)

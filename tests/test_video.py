@@ -16,7 +16,7 @@ from build import build_model
 from config import load_config
 from engine.checkpoint import load_checkpoint, load_weights
 from helpers import ROOT, SCORE_ARGS, load_test_cli, run_train, tiny_model_args
-from scripts.synthetic_video import generate_video
+from scripts.parts.synthetic_video import generate_video
 
 FRAMES = 16  # masks on frames 0, 5, 10, 15 of each sequence
 
@@ -109,7 +109,8 @@ def test_clip_model_scores_moca_and_cad_by_the_protocol(clip_run, tmp_path) -> N
 
 
 def test_video_file_gives_one_mask_per_frame(clip_run, tmp_path) -> None:
-    _, run = clip_run
+    """--video: a mask per frame and the overlay video; --images on a folder of frames still works."""
+    data, run = clip_run
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (40, 32))
     rng = np.random.default_rng(0)
@@ -124,3 +125,35 @@ def test_video_file_gives_one_mask_per_frame(clip_run, tmp_path) -> None:
     assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (32, 40)
     overlay = cv2.VideoCapture(str(out / "overlay.mp4"))
     assert int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    frames = data / "MoCA-Mask" / "TestDataset_per_sq" / "synth_00" / "Imgs"
+    args = [
+        "--ckpt",
+        str(run / "best.pth"),
+        "--images",
+        str(frames),
+        "--out",
+        str(tmp_path / "frames"),
+        "train.amp=off",
+    ]
+    assert cli.main(args) == 0
+    assert len(list((tmp_path / "frames" / "masks").glob("*.png"))) == FRAMES
+
+
+def test_clips_are_centred_and_read_only_annotated_frames() -> None:
+    """A clip's anchor is its centre frame, repeated at the sequence's ends; the loss on a clip is the
+    loss on its annotated frames alone."""
+    from datasets import clip_indices
+    from models.losses import CODLoss
+    from models.temporal import ClipLoss
+
+    assert clip_indices(5, 20, 3, 5) == [0, 5, 10] and clip_indices(0, 20, 3, 2) == [0, 0, 2]
+    assert clip_indices(19, 20, 5, 1) == [17, 18, 19, 19, 19] and clip_indices(4, 9, 1, 3) == [4]
+    torch.manual_seed(0)
+    outputs = [torch.randn(6, 1, 16, 16) for _ in range(2)]  # 2 clips of 3 frames
+    masks = (torch.rand(2, 3, 1, 16, 16) > 0.5).float()
+    masks[0, 2] = masks[1, 0] = -1.0  # frames without annotation
+    keep = [0, 1, 4, 5]
+    loss = CODLoss(weights={"bce": 1.0, "iou": 1.0})
+    got, _ = ClipLoss(loss)(outputs, masks)
+    want, _ = loss([o[keep] for o in outputs], masks.flatten(0, 1)[keep])
+    assert torch.equal(got, want)

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scripts.synthetic_texture import random_shape, random_texture, render, shifted
+from scripts.parts.synthetic_texture import random_shape, random_texture, render, shifted
 
 
 def make_sequence(

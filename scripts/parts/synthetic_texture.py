@@ -1,5 +1,5 @@
 """The generated sets' textures and shapes: an oriented random texture, its camouflaging variant, and an
-object outline (scripts/make_synthetic_cod.py for images, scripts/synthetic_video.py for sequences)."""
+object outline (scripts/make_synthetic_cod.py for images, scripts/parts/synthetic_video.py for sequences)."""
 
 from __future__ import annotations
 
