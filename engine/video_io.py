@@ -55,10 +55,15 @@ def predict_video_sets(
     return written
 
 
+def predict_video_file(trained, video: Path, out: Path) -> int:
+    """``test.py --video``: a trained model (``engine.trained.Trained``) on a video file, see :func:`predict_frames`."""
+    n = predict_frames(trained.model, trained.cfg, trained.precision, trained.device, video, out)
+    log.info("%d frames: masks in %s, overlay video %s", n, out / "masks", out / "overlay.mp4")
+    return n
+
+
 @torch.no_grad()
-def predict_video_file(
-    model: nn.Module, cfg, precision: Precision, device: torch.device, video: Path, out: Path
-) -> int:
+def predict_frames(model: nn.Module, cfg, precision: Precision, device: torch.device, video: Path, out: Path) -> int:
     """``out/masks/<frame number>.png`` (one per frame, 00000.png first) and ``out/overlay.mp4`` (each frame
     beside its tinted copy) for a video file OpenCV can read. Frames are read once, keeping only the
     clip's reach in memory. Returns the number of frames."""
