@@ -115,8 +115,9 @@ def is_video_folder(folder: str | Path) -> bool:
 
 
 def is_video_benchmark(name: str) -> bool:
+    """Whether ``name`` is a registered video test set (MoCA-Mask, CAD; any spelling the registry knows)."""
     info = benchmark_info(name)
-    return info is not None and info.field == VIDEO_COD
+    return info is not None and info.field == VIDEO_COD and info.name in VIDEO_TEST_DIRS
 
 
 def video_benchmarks(root: str | Path, names: list[str] | None = None) -> dict[str, Path]:

@@ -30,6 +30,7 @@ and none at all wherever the library's value is in range).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,7 +182,7 @@ class CODMetrics:
     def __len__(self) -> int:
         return len(self._images)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ImageScores]:
         """The per-image scores in the order they were added."""
         return iter(self._images)
 
