@@ -12,6 +12,7 @@ moves against its background, the cue the temporal module can use. A sequence de
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def _write(path: Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def _remove_ours(folder: Path) -> None:
+    for seq in folder.iterdir() if folder.is_dir() else []:
+        if seq.is_dir() and re.fullmatch(r"synth_?\d{2}", seq.name):
+            shutil.rmtree(seq)
+
+
 def generate_video(
     out: str | Path,
     n_train: int,
@@ -66,11 +73,12 @@ def generate_video(
     cad: bool = True,
 ) -> None:
     """Write ``n_train`` training and ``n_test`` test sequences of ``frames`` frames in MoCA-Mask's layout
-    (and, with ``cad``, the test sequences again in CAD's); earlier generated sequences there are replaced."""
+    (and, with ``cad``, ``n_test`` other test sequences in CAD's); this generator's earlier sequences there
+    (``synth_NN``, ``synthNN``) are replaced, nothing else is touched."""
     out = Path(out)
     moca = out / "MoCA-Mask"
     for split, sub, n in ((0, "TrainDataset_per_sq", n_train), (1, "TestDataset_per_sq", n_test)):
-        shutil.rmtree(moca / sub, ignore_errors=True)
+        _remove_ours(moca / sub)
         for i in range(n):
             for t, (image, mask) in enumerate(make_sequence(seed, split, i, frames, size, difficulty)):
                 seq = moca / sub / f"synth_{i:02d}"
@@ -79,7 +87,7 @@ def generate_video(
                     _write(seq / "GT" / f"{t:05d}.png", mask)
     if not cad:
         return
-    shutil.rmtree(out / "CamouflagedAnimalDataset", ignore_errors=True)
+    _remove_ours(out / "CamouflagedAnimalDataset")
     for i in range(n_test):
         name = f"synth{i:02d}"
         seq = out / "CamouflagedAnimalDataset" / name
