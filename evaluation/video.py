@@ -19,9 +19,14 @@ LEFT_OUT = {"MoCA-Mask": 2}  # annotated frames at the end of each sequence the 
 
 def protocol(benchmark: str, all_frames: bool) -> str:
     """The sentence results.json holds about how ``benchmark`` was scored."""
-    left = 0 if all_frames else LEFT_OUT.get(benchmark, 0)
-    kept = f"each sequence's last {left} annotated frames left out" if left else "every annotated frame"
-    return f"per annotated frame, mean per sequence, mean over sequences; {kept} (SLT-Net's evaluation)"
+    published = LEFT_OUT.get(benchmark, 0)
+    if all_frames and published:
+        kept = f"every annotated frame (eval.video_all_frames=true; SLT-Net's script leaves out the last {published})"
+    elif published:
+        kept = f"each sequence's last {published} annotated frames left out, as SLT-Net's evaluation script"
+    else:
+        kept = "every annotated frame, as SLT-Net's evaluation script"
+    return f"per annotated frame, mean per sequence, mean over sequences; {kept}"
 
 
 def scored_frames(benchmark: str, pairs: list[Pair], all_frames: bool) -> list[Pair]:

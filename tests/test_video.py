@@ -141,13 +141,18 @@ def test_video_file_gives_one_mask_per_frame(clip_run, tmp_path) -> None:
 
 def test_clips_are_centred_and_read_only_annotated_frames() -> None:
     """A clip's anchor is its centre frame, repeated at the sequence's ends; the loss on a clip is the
-    loss on its annotated frames alone."""
+    loss on its annotated frames alone; MoCA-Mask's protocol drops a sequence's last two annotated
+    frames unless all are asked for, CAD's keeps them."""
+    from evaluation.video import scored_frames
     from datasets import clip_indices
     from models.losses import CODLoss
     from models.temporal import ClipLoss
 
     assert clip_indices(5, 20, 3, 5) == [0, 5, 10] and clip_indices(0, 20, 3, 2) == [0, 0, 2]
     assert clip_indices(19, 20, 5, 1) == [17, 18, 19, 19, 19] and clip_indices(4, 9, 1, 3) == [4]
+    pairs = [(f"s/{i:05d}", "", "") for i in range(0, 20, 5)]
+    assert scored_frames("MoCA-Mask", pairs, False) == pairs[:2] and scored_frames("MoCA-Mask", pairs, True) == pairs
+    assert scored_frames("CAD", pairs, False) == pairs
     torch.manual_seed(0)
     outputs = [torch.randn(6, 1, 16, 16) for _ in range(2)]  # 2 clips of 3 frames
     masks = (torch.rand(2, 3, 1, 16, 16) > 0.5).float()
