@@ -143,8 +143,8 @@ def test_clips_are_centred_and_read_only_annotated_frames() -> None:
     """A clip's anchor is its centre frame, repeated at the sequence's ends; the loss on a clip is the
     loss on its annotated frames alone; MoCA-Mask's protocol drops a sequence's last two annotated
     frames unless all are asked for, CAD's keeps them."""
-    from evaluation.video import scored_frames
     from datasets import clip_indices
+    from evaluation.video import scored_frames
     from models.losses import CODLoss
     from models.temporal import ClipLoss
 
