@@ -238,12 +238,15 @@ class ClipDataset(CODDataset):
 def split_test_sets(root: str | Path, names: list[str]) -> tuple[list[str] | None, dict[str, Path]]:
     """``data.test_sets`` -> (the image benchmarks' names for ``build_test_sets``, ``[]`` = every one under
     TestDataset/, None = none; ``{video benchmark: folder of its sequences}``). Empty ``names``: every
-    video benchmark found, and the image benchmarks when there are any."""
+    video benchmark found, and the image benchmarks when there are any. A named benchmark that is not
+    there raises ``DatasetError``."""
     from .layout import find_benchmark_dirs
 
     if names:
         image = [n for n in names if not is_video_benchmark(n)]
         video = [n for n in names if is_video_benchmark(n)]
+        if image:
+            find_benchmark_dirs(root, image)  # a named benchmark that is missing fails here, before any work
         return image or None, video_benchmarks(root, video) if video else {}
     found = video_benchmarks(root)
     if found:
