@@ -173,8 +173,6 @@ class ClipDataset(CODDataset):
     A sample is :class:`CODDataset`'s with ``"image"`` [T, 3, S, S] and ``"mask"`` [T, 1, S, S] (a frame
     without annotation filled with :data:`NO_MASK`) for ``clip`` > 1, and exactly an image sample for
     ``clip`` = 1 (the anchor alone); ``name``, ``size``, ``mask_path`` and ``image_path`` are the anchor's.
-    ``anchors``: only those frames of each sequence (``{sequence name: [frame index]}``), default all
-    the annotated ones.
     """
 
     def __init__(
@@ -184,12 +182,9 @@ class ClipDataset(CODDataset):
         default_size: int,
         clip: int = 1,
         stride: int = 1,
-        anchors: dict[str, list[int]] | None = None,
         **kwargs,
     ) -> None:
-        samples = [
-            ClipSample(s, i) for s in sequences for i in (anchors[s.name] if anchors is not None else s.annotated)
-        ]
+        samples = [ClipSample(s, i) for s in sequences for i in s.annotated]
         super().__init__(samples, transform, default_size, **kwargs)
         self.clip, self.stride = clip, stride
 

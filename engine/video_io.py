@@ -21,11 +21,10 @@ from cod_benchmarks import clip_anchor
 from datasets.transforms import TestTransform
 from engine.amp import Precision
 from engine.predict import MapRule, final_maps, forward_probs, overlay, predict_loader, write_png
+from evaluation.scoring import Pair
 from models.temporal import AnchorFrames
 
 log = logging.getLogger(__name__)
-
-Pair = tuple[str, str, str]
 
 
 def predict_video_sets(
