@@ -25,6 +25,7 @@ from models.linear import LinearDecoder
 from models.losses import CODLoss
 from models.reference import E2NetRefDecoder
 from models.reference_dinov2 import E2NetDinov2Decoder
+from models.temporal import ClipLoss, TemporalAttention
 from models.unet import UNetDecoder
 
 _passed: str | None = None  # _content() of the last config check_config passed
@@ -123,14 +124,15 @@ def build_model(cfg: DictConfig) -> E2Net:
     m, norm = cfg.model, str(cfg.model.norm)
     encoder = build_fused_encoder(cfg) if m.encoder2.name else build_encoder(cfg)
     levels = len(encoder.out_channels)
-    if m.decoder == Decoder.linear:
-        decoder = LinearDecoder(encoder.out_channels, levels, norm=norm)
-        if m.init == Init.published:
-            published_init_([decoder])
-        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
-    if m.decoder == Decoder.unet:  # SAM2-UNeXT's: the fused levels straight into the U-Net
-        decoder = UNetDecoder(m.channels, levels, norm=norm)
-        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile)
+    if m.decoder in (Decoder.linear, Decoder.unet):  # no CAEM: the encoder's levels straight into the decoder
+        if m.decoder == Decoder.unet:  # SAM2-UNeXT's, on the fused levels
+            decoder = UNetDecoder(m.channels, levels, norm=norm)
+        else:
+            decoder = LinearDecoder(encoder.out_channels, levels, norm=norm)
+            if m.init == Init.published:
+                published_init_([decoder])
+        temporal = build_temporal(cfg, encoder.out_channels)
+        return E2Net(encoder, None, decoder, channels_last=m.channels_last, compile=m.compile, temporal=temporal)
     caem = CAEM(
         encoder.out_channels,
         out_channels=m.channels,
@@ -152,13 +154,21 @@ def build_model(cfg: DictConfig) -> E2Net:
         decoder = E2NetDecoder(m.channels, heads=m.context_heads, norm=norm)
     if m.init == Init.published:
         published_init_([caem, decoder], keep_conv_bias=keep_conv_bias)
-    return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile)
+    temporal = build_temporal(cfg, [m.channels] * levels)
+    return E2Net(encoder, caem, decoder, channels_last=m.channels_last, compile=m.compile, temporal=temporal)
 
 
-def build_loss(cfg: DictConfig) -> CODLoss:
-    """``CODLoss`` with the terms, weights and switches of ``cfg.loss``."""
+def build_temporal(cfg: DictConfig, channels: list[int]) -> TemporalAttention | None:
+    """``model.temporal``'s attention across a clip's frames on the maps the decoder reads, or None (off)."""
+    t = cfg.model.temporal
+    return TemporalAttention(channels, t.levels, t.heads) if t.levels else None
+
+
+def build_loss(cfg: DictConfig) -> CODLoss | ClipLoss:
+    """``CODLoss`` with the terms, weights and switches of ``cfg.loss``; on clips (``data.clip`` > 1)
+    read on the frames that have a mask."""
     lo = cfg.loss
-    return CODLoss(
+    loss = CODLoss(
         weights={t: lo[t] for t in LossTerm},
         side=lo.side,
         weighted=lo.weighted,
@@ -170,3 +180,4 @@ def build_loss(cfg: DictConfig) -> CODLoss:
         sobel_peak=lo.sobel_peak,
         sobel_border=lo.sobel_border,
     )
+    return ClipLoss(loss) if cfg.data.clip > 1 else loss

@@ -35,6 +35,15 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
 # lossless first, so a stale JPEG export never wins over the PNG.
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".pgm", ".pnm", ".ppm", ".webp", ".jpg", ".jpeg")
 
+# Video clips (datasets/video.py, models/temporal.py): the target of a clip frame that has no mask, which
+# the loss leaves out; and the anchor, the frame of a clip of T that it is centred on and scored as.
+NO_MASK = -1.0
+
+
+def clip_anchor(clip: int) -> int:
+    return (clip - 1) // 2
+
+
 # Images smaller than this on either side are not scored (and not trained on): the
 # metrics' arithmetic breaks down there (a 1x1 image gives E-measure 4.5e15).
 MIN_SIDE = 8
@@ -45,7 +54,7 @@ class Benchmark:
     """One data set of the registry.
 
     ``n_images``: the published count of the images it scores (trains on, for ``split="train"``);
-    None where we do not state one. ``image_dirs`` / ``mask_dirs``: the folder names its own
+    None where we do not state one. ``n_sequences``: a video set's published count of sequences. ``image_dirs`` / ``mask_dirs``: the folder names its own
     download unpacks to, beside the generic ones the data package accepts (Imgs/GT, im/gt, ...).
     """
 
@@ -56,6 +65,7 @@ class Benchmark:
     aliases: tuple[str, ...] = ()
     image_dirs: tuple[str, ...] = ()
     mask_dirs: tuple[str, ...] = ()
+    n_sequences: int | None = None
 
 
 COD, SOD, DIS, POLYP, VIDEO_COD = "COD", "SOD", "DIS", "polyp", "video-COD"
@@ -85,9 +95,12 @@ REGISTRY = (
     Benchmark("ETIS-LaribPolypDB", POLYP, 196, aliases=("ETIS",)),
     Benchmark("CVC-300", POLYP, 60, aliases=("EndoScene",)),
     Benchmark("Kvasir+ClinicDB train", POLYP, 1450, split="train"),  # PraNet's training set
-    # Video sets: counted in frames and videos, which differ between the releases in use.
-    Benchmark("MoCA-Mask", VIDEO_COD, None, aliases=("MoCA-Mask-TE",)),
-    Benchmark("CAD", VIDEO_COD, None, aliases=("CamouflagedAnimalDataset",)),
+    # Video sets, counted in sequences (datasets/video.py reads their layouts). MoCA-Mask: 87 of MoCA's
+    # videos with masks, 71 to train on and 16 to test (SLT-Net's per-sequence results list the 16);
+    # CAD: 9 sequences, all for testing. Frame counts differ between the releases in use: not stated.
+    Benchmark("MoCA-Mask", VIDEO_COD, None, aliases=("MoCA-Mask-TE", "TestDataset_per_sq"), n_sequences=16),
+    Benchmark("MoCA-Mask train", VIDEO_COD, None, split="train", aliases=("TrainDataset_per_sq",), n_sequences=71),
+    Benchmark("CAD", VIDEO_COD, None, aliases=("CamouflagedAnimalDataset", "CAD2016"), n_sequences=9),
 )
 
 

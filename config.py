@@ -53,6 +53,7 @@ from config_schema import (  # noqa: F401
     SecondEncoderConfig,
     SobelBorder,
     SobelPeak,
+    TemporalConfig,
     TrainConfig,
     TTAConfig,
     WeightsDtype,

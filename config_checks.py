@@ -82,6 +82,9 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "levels fuses model.encoder's map i into level i: model.encoder.layers must give four (or [])"),
     ("model.channels", lambda c: c.model.channels % 8 == 0, "must be a multiple of 8"),
     ("model.context_heads", lambda c: c.model.channels % c.model.context_heads == 0, "must divide model.channels"),
+    ("model.temporal.heads", lambda c: c.model.channels % c.model.temporal.heads == 0, "must divide model.channels"),
+    ("model.temporal.levels", lambda c: c.model.temporal.levels <= _levels(c),
+     "the pyramid has fewer levels (model.encoder.layers): give at most that many"),
     ("model.decoder", lambda c: c.model.decoder != Decoder.e2net or _levels(c) == 4,
      "e2net wires exactly 4 levels (strides 4/8/16/32): model.encoder.layers must give four"),
     ("model.decoder", lambda c: c.model.decoder != Decoder.e2net_ref or _levels(c) >= 2,
@@ -115,6 +118,8 @@ RULES: list[tuple[str, Callable[[DictConfig], bool], str]] = [
      "only a loss can choose the checkpoint (train.best_metric=loss or train_loss)"),
     ("eval.resize_logits", lambda c: not c.eval.resize_logits or not (c.eval.tta.hflip or c.eval.tta.scales),
      "test-time augmentation averages probabilities at the input size: turn eval.tta off or resize_logits off"),
+    ("eval.tta", lambda c: c.data.clip == 1 or not (c.eval.tta.hflip or c.eval.tta.scales),
+     "test-time augmentation transforms single images: turn it off for a clip model (data.clip > 1)"),
     ("data.augment_on", lambda c: c.data.augment_on != AugmentOn.device or not c.data.soft_masks and c.data.reduced_decode,
      "the device path decodes each image once, area-resized and binarised: set data.augment_on=workers "
      "for data.soft_masks=true or data.reduced_decode=false"),

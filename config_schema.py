@@ -160,6 +160,16 @@ class SecondEncoderConfig(EncoderConfig):
 
 
 @dataclass
+class TemporalConfig:
+    """Attention across a clip's frames (models/temporal.py), after CAEM on the coarsest pyramid levels:
+    each level's tokens of all the clip's frames attend to one another. The output projection starts at
+    zero, so a clip model begins exactly as the image model it is initialised from (train.init_from)."""
+
+    levels: int = within(0, 0, 4)  # coarsest levels that get it; 0 = off (an image model)
+    heads: int = within(4, 1, 256)  # attention heads; divides model.channels
+
+
+@dataclass
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     # A second encoder (a SAM2 Hiera: sam2.1-hiera-* folders, timm sam2_hiera_*; name empty = off). The
@@ -193,6 +203,7 @@ class ModelConfig:
     # e2net_ref: the coarse map is returned as probabilities, which the loss reads as logits again (the
     # published E2Net's double sigmoid: its coarse terms can never call a pixel background).
     coarse_sigmoid: bool = False
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
 
 @dataclass
@@ -259,6 +270,10 @@ class DataConfig:
     cache_dir: str = ""  # where that cache lives; empty = <data.root>/.cache
     max_pixels: int = within(100_000_000, 1, 1e12)  # larger images are treated as decompression bombs
     verify: bool = False  # fully decode every file at start-up (headers and end markers are always checked)
+    # Video (data.train folders of sequences, datasets/video.py): frames per training sample, centred on an
+    # annotated frame; the loss reads the clip's frames that have a mask. 1 = single annotated frames.
+    clip: int = within(1, 1, 64)
+    clip_stride: int = within(1, 1, 1000)  # frames between two consecutive frames of a clip
 
 
 @dataclass
@@ -305,6 +320,10 @@ class TrainConfig:
     # every step; refused with accum_steps > 1, whose no_sync it breaks in torch 2.14.
     ddp_static_graph: bool = False
     fused_adamw: bool = True  # on CUDA
+    # Start a new run from the trained weights of a checkpoint (.pth) or an export.py --hf folder: fresh
+    # optimizer and schedule, epoch 0 (not a resume). Weights the model has and the file lacks are allowed
+    # only for the temporal module (an image model starting a clip model); all others must be there.
+    init_from: str = ""
 
 
 @dataclass
@@ -329,6 +348,9 @@ class EvalConfig:
     # scored, in validation and test.py (E2Net-DINOv2's test script at 0.5); null = probabilities.
     binarize: float | None = within(None, 0, 1, open_low=True, open_high=True)
     tta: TTAConfig = field(default_factory=TTAConfig)  # test.py only; validation never uses it
+    # Video benchmarks: score every annotated frame; false = the published MoCA-Mask protocol (SLT-Net's
+    # eval/main_MoCA.m), which leaves out each sequence's last two annotated frames (CAD keeps them all).
+    video_all_frames: bool = False
 
 
 @dataclass

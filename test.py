@@ -22,6 +22,11 @@
       wrongly sized maps are reported by file name. Several --preds make one comparison.
       Default --out: outputs/scores/.
 
+  python test.py --ckpt best.pth --video clip.mp4 [--out DIR]
+      One mask per frame (masks/00000.png, ...) and overlay.mp4, each frame predicted in its clip
+      when the model has a temporal module (model.temporal). Video benchmarks (MoCA-Mask, CAD) in
+      --ckpt mode: per sequence, SLT-Net's protocol (evaluation/video.py; results.json says which).
+
   python test.py --ckpt best.pth --images my_photos/ [--out DIR]
       Masks and side-by-side overlays for images of any size and format, no metrics.
       Default --out: <run folder>/predict/<images folder name>/ (outputs/predict/... as above).
@@ -58,6 +63,7 @@ from evaluation.maps import MapIssues
 from evaluation.names import METRIC_KEYS, metrics_for, parse_metrics
 from evaluation.outputs import Scored, default_out, run_names, write_outputs
 from evaluation.scoring import Scorer, pair_folder, score_benchmark
+from evaluation.video import score_videos
 
 # torch, the model and the data are imported inside the functions that need them: the scoring
 # worker processes re-import this file (multiprocessing does so with the main script), and
@@ -97,6 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--preds; with --ckpt the same as data.root=...)",
     )
     p.add_argument("--images", type=Path, help="with --ckpt: predict these images instead of the benchmarks")
+    p.add_argument(
+        "--video", type=Path, help="with --ckpt: a video file's masks and overlay video (engine/video_io.py)"
+    )
     p.add_argument("--out", type=Path, help="output folder (defaults above)")
     p.add_argument("--workers", type=int, help="scoring processes (default eval.workers; 0 = all cores)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and its thumbnails")
@@ -115,6 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--ckpt '{args.ckpt}': no such file (give a checkpoint written by train.py, e.g. "
             "checkpoint/e2net_dinov3/best.pth, or a folder written by scripts/export.py --hf)"
         )
+    if args.video and not args.video.is_file():
+        p.error(f"--video '{args.video}': no such file")
     if args.images:
         if not args.images.is_dir():
             p.error(f"--images '{args.images}' is not a folder")
@@ -123,8 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.preds:
         if args.data_root is None:
             p.error("--preds needs --data-root ROOT, the folder holding TestDataset/<Benchmark>/GT")
-        if args.overrides or args.config or args.images:
-            p.error("key=value overrides, --config and --images apply to --ckpt only")
+        if args.overrides or args.config or args.images or args.video:
+            p.error("key=value overrides, --config, --images and --video apply to --ckpt only")
         for folder in args.preds:
             try:
                 find_pred_dirs(folder)
@@ -210,6 +221,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     import datasets
     from engine.distributed import cleanup_distributed, finish_collectives, setup_distributed
     from engine.predict import MapRule, predict_loader
+    from engine.video_io import predict_video_sets
 
     env = setup_distributed()
     try:
@@ -218,7 +230,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         model, tta = with_tta(trained.model, cfg)
         del trained
         out = args.out or default_out(args.ckpt, "test", "_".join(filter(None, (args.ckpt.stem, tta))))
-        test_sets = datasets.build_test_sets(cfg)
+        image_sets, video_sets = datasets.split_test_sets(cfg.data.root, list(cfg.data.test_sets))
+        test_sets = datasets.build_test_sets(cfg, image_sets) if image_sets is not None else {}
+        videos = predict_video_sets(model, video_sets, cfg, precision, device, out / "preds", env.distributed)
         predicted = {}
         for bench, ds in test_sets.items():
             loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
@@ -246,10 +260,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
             result = score_benchmark(scorer, written, MapIssues(), bench, images[bench], chosen)
             if result is not None:
                 scored[bench] = result
+        details = score_videos(scorer, videos, cfg.eval.video_all_frames, scored, images)
     if not scored:
         raise EvaluationError("no benchmark could be scored (see the warnings above)")
     extra = {"tta": {"hflip": bool(cfg.eval.tta.hflip), "scales": list(cfg.eval.tta.scales) or [1.0]}} if tta else None
-    write_outputs({run: scored}, out, images, report=not args.no_report, extra=extra, metrics=args.metrics)
+    write_outputs({run: scored}, out, images, not args.no_report, extra, args.metrics, details)
 
 
 def predict_own_images(args: argparse.Namespace) -> None:
@@ -282,13 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK") or 0)  # set by torchrun
     logging.basicConfig(level=logging.WARNING if rank else logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
-    if rank and (args.preds or args.images):
+    if rank and (args.preds or args.images or args.video):
         return 0  # one process does these: under torchrun, rank 0
     from engine.errors import USER_ERRORS
 
     try:
         if args.preds:
             score_saved_maps(args)
+        elif args.video:
+            from engine.video_io import predict_video_file
+
+            predict_video_file(
+                load_model(args), args.video, args.out or default_out(args.ckpt, "predict", args.video.stem)
+            )
         elif args.images:
             predict_own_images(args)
         else:

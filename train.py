@@ -53,6 +53,7 @@ from engine.run_folder import RunLock, open_run_dir
 from engine.state import TrainState
 from engine.step import train_one_epoch
 from engine.stop import StopRequest
+from engine.trained import init_from
 from engine.validation import test_at_end, validate
 
 log = logging.getLogger("train")
@@ -108,6 +109,8 @@ def train(cfg: DictConfig, env: DistEnv, stop: StopRequest) -> None:
 
     train_loader, val_loader = build_data(cfg, env)
     model = build_model(cfg).to(env.device)
+    if t.init_from and resume is None:  # a new run from trained weights; a resumed one has its own
+        init_from(model, cfg)
     loss_fn = build_loss(cfg)
     state = build_state(cfg, model, len(train_loader), precision.grad_scaler(), env)
     n_params = sum(p.numel() for g in state.optimizer.param_groups for p in g["params"])
@@ -179,7 +182,7 @@ def build_data(cfg: DictConfig, env: DistEnv) -> tuple:
     """(training loader, validation loader or None). Benchmarks to score at the end are found now:
     a wrong name fails before training, not hours later."""
     if cfg.data.test_sets:
-        datasets.find_benchmark_dirs(cfg.data.root, list(cfg.data.test_sets))
+        datasets.split_test_sets(cfg.data.root, list(cfg.data.test_sets))  # video benchmarks: test.py scores them
     train_ds, val_ds = datasets.build_train_val(cfg)
     train_loader = datasets.build_loader(train_ds, cfg, train=True, distributed=env.distributed)
     if val_ds is None or len(val_ds) == 0:

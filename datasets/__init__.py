@@ -12,9 +12,11 @@ from .loader import build_loader, collate, set_epoch
 from .problems import BadFile, DatasetError, Problem
 from .reading import decode_image, probe
 from .transforms import TestTransform, TrainTransform
+from .video import ClipDataset, Sequence, clip_indices, find_sequences, split_test_sets, video_test_set
 
 __all__ = [
     "BadFile",
+    "ClipDataset",
     "CODDataset",
     "DatasetError",
     "Problem",
@@ -23,13 +25,18 @@ __all__ = [
     "TrainTransform",
     "build_loader",
     "build_test_sets",
+    "clip_indices",
     "build_train_val",
     "collate",
     "decode_image",
     "eval_input",
     "find_benchmark_dirs",
+    "find_sequences",
     "probe",
+    "Sequence",
     "set_epoch",
+    "split_test_sets",
     "split_train_val",
     "training_inputs",
+    "video_test_set",
 ]

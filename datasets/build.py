@@ -16,6 +16,7 @@ from .layout import find_benchmark_dirs, pair_files, resolve_train_dirs
 from .problems import BadFile, DatasetError, Problem, report
 from .reading import probe, verify_decode
 from .transforms import TestTransform, TrainTransform
+from .video import ClipDataset, Sequence, find_sequences, is_video_folder, video_benchmarks
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
     """
     d = cfg.data
     root = Path(d.root)
+    if any(is_video_folder(root / entry) for entry in d.train):
+        return build_clip_train_val(cfg)
     dirs = resolve_train_dirs(root, list(d.train))
     samples, problems, notes = scan(dirs, int(d.max_pixels), bool(d.verify))
     val_samples: list[Sample] = []
@@ -204,10 +207,11 @@ def build_train_val(cfg) -> tuple[CODDataset, CODDataset | None]:
     return train_ds, val_ds
 
 
-def build_test_sets(cfg) -> dict[str, CODDataset]:
-    """``{benchmark name: dataset}`` for ``data.test_sets`` (or every folder under TestDataset/)."""
+def build_test_sets(cfg, names: list[str] | None = None) -> dict[str, CODDataset]:
+    """``{benchmark name: dataset}`` for ``names`` (default ``data.test_sets``; empty: every folder under
+    TestDataset/)."""
     d = cfg.data
-    benches = find_benchmark_dirs(Path(d.root), list(d.test_sets) or None)
+    benches = find_benchmark_dirs(Path(d.root), list(d.test_sets if names is None else names) or None)
     found, problems, notes = {}, [], []
     for name, dirs in benches.items():
         samples, bad, odd = scan([dirs], int(d.max_pixels), bool(d.verify))
@@ -220,3 +224,46 @@ def build_test_sets(cfg) -> dict[str, CODDataset]:
         raise DatasetError(f"no usable test images in {', '.join(benches)} (see the problems above)")
     log.info("test data: %s", ", ".join(f"{k} {len(v)}" for k, v in found.items()))
     return found
+
+
+def build_clip_train_val(cfg) -> tuple[ClipDataset, ClipDataset | None]:
+    """Training and validation clips from the ``data.train`` folders of sequences: a seeded hold-out of
+    ``data.val_fraction`` of the sequences (whole sequences, so no validation frame has a training
+    neighbour), or the sequences of the video benchmark ``data.val_set``."""
+    d, root, seed = cfg.data, Path(cfg.data.root), int(cfg.train.seed)
+    if d.augment_on != AugmentOn.workers or d.cache:
+        raise DatasetError("config key 'data.augment_on': clips are augmented by the workers: set "
+                           "data.augment_on=workers and data.cache=false for video training")  # fmt: skip
+    sequences, problems = [], []
+    for entry in d.train:
+        folder = root / entry
+        if not is_video_folder(folder):
+            raise DatasetError(
+                f"training folder {folder}: holds no sequences (<sequence>/Imgs+GT or frames+groundtruth); "
+                "data.train lists either image folders or video folders, not both"
+            )
+        found, bad = find_sequences(folder)
+        sequences, problems = sequences + found, problems + bad
+    val: list[Sequence] = []
+    if d.val_set:
+        for folder in video_benchmarks(root, [d.val_set]).values():
+            found, bad = find_sequences(folder)
+            val, problems = val + found, problems + bad
+    report(problems, [], bool(d.strict), "training data")
+    if not sequences:
+        raise DatasetError(f"no usable training sequences in {', '.join(str(root / e) for e in d.train)}")
+    train = sequences
+    if not d.val_set:
+        train, val = split_train_val(sequences, float(d.val_fraction), seed, root)
+    log.info(
+        "training data: %d sequences -> %d train (%d annotated frames), %d validation; clips of %d frame(s), "
+        "stride %d", len(sequences), len(train), sum(len(s.masks) for s in train), len(val), d.clip, d.clip_stride,
+    )  # fmt: skip
+    common = {"clip": int(d.clip), "stride": int(d.clip_stride), "max_pixels": int(d.max_pixels)}
+    transform = train_transform(d)
+    train_ds = ClipDataset(train, transform, int(d.image_size), seed=seed, on_error="next", name="train", **common)
+    if not val:
+        return train_ds, None
+    test = TestTransform(soft_masks=bool(d.soft_masks), reduced_decode=bool(d.reduced_decode))
+    val_transform = transform if d.val_augment else test
+    return train_ds, ClipDataset(val, val_transform, int(d.image_size), on_error="blank", name="val", **common)

@@ -65,6 +65,20 @@ def load_trained(
     return Trained(cfg, model.to(device).eval(), precision, architecture, device)
 
 
+def init_from(model: E2Net, cfg: DictConfig) -> None:
+    """``train.init_from``: the trained weights of a checkpoint or export.py --hf folder into ``model``,
+    the starting point of a new run. Every weight must be there but the temporal module's (an image
+    model starting a clip model: that module starts as the identity)."""
+    path = Path(cfg.train.init_from)
+    state = read_trained(path, required=("model",))
+    check_fingerprint(state, path, encoder_fingerprint(model, cfg))
+    load_weights(model, state["model"], path, optional=("temporal.",))
+    fresh = [k for k in model.trainable_state_dict() if k not in state["model"]]
+    log.info(
+        "initialised from %s (%d weights; %d new, starting as the identity)", path, len(state["model"]), len(fresh)
+    )
+
+
 def read_trained(ckpt: Path, required: Sequence[str] = ("model", "config")) -> dict:
     """The checkpoint's contents: a train.py ``.pth`` or an export.py --hf folder, read alike."""
     return load_hf_folder(ckpt) if is_hf_folder(ckpt) else load_checkpoint(ckpt, required=required)

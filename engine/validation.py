@@ -23,6 +23,7 @@ from engine.state import TrainState
 from evaluation.maps import MapIssues, read_mask, read_photo
 from evaluation.metrics import CODMetrics, ImageScores, image_scores
 from evaluation.names import ordered_keys
+from models.temporal import AnchorFrames, anchors, clip_frames
 
 log = logging.getLogger("train")
 
@@ -64,14 +65,16 @@ def evaluate(
     scores, grid, nonfinite = [], None, torch.zeros((), dtype=torch.int64, device=device)
     loss_sum, n_loss = torch.zeros((), device=device), 0
     for batch in writer.bar(loader, desc="validate"):
-        x = batch["image"].to(device, non_blocking=True)
-        outputs, prob = forward_probs(model, x, precision)
-        loss_sum += loss_fn(outputs, batch["mask"].to(device, non_blocking=True))[0].detach() * x.shape[0]
+        x, mask, net = batch["image"].to(device, non_blocking=True), batch["mask"], model
+        if x.dim() == 5:  # clips: each is scored on its anchor frame
+            net, mask = AnchorFrames(model), anchors(mask.flatten(0, 1), x.shape[1])
+        outputs, prob = forward_probs(net, x, precision)
+        loss_sum += loss_fn(outputs, mask.to(device, non_blocking=True))[0].detach() * x.shape[0]
         n_loss += x.shape[0]
         if grid is None:
-            k = min(grid_images, x.shape[0])
-            gray = [batch["mask"][:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
-            tiles = torch.stack([x[:k].float(), *(g.expand(-1, 3, -1, -1) for g in gray)], dim=1)
+            k, shown = min(grid_images, x.shape[0]), anchors(*clip_frames(x))
+            gray = [mask[:k].to(device), prob[:k], torch.sigmoid(outputs[0][:k].float())]
+            tiles = torch.stack([shown[:k].float(), *(g.expand(-1, 3, -1, -1) for g in gray)], dim=1)
             grid = labelled_grid(tiles, GRID_COLUMNS)
         nonfinite += (~torch.isfinite(prob.flatten(1))).any(1).sum()
         if not score_maps:
@@ -81,7 +84,7 @@ def evaluate(
             if gt is None:  # vanished or damaged since the dataset was built
                 log.warning("validation mask %s is unreadable: image skipped", path)
         keep = [j for j, gt in enumerate(gts) if gt is not None]
-        maps = final_maps(model, x[keep], prob[keep], [gts[j].shape for j in keep], precision, rule or MapRule())
+        maps = final_maps(net, x[keep], prob[keep], [gts[j].shape for j in keep], precision, rule or MapRule())
         for m, j in zip(maps, keep):
             photo = read_photo(Path(batch["image_path"][j]), gts[j].shape, MapIssues()) if ccm else None
             scores.append(image_scores(m, gts[j], photo, hce))
@@ -142,7 +145,10 @@ def test_at_end(
     if best is not None:
         load_weights(model, load_checkpoint(best, required=("model",))["model"], best)
     which = best.name if best is not None else "the final weights"
-    for bench, ds in datasets.build_test_sets(cfg).items():
+    image_sets, video_sets = datasets.split_test_sets(cfg.data.root, list(cfg.data.test_sets))
+    if video_sets:
+        log.info("%s: scored by test.py --ckpt (per sequence, SLT-Net's protocol)", ", ".join(video_sets))
+    for bench, ds in (datasets.build_test_sets(cfg, image_sets) if image_sets is not None else {}).items():
         loader = datasets.build_loader(ds, cfg, train=False, distributed=env.distributed)
         shard = evaluate(model, loader, loss_fn, precision, writer, env.device, rule=MapRule.of(cfg))
         metrics, _ = merge(shard)

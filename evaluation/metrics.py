@@ -30,6 +30,7 @@ and none at all wherever the library's value is in range).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,6 +184,10 @@ class CODMetrics:
     def __len__(self) -> int:
         return len(self._images)
 
+    def __iter__(self) -> Iterator[ImageScores]:
+        """The per-image scores in the order they were added."""
+        return iter(self._images)
+
     def step(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Score one map. ``pred``, ``gt``: uint8 [H, W], same size (resize the map first)."""
         self._images.append(image_scores(pred, gt))
@@ -229,6 +234,18 @@ class CODMetrics:
         if all(s.hce is not None for s in ims):
             out["HCE"] = float(_mean([s.hce for s in ims]))
         return {**out, "n_images": len(ims)}
+
+    def mean_scores(self) -> ImageScores:
+        """The mean over the images of each per-image number and curve: one row standing for them all
+        (a video sequence's, which the video protocol then averages over sequences)."""
+        self._require_images()
+        ims = self._images
+        means = {
+            name: _mean([getattr(s, name) for s in ims])
+            for name in ImageScores.__dataclass_fields__
+            if all(getattr(s, name) is not None for s in ims)
+        }
+        return ImageScores(**{k: v if v.ndim else float(v) for k, v in means.items()})
 
     def curves(self) -> Curves:
         """Dataset-mean precision, recall, F-measure, E-measure, Dice and IoU against threshold 0..255."""

@@ -32,12 +32,14 @@ def write_outputs(
     report: bool = True,
     extra: dict | None = None,
     metrics: list[str] | None = None,
+    details: dict[str, dict] | None = None,
 ) -> None:
     """results.json per run, the comparison table (printed, .md, .csv), the curves and report.html.
 
     ``images``: ``{benchmark: {name: photo path}}`` for the report's gallery; ``extra``: keys added
     to every results.json entry (the test-time augmentation used); ``metrics``: ``test.py --metrics``
-    (None: each benchmark's default set).
+    (None: each benchmark's default set); ``details``: keys added to one benchmark's results.json entry
+    (a video benchmark's protocol and per-sequence rows, :func:`evaluation.video.score_videos`).
     """
     out.mkdir(parents=True, exist_ok=True)
     runs = {
@@ -46,7 +48,11 @@ def write_outputs(
     for run, results in runs.items():
         run_dir = out if len(runs) == 1 else out / run
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_results_json(results, run_dir / "results.json", extra)
+        per_bench = {
+            b: {**d, "sequences": {q: selected(r, b, metrics) for q, r in d.get("sequences", {}).items()}}
+            for b, d in (details or {}).items()
+        }
+        write_results_json(results, run_dir / "results.json", extra, per_bench)
     md, csv_path = write_tables(runs, out)
     figures = plot_curves(
         {run: {b: m.curves() for b, (m, _) in per_run.items()} for run, per_run in scored.items()}, out / "curves"

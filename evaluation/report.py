@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cod_benchmarks import VIDEO_COD, field_of
+
 from .discovery import sort_benchmarks
 from .maps import read_mask
 from .names import LOWER_IS_BETTER, ordered_keys
@@ -49,14 +51,18 @@ def gallery_rows(
     per_image: Mapping[str, Mapping[str, list[ImageResult]]], images: Mapping[str, Mapping[str, str]]
 ) -> list[GalleryRow]:
     """``per_image``: ``{run: {benchmark: [ImageResult]}}``; ``images``: ``{benchmark: {name: photo path}}``.
-    One row per (benchmark, image) scored by any run, in the papers' benchmark order then by name."""
+    One row per (benchmark, image) scored by any run, in the papers' benchmark order then by name; a video
+    benchmark's frames (``<sequence>/<frame>``) are grouped as ``<benchmark>/<sequence>``, one gallery each."""
     rows: dict[tuple[str, str], GalleryRow] = {}
     for run, per_bench in per_image.items():
         for bench, results in per_bench.items():
             for r in results:
-                row = rows.setdefault(
-                    (bench, r.name), GalleryRow(bench, r.name, images.get(bench, {}).get(r.name), r.mask_path)
-                )
+                group, name = bench, r.name
+                if field_of(bench) == VIDEO_COD and "/" in name:  # a video benchmark: a gallery per sequence
+                    sequence, name = name.split("/", 1)
+                    group = f"{bench}/{sequence}"
+                photo = images.get(bench, {}).get(r.name)
+                row = rows.setdefault((group, name), GalleryRow(group, name, photo, r.mask_path))
                 row.maps[run] = r
     order = {b: i for i, b in enumerate(sort_benchmarks({b for b, _ in rows}))}
     return [rows[k] for k in sorted(rows, key=lambda k: (order[k[0]], k[1]))]

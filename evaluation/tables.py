@@ -26,12 +26,18 @@ LEGEND = (
 )
 
 
-def write_results_json(results: dict[str, dict], path: str | Path, extra: dict | None = None) -> None:
+def write_results_json(
+    results: dict[str, dict], path: str | Path, extra: dict | None = None, details: dict[str, dict] | None = None
+) -> None:
     """``{benchmark: {"Sm", ..., "Fm_max", "mDice", ..., "n_images"}}`` with the metric keys each
     benchmark holds (in :data:`METRIC_KEYS` order), then ``extra``'s (how the maps were made, e.g.
-    ``{"tta": {...}}``) in every benchmark's entry."""
+    ``{"tta": {...}}``) in every benchmark's entry, and ``details[benchmark]``'s in that one's."""
     ordered = {
-        b: {**{k: results[b][k] for k in (*ordered_keys(results[b]), "n_images")}, **(extra or {})}
+        b: {
+            **{k: results[b][k] for k in (*ordered_keys(results[b]), "n_images")},
+            **(extra or {}),
+            **(details or {}).get(b, {}),
+        }
         for b in sort_benchmarks(results)
     }
     Path(path).write_text(json.dumps(ordered, indent=2) + "\n")

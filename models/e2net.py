@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .temporal import clip_frames
+
 
 class E2Net(nn.Module):
     """Camouflaged-object segmenter.
@@ -17,10 +19,13 @@ class E2Net(nn.Module):
         channels_last: keep the decoder's weights and activations in NHWC, which tensor-core
             convolutions prefer.
         compile: ``torch.compile`` CAEM and the decoder (in place, so state-dict keys do not change).
+        temporal: ``(maps, clip) -> maps`` across each clip's frames, after CAEM
+            (``models.temporal.TemporalAttention``), or None (an image model).
 
     ``forward(x [B, 3, H, W] in [0, 1], size=None) -> list of logits [B, 1, *size]`` (``size``
     defaults to the input's (H, W)), final prediction last; the same list in training and
-    evaluation mode.
+    evaluation mode. Clips ``x`` [B, T, 3, H, W] give logits [B * T, 1, *size], each clip's frames
+    in order; an image model treats them as ``B * T`` images.
     """
 
     def __init__(
@@ -31,10 +36,12 @@ class E2Net(nn.Module):
         *,
         channels_last: bool = False,
         compile: bool = False,
+        temporal: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.caem = caem
+        self.temporal = temporal
         self.decoder = decoder
         self.channels_last = channels_last
         if channels_last:
@@ -50,11 +57,14 @@ class E2Net(nn.Module):
                     m.compile(dynamic=False)
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> list[Tensor]:
+        x, clip = clip_frames(x)
         feats = self.encoder(x)
         if self.channels_last:
             feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
         if self.caem is not None:
             feats = self.caem(feats)
+        if self.temporal is not None:
+            feats = self.temporal(feats, clip)
         return self.decoder(feats, tuple(size) if size is not None else tuple(x.shape[-2:]))
 
     # -- what a checkpoint holds: everything but the frozen encoder weights (engine.checkpoint loads it) --

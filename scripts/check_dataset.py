@@ -8,7 +8,10 @@ also decodes every pixel of every file (``--fast``: headers and end markers only
 counts per split and benchmark, then every problem; exits 1 if there were problems, else 0.
 Notes (e.g. a mask whose size differs from its image, or a registered benchmark whose count
 differs from the published one, cod_benchmarks.REGISTRY) are printed but do not fail the check.
-DIS5K is found as it unpacks (ROOT/DIS5K/DIS-TE1/{im,gt}, or ROOT is the DIS5K folder).
+DIS5K is found as it unpacks (ROOT/DIS5K/DIS-TE1/{im,gt}, or ROOT is the DIS5K folder). Video sets
+(ROOT/MoCA-Mask/{TrainDataset_per_sq,TestDataset_per_sq}, ROOT/CamouflagedAnimalDataset) are counted in
+sequences, frames and annotated frames, the sequences against the published counts; a root holding
+only video sets is checked as such.
 """
 
 from __future__ import annotations
@@ -26,14 +29,43 @@ from cod_benchmarks import benchmark_info  # noqa: E402
 from config import ConfigError, load_config  # noqa: E402
 from datasets.build import cod10k_camouflaged, scan, split_train_val  # noqa: E402
 from datasets.layout import find_benchmark_dirs, resolve_train_dirs  # noqa: E402
-from datasets.problems import DatasetError, Problem, format_problems  # noqa: E402
+from datasets.problems import BadFile, DatasetError, Problem, format_problems  # noqa: E402
+from datasets.reading import probe, verify_decode  # noqa: E402
+from datasets.video import MOCA_DIR, MOCA_TRAIN, VIDEO_TEST_DIRS, find_sequences, is_video_folder  # noqa: E402
+
+VIDEO_SETS = {"MoCA-Mask train": Path(MOCA_DIR) / MOCA_TRAIN, **VIDEO_TEST_DIRS}
+
+
+def check_videos(root: Path, max_pixels: int, full: bool) -> tuple[list[tuple[str, int]], list, list]:
+    """(rows of (set, annotated frames), problems, notes) for the video sets under ``root``."""
+    rows, problems, notes = [], [], []
+    for name, rel in VIDEO_SETS.items():
+        if not is_video_folder(root / rel):
+            continue
+        sequences, bad = find_sequences(root / rel)
+        problems += bad
+        for path in (f for s in sequences for f in (*s.frames, *s.masks.values())):
+            try:
+                probe(path, max_pixels)
+                if full:
+                    verify_decode(path)
+            except BadFile as err:
+                problems.append(Problem(str(path), str(err)))
+        frames, annotated = sum(len(s.frames) for s in sequences), sum(len(s.masks) for s in sequences)
+        rows.append((f"video {name} ({len(sequences)} sequences, {frames} frames; annotated)", annotated))
+        published = benchmark_info(name).n_sequences
+        if published is not None and len(sequences) != published:
+            notes.append(Problem(str(root / rel), f"{len(sequences)} sequences; the published {name} has {published}"))
+    return rows, problems, notes
 
 
 def check(root: str | Path, overrides: list[str], full: bool = True) -> tuple[list[tuple[str, int]], list, list]:
     """(rows of (split, count), problems, notes) for the data root ``root``."""
     cfg = load_config(None, [f"data.root={root}", *overrides])
     d, root = cfg.data, Path(root)
-    rows, problems, notes = [], [], []
+    rows, problems, notes = check_videos(root, int(d.max_pixels), full)
+    if rows and not (root / d.train[0]).is_dir():  # a root of video sets only
+        return rows, problems, notes
     dirs = resolve_train_dirs(root, list(d.train))
     samples, bad, odd = scan(dirs, int(d.max_pixels), verify=full)
     problems, notes = problems + bad, notes + odd

@@ -18,6 +18,12 @@ files (``--copy`` copies them instead). Running it again replaces what it wrote.
 with masks by file stem. Then every count is compared with the published one (train: COD10K
 3,040 + CAMO 1,000 = 4,040; test: CAMO 250, CHAMELEON 76, COD10K 2,026, NC4K 4,121), and every
 difference and every image without a mask (or mask without an image) is reported by name.
+Video sets (``--moca``, ``--cad``, or found in ``--downloads``) are linked as they unpack, their
+sequences counted against the published ones (MoCA-Mask 71 train / 16 test, CAD 9):
+
+    MoCA-Mask/[MoCA_Video/]{TrainDataset_per_sq,TestDataset_per_sq}  -> OUT/MoCA-Mask/...
+    CamouflagedAnimalDataset/<sequence>/{frames,groundtruth}         -> OUT/CamouflagedAnimalDataset
+
 Exit status: 0 when all given archives match the published counts, 1 otherwise.
 Point ``data.root`` (config_schema.py, README "Config reference") at OUT.
 """
@@ -43,6 +49,7 @@ from cod_benchmarks import (  # noqa: E402
     list_masks,
     select_benchmark_images,
 )
+from scripts.parts.prepare_video import VIDEO_ARCHIVES, find_video_archive, prepare_videos  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,7 @@ def describe_registry() -> str:
     lines = [f"{'field':<10} {'split':<6} {'name':<22} {'published':>9}"]
     for b in REGISTRY:
         count = f"{b.n_images:,}" if b.n_images is not None else "see paper"
+        count = f"{b.n_sequences} seq." if b.n_sequences is not None else count
         lines.append(f"{b.field:<10} {b.split:<6} {b.name:<22} {count:>9}")
     return "\n".join(lines)
 
@@ -242,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--downloads", type=Path, help="folder holding the unpacked archives (found by name)")
     for archive in ARCHIVES:
         p.add_argument(f"--{archive.flag}", type=Path, help=f"the unpacked {archive.parts[0].benchmark} folder")
+    p.add_argument("--moca", type=Path, help="the unpacked MoCA-Mask folder")
+    p.add_argument("--cad", type=Path, help="the unpacked CamouflagedAnimalDataset folder")
     p.add_argument("--out", type=Path, help="data root to build (then data.root=OUT)")
     p.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
     args = p.parse_args(argv)
@@ -260,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--downloads '{args.downloads}' is not a folder")
             given = find_archive(args.downloads, archive)
         sources[archive.flag] = given
+    for flag, names, _ in VIDEO_ARCHIVES:
+        given = getattr(args, flag)
+        sources[flag] = given or (find_video_archive(args.downloads, names) if args.downloads else None)
     if not any(sources.values()):
         p.error(
             "no archive found: give --downloads DIR holding COD10K-v3/, CAMO-V.1.0-CVIU2019/, CHAMELEON/, NC4K/ "
@@ -273,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare_data.py: error: cannot write under '{args.out}': {err}", file=sys.stderr)
         return 1
     text, differences = format_report(reports)
-    print(text)
+    video_lines, video_differences = prepare_videos(sources, args.out)
+    differences += video_differences
+    print("\n".join([text, *video_lines]))
     print(
         f"wrote {args.out}/TrainDataset and {args.out}/TestDataset "
         f"({'copies' if args.copy else 'links'}); "

@@ -21,13 +21,14 @@ from engine.checkpoint.files import CheckpointError
 log = logging.getLogger(__name__)
 
 
-def load_weights(model: nn.Module, weights: Any, path: Path) -> None:
+def load_weights(model: nn.Module, weights: Any, path: Path, optional: tuple[str, ...] = ()) -> None:
     """Load a checkpoint's ``model`` entry, never discarding any of it and never loading a diverged one.
 
     Refused (``CheckpointError`` naming the file): an entry that is not a dict of tensors, a non-finite
     tensor, weights of parameters this config keeps frozen (they would be dropped silently), or
     weights that do not fit the model: every key of ``model.trainable_state_dict()`` must be there,
-    with its shape, and nothing else.
+    with its shape, and nothing else; ``optional``: key prefixes the entry may lack (those weights keep
+    the model's own values).
     """
     if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(
@@ -55,7 +56,7 @@ def load_weights(model: nn.Module, weights: Any, path: Path) -> None:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit this model/config ({first_line(err, with_type=True)}); {advice}"
         ) from None
-    missing = [k for k in result.missing_keys if k not in frozen]
+    missing = [k for k in result.missing_keys if k not in frozen and not (optional and k.startswith(optional))]
     if missing or result.unexpected_keys:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit this model/config (missing {len(missing)}: {missing[:5]}; "
