@@ -194,25 +194,6 @@ def load_model(args: argparse.Namespace, device=None):
     return load_trained(args.ckpt, args.config, overrides, device=device)
 
 
-def with_tta(model, cfg):
-    """``eval.tta`` -> (the model wrapped in test-time augmentation, its name), or (model, "") when off."""
-    t = cfg.eval.tta
-    if not t.hflip and not t.scales:
-        return model, ""
-    from engine.tta import TestTimeAugmentation, scaled_size
-
-    patch, scales = model.encoder.patch_size, list(t.scales) or [1.0]
-    tta = TestTimeAugmentation(model, patch, hflip=t.hflip, scales=scales)
-    sizes = sorted({scaled_size(int(cfg.data.image_size), s, patch) for s in scales})
-    log.info(
-        "test-time augmentation %s: input sides %s%s, probabilities averaged",
-        tta.name,
-        sizes,
-        " and their mirror images" if t.hflip else "",
-    )
-    return tta, tta.name
-
-
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """--ckpt mode: predict every test benchmark, write the maps, score them. Under torchrun the
     ranks share the prediction; rank 0 writes and scores."""
@@ -221,13 +202,14 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     import datasets
     from engine.distributed import cleanup_distributed, finish_collectives, setup_distributed
     from engine.predict import MapRule, predict_loader
+    from engine.tta import for_test
     from engine.video_io import predict_video_sets
 
     env = setup_distributed()
     try:
         trained = load_model(args, env.device)
         cfg, device, precision = trained.cfg, trained.device, trained.precision
-        model, tta = with_tta(trained.model, cfg)
+        model, tta = for_test(trained.model, cfg)
         del trained
         out = args.out or default_out(args.ckpt, "test", "_".join(filter(None, (args.ckpt.stem, tta))))
         image_sets, video_sets = datasets.split_test_sets(cfg.data.root, list(cfg.data.test_sets))
@@ -269,28 +251,14 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
 def predict_own_images(args: argparse.Namespace) -> None:
     """--ckpt --images mode: masks and overlays, no metrics."""
-    from engine.predict import MapRule, list_own_images, predict_images
+    from engine.predict import predict_folder
+    from engine.tta import for_test
 
     trained = load_model(args)
-    cfg = trained.cfg
-    model, _ = with_tta(trained.model, cfg)
-    out = args.out or default_out(args.ckpt, "predict", args.images.resolve().name)
-    paths = list_own_images(args.images)
-    n = predict_images(
-        model,
-        paths,
-        out,
-        precision=trained.precision,
-        device=trained.device,
-        size=int(cfg.data.image_size),
-        batch_size=int(cfg.eval.batch_size),
-        max_pixels=int(cfg.data.max_pixels),
-        rule=MapRule.of(cfg),
-        reduced_decode=bool(cfg.data.reduced_decode),
+    model, _ = for_test(trained.model, trained.cfg)
+    predict_folder(
+        trained, model, args.images, args.out or default_out(args.ckpt, "predict", args.images.resolve().name)
     )
-    if n == 0:
-        raise EvaluationError(f"none of the {len(paths)} files in '{args.images}' could be read as an image")
-    log.info("%d of %d images: masks in %s, overlays in %s", n, len(paths), out / "masks", out / "overlays")
 
 
 def main(argv: list[str] | None = None) -> int:

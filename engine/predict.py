@@ -27,6 +27,7 @@ from cod_benchmarks import list_images
 from datasets import BadFile, decode_image, eval_input, probe
 from engine.amp import Precision
 from engine.distributed import all_gather_objects, gather_to_main, interleave
+from evaluation.discovery import EvaluationError
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +229,25 @@ def predict_images(
     if batch:
         flush()
     return count
+
+
+def predict_folder(trained, model: nn.Module, folder: Path, out: Path) -> None:
+    """``test.py --images``: ``model`` (``trained.model``, perhaps wrapped in test-time augmentation)
+    on every image in ``folder`` at the trained config's size and map rule, see :func:`predict_images`.
+    ``trained``: an ``engine.trained.Trained``."""
+    cfg, paths = trained.cfg, list_own_images(folder)
+    n = predict_images(
+        model,
+        paths,
+        out,
+        precision=trained.precision,
+        device=trained.device,
+        size=int(cfg.data.image_size),
+        batch_size=int(cfg.eval.batch_size),
+        max_pixels=int(cfg.data.max_pixels),
+        rule=MapRule.of(cfg),
+        reduced_decode=bool(cfg.data.reduced_decode),
+    )
+    if n == 0:
+        raise EvaluationError(f"none of the {len(paths)} files in '{folder}' could be read as an image")
+    log.info("%d of %d images: masks in %s, overlays in %s", n, len(paths), out / "masks", out / "overlays")

@@ -13,11 +13,14 @@ and is what the COD papers that report TTA do.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 # Keeps logit(p) finite; 1e-6 is below half a grey level of the 8-bit maps written from p.
 _EPS = 1e-6
@@ -77,3 +80,17 @@ class TestTimeAugmentation(nn.Module):
             total += prob
             views += 2 if self.hflip else 1
         return [torch.logit(total / views, eps=_EPS)]
+
+
+def for_test(model: nn.Module, cfg) -> tuple[nn.Module, str]:
+    """``eval.tta`` of a config -> (``model`` wrapped in test-time augmentation, its name), or
+    (``model``, "") when off: what test.py predicts with."""
+    t = cfg.eval.tta
+    if not t.hflip and not t.scales:
+        return model, ""
+    patch, scales = model.encoder.patch_size, list(t.scales) or [1.0]
+    tta = TestTimeAugmentation(model, patch, hflip=t.hflip, scales=scales)
+    sizes = sorted({scaled_size(int(cfg.data.image_size), s, patch) for s in scales})
+    mirrored = " and their mirror images" if t.hflip else ""
+    log.info("test-time augmentation %s: input sides %s%s, probabilities averaged", tta.name, sizes, mirrored)
+    return tta, tta.name
