@@ -92,6 +92,7 @@ def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
         std=[v / 255 for v in e.pixel_std] or None,
         drop_border=e.drop_border,
         input_size=e.image_size or None,
+        activation_checkpointing=e.activation_checkpointing,
     )
 
 
