@@ -133,7 +133,7 @@ class EncoderConfig:
     # (bilinear, antialiased); 0 = the image as loaded (data.image_size).
     image_size: int = within(0, 0, 8192)
     # Blocks recompute their activations (adapters and LoRA included) in the backward pass instead of
-    # keeping them: a fraction of the trunk's training memory for about a third more of its compute.
+    # keeping them: a fraction of the trunk's training memory for one more forward pass of it per step.
     # Only where the trunk trains (adapters, LoRA, trainable blocks); a frozen trunk ignores it.
     activation_checkpointing: bool = False
 

@@ -3,7 +3,7 @@
 Adapters after every block make autograd keep every block's activations, frozen or not, for the
 gradient that flows back to the first adapter (at 1024 px, a Hiera-L training step then holds 4-5x
 the memory of an inference pass). With checkpointing each block keeps only its input and runs again
-in the backward pass: about a third more compute for the trunk, a fraction of its memory.
+in the backward pass: one more forward pass of the trunk per step for a fraction of its memory.
 
 The unit recomputed is the block's whole call, its forward hooks included, so the block adapters
 (:mod:`encoders.adapters`, forward hooks on the block) and LoRA (layers inside the block) are

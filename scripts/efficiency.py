@@ -22,7 +22,9 @@ outputs mean nothing. Each config runs in a fresh subprocess so that its peak me
   images/s    inference (``sigmoid(model(x)[-1])`` under no_grad and the config's resolved
               autocast) at batch 1 and 8 (``--infer-batches``), median of ``--repeats`` after a warm-up
 
-Everything runs at data.image_size (an encoder with its own ``image_size`` resizes to it anyway).
+Everything runs at data.image_size (an encoder with its own ``image_size`` resizes to it anyway),
+in the config's train.amp resolved for the device (``--amp auto``: what ``auto`` picks there, e.g.
+float32 on a CPU whose bf16 matmul is slow).
 ``--train-batch N`` trains at min(train.batch_size, N) where the config's batch does not fit or
 takes too long: the table says the batch it measured at.
 """
@@ -157,9 +159,9 @@ def measure(
 def table(rows: list[dict], device: str) -> str:
     """The markdown table of ``rows``: per config, what it costs on ``device``."""
     lines = [
-        f"| config | px | params M | trainable M | GFLOPs | train peak GiB ({device}) | images/s batch 1 | "
+        f"| config | px | params M | trainable M | GFLOPs | amp | train peak GiB ({device}) | images/s batch 1 | "
         "images/s batch 8 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         batch = f"batch {r['train_batch']}" + (
@@ -168,7 +170,7 @@ def table(rows: list[dict], device: str) -> str:
         speed = [f"{r[k]:.2f}" if k in r else "–" for k in ("images_per_s_b1", "images_per_s_b8")]
         lines.append(
             f"| `{r['config']}` | {r['image_size']} | {r['params'] / 1e6:.2f} | {r['trainable_params'] / 1e6:.2f} | "
-            f"{r['gflops']:.1f} | {r['train_peak_bytes'] / 2**30:.2f} ({batch}) | {speed[0]} | {speed[1]} |"
+            f"{r['gflops']:.1f} | {r['amp']} | {r['train_peak_bytes'] / 2**30:.2f} ({batch}) | {speed[0]} | {speed[1]} |"
         )
     return "\n".join(lines)
 
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-batch", type=int, default=0, help="train at most at this batch (0: the config's)")
     ap.add_argument("--infer-batches", default="1,8", help="inference batch sizes (comma-separated)")
     ap.add_argument("--repeats", type=int, default=3, help="timed inference passes per batch size")
+    ap.add_argument("--amp", default="", help="train.amp for every config (default: each config's own)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--cache", default="", help="folder for the random weights (default: a temporary one)")
     ap.add_argument("--json", default="", help="write the rows here")
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         for config in [Path(c) for c in a.configs] or SHIPPED:
             name = config.resolve().relative_to(ROOT) if config.resolve().is_relative_to(ROOT) else config
             print(f"[{name}] ...", file=sys.stderr, flush=True)
-            overrides = random_weights(load_config(str(config), []), cache)
+            overrides = random_weights(load_config(str(config), []), cache) + ([f"train.amp={a.amp}"] if a.amp else [])
             spec = {"config": str(config), "overrides": overrides, "device_name": device}
             batches = [int(b) for b in a.infer_batches.split(",")]
             spec |= {"train_batch": a.train_batch, "infer_batches": batches, "repeats": a.repeats, "threads": a.threads}
