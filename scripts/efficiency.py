@@ -20,7 +20,9 @@ outputs mean nothing. Each config runs in a fresh subprocess so that its peak me
               peak resident set (VmHWM, reset before the step: weights, optimizer state and the
               runtime included), as scripts/benchmark.py's P6
   images/s    inference (``sigmoid(model(x)[-1])`` under no_grad and the config's resolved
-              autocast) at batch 1 and 8 (``--infer-batches``), median of ``--repeats`` after a warm-up
+              autocast) at batch 1 and 8 (``--infer-batches``), median of ``--repeats`` after a
+              warm-up; on a CPU also per CPU-second of this process (in brackets), which other jobs
+              sharing the cores disturb far less than the wall clock
 
 Everything runs at data.image_size (an encoder with its own ``image_size`` resizes to it anyway),
 in the config's train.amp resolved for the device (``--amp auto``: what ``auto`` picks there, e.g.
@@ -142,7 +144,9 @@ def measure(
             with precision.autocast():
                 torch.sigmoid(model(x)[-1].float())
 
-        row[f"images_per_s_b{batch}"] = batch / _timed(infer, device, 1, repeats)["s"]
+        timed = _timed(infer, device, 1, repeats)
+        row[f"images_per_s_b{batch}"] = batch / timed["s"]
+        row[f"images_per_cpu_s_b{batch}"] = batch / timed["cpu_s"]  # on a shared CPU: the work, not the waits
     batch = min(cfg.train.batch_size, train_batch) if train_batch else cfg.train.batch_size
     x = torch.rand(batch, 3, size, size, device=device)
     y = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
@@ -156,6 +160,14 @@ def measure(
 
 
 # --------------------------------------------------------------------------- driver
+def _speed(row: dict, batch: int, device: str) -> str:
+    """Images/s at ``batch`` (on a CPU also per CPU-second, in brackets); a dash where not measured."""
+    wall, cpu = row.get(f"images_per_s_b{batch}"), row.get(f"images_per_cpu_s_b{batch}")
+    if wall is None:
+        return "–"
+    return f"{wall:.2f}" + (f" ({cpu:.2f})" if device == "cpu" and cpu else "")
+
+
 def table(rows: list[dict], device: str) -> str:
     """The markdown table of ``rows``: per config, what it costs on ``device``."""
     lines = [
@@ -167,7 +179,7 @@ def table(rows: list[dict], device: str) -> str:
         batch = f"batch {r['train_batch']}" + (
             "" if r["train_batch"] == r["config_batch"] else f" of {r['config_batch']}"
         )
-        speed = [f"{r[k]:.2f}" if k in r else "–" for k in ("images_per_s_b1", "images_per_s_b8")]
+        speed = [_speed(r, b, device) for b in (1, 8)]
         lines.append(
             f"| `{r['config']}` | {r['image_size']} | {r['params'] / 1e6:.2f} | {r['trainable_params'] / 1e6:.2f} | "
             f"{r['gflops']:.1f} | {r['amp']} | {r['train_peak_bytes'] / 2**30:.2f} ({batch}) | {speed[0]} | {speed[1]} |"

@@ -122,7 +122,7 @@ def _timm_hiera() -> TimmHiera:
 
 
 @pytest.mark.parametrize("family", ["timm_hiera", "hf_dinov3"])
-def test_adapters_and_lora_are_recomputed_in_every_family_with_the_same_gradients(family, tiny_dinov3) -> None:
+def test_adapters_and_lora_are_recomputed_in_every_family_with_the_same_gradients(family, tiny_dinov3_factory) -> None:
     """timm's own mechanism (a Hiera) and the block-class one (a transformers DINOv3, with LoRA beside
     the adapters): the same gradients, and no adapter or LoRA activation kept."""
     from peft.tuners.lora import LoraLayer
@@ -135,7 +135,8 @@ def test_adapters_and_lora_are_recomputed_in_every_family_with_the_same_gradient
             size = 64
         else:
             lora = LoRA(rank=4, dropout=0.0)
-            enc = build_dinov3_encoder(model_name="tiny", pretrained_path=str(tiny_dinov3), lora=lora, **kwargs)
+            dino = tiny_dinov3_factory(hidden=32, layers=4, heads=2)
+            enc = build_dinov3_encoder(model_name="tiny", pretrained_path=str(dino), lora=lora, **kwargs)
             size = 32
         assert enc.recomputes is on
         if state is None:
