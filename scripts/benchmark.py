@@ -551,9 +551,10 @@ def _report(a, spec: dict, torch, precision, results: dict) -> dict:
         print(_table(out), flush=True)
     else:
         print(json.dumps(results, indent=1), flush=True)
-        if _checkpointing_ratios(results):
-            out.update(_checkpointing_ratios(results))
-            print("\n".join(_checkpointing_lines(_checkpointing_ratios(results))), flush=True)
+        checkpointing = _checkpointing_ratios(results)  # P6 with and without needs no other phase
+        if checkpointing:
+            out.update(checkpointing)
+            print("\n".join(_checkpointing_lines(checkpointing)), flush=True)
     return out
 
 
