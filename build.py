@@ -99,6 +99,7 @@ def build_encoder(cfg: DictConfig, which: str = "encoder") -> PyramidEncoder:
         drop_border=e.drop_border,
         input_size=e.image_size or None,
         antialias=e.antialias,
+        activation_checkpointing=e.activation_checkpointing,
     )
 
 

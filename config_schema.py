@@ -149,6 +149,10 @@ class EncoderConfig:
     # (bilinear, antialiased); 0 = the image as loaded (data.image_size).
     image_size: int = within(0, 0, 8192)
     antialias: bool = True  # false: that resize without antialiasing (SAM2-UNeXT's F.interpolate of DINOv2's input)
+    # Blocks recompute their activations (adapters and LoRA included) in the backward pass instead of
+    # keeping them: a fraction of the trunk's training memory for one more forward pass of it per step.
+    # Only where the trunk trains (adapters, LoRA, trainable blocks); a frozen trunk ignores it.
+    activation_checkpointing: bool = False
 
 
 @dataclass

@@ -32,6 +32,7 @@ from encoders.hiera import is_hiera, load_hiera
 from encoders.loading import default_layers, load_trunk
 from encoders.lora import LoRA, lora_dropouts, lora_parameters
 from encoders.pyramids import PYRAMIDS
+from encoders.recompute import recompute_blocks
 from encoders.rules import check_depth, check_taps, check_tiles, check_training
 from encoders.trunks import Trunk
 from encoders.tuning import prepare_trunk
@@ -55,7 +56,9 @@ class PyramidEncoder(nn.Module):
     ``lora``: low-rank adapters on the frozen trunk (:mod:`encoders.lora`); ``adapters``: bottleneck
     adapters after chosen blocks (:mod:`encoders.adapters`), float32 like LoRA. Both need
     ``freeze=True`` and no ``trainable_blocks``; they combine. Settings that break a rule of
-    :mod:`encoders.rules` raise ValueError.
+    :mod:`encoders.rules` raise ValueError. ``activation_checkpointing``: a trunk that trains recomputes
+    its blocks' activations, adapters and LoRA included, in the backward pass (:mod:`encoders.recompute`);
+    ``recomputes`` says whether it does (a frozen trunk never needs to).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class PyramidEncoder(nn.Module):
         drop_border: bool = False,
         input_size: int | None = None,
         antialias: bool = True,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.trunk = trunk
@@ -113,6 +117,10 @@ class PyramidEncoder(nn.Module):
         )
         self._lora_dropouts = lora_dropouts(trunk)
         self._trunk_trains = any(p.requires_grad for p in trunk.parameters())
+        # Recomputing a trunk that does not train would cost time and save nothing (it keeps no activations).
+        self.recomputes = activation_checkpointing and self._trunk_trains
+        if self.recomputes:
+            recompute_blocks(trunk)
         trunk.eval()
 
     def _add_pyramid(self, simple: bool, pyramid: str, sizes: str = "patch") -> None:
@@ -230,6 +238,7 @@ def build_dinov3_encoder(
     drop_border: bool = False,
     input_size: int | None = None,
     antialias: bool = True,
+    activation_checkpointing: bool = False,
 ) -> PyramidEncoder:
     """Load a trunk of any supported family and wrap it in a :class:`PyramidEncoder`, which takes every
     argument but the trunk's source (``model_name``, ``pretrained_path``, ``backend``, ``timm_kwargs``).
@@ -257,5 +266,6 @@ def build_dinov3_encoder(
         f"patch {enc.patch_size}, {enc.num_registers} registers, layers {list(enc.layers)}, strides {enc.strides}"
         + (f", LoRA rank {lora.rank} ({n_lora} parameters)" if n_lora else "")
         + (f", {len(trunk.adapters)} adapters ({n_adapter} parameters)" if n_adapter else "")
+        + (", activation checkpointing" if enc.recomputes else "")
     )
     return enc

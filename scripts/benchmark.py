@@ -22,9 +22,13 @@ sam2.1-hiera-large; ``--encoder2 DIR`` uses a saved one, e.g. a tiny one from sc
              data.augment_on: share of the wall time spent waiting for data (scripts/bench_feed.py)
   ddp        (only when named in --phases) two processes, DDP settings for the frozen trunk: the
              start-up broadcast and the step time of each variant (scripts/bench_ddp.py)
+  train_no_ckpt  (added after train when the config turns model.encoder*.activation_checkpointing on)
+             the train phase with activation checkpointing off: P6 without it, and the step time
+             it adds (``activation_checkpointing_time_added``: train ÷ train_no_ckpt - 1)
 
 Each phase runs in a fresh subprocess so that its peak memory is its own: CUDA
-``max_memory_allocated``, CPU peak RSS (VmHWM, reset after the model is built). Ratios in the
+``max_memory_allocated``, CPU peak RSS (VmHWM), over the timed runs (reset after the warm-up,
+whose first call runs under FlopCounterMode, which keeps activations that checkpointing frees). Ratios in the
 table and in ``--json`` (ids and goals: the table in docs/performance.md): P1 ``encoder_fraction_of_peak``, P2 ``train_step_over_encoder``, P3
 ``inference_over_encoder``, P6 ``train_mem_over_inference_mem``, P4 ``loader_images_per_s_per_worker``;
 ``encoder_fraction_of_best_peak`` is the encoder against the faster of the two matmul peaks. ``train.amp``
@@ -57,12 +61,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PHASES = ("matmul", "encoder", "train", "infer", "loader", "feed")
-OPTIONAL = ("ddp",)  # run only when --phases names them
+OPTIONAL = ("ddp", "train_no_ckpt")  # run only when --phases names them (train_no_ckpt: see main)
 RATIO_PHASES = PHASES[:5]  # the ratios need these; feed adds the data-waiting shares
 ONCE = ("matmul", "loader")  # independent of --batch
 # --tiny: the model keys that shrink the decoder to the 4-block, 64-wide random encoder it builds
 TINY_MODEL = ["model.encoder.layers=[1,2,3,4]", "model.channels=16", "model.context_heads=2"]
 TINY_DUAL = ["model.encoder.image_size=0", "model.encoder2.image_size=0"]  # both encoders at --size
+NO_CHECKPOINTING = ["model.encoder.activation_checkpointing=false", "model.encoder2.activation_checkpointing=false"]
 GOALS = {
     "encoder_fraction_of_peak": (">=", 0.70),
     "train_step_over_encoder": ("<=", 1.6),
@@ -90,6 +95,7 @@ def _timed(fn, device, warmup: int, repeats: int) -> dict:
         fn()
     for _ in range(max(0, warmup - 1)):
         fn()
+    _reset_peak(device)  # the peak of the timed runs: FlopCounterMode's call keeps what checkpointing frees
     wall, cpu = [], []
     for _ in range(repeats):
         _sync(device)
@@ -210,7 +216,8 @@ def run_phase(phase: str, spec: dict) -> dict:
     from engine.amp import select_precision
     from engine.step import optimisation_step, step_arguments
 
-    cfg = load_config(spec["config"], spec["overrides"])
+    overrides = spec["overrides"] + (NO_CHECKPOINTING if phase == "train_no_ckpt" else [])
+    cfg = load_config(spec["config"], overrides)
     precision = select_precision(cfg.train.amp, device)
     model = build_model(cfg).to(device)
     B, S = spec["batch"], spec["size"]
@@ -229,7 +236,7 @@ def run_phase(phase: str, spec: dict) -> dict:
         def step():
             with precision.autocast():
                 torch.sigmoid(model(x)[-1].float())
-    elif phase == "train":
+    elif phase in ("train", "train_no_ckpt"):
         model.train()
         y = (torch.rand(B, 1, S, S, device=device) > 0.5).float()
         step_args = step_arguments(cfg.train, model, build_loss(cfg), precision)
@@ -238,7 +245,6 @@ def run_phase(phase: str, spec: dict) -> dict:
             optimisation_step(model, [(x, y)], 1, **step_args)
     else:
         raise ValueError(f"unknown phase '{phase}'; one of {', '.join(PHASES)}")
-    _reset_peak(device)
     r = _timed(step, device, spec["warmup"], spec["repeats"])
     r["peak_bytes"] = _peak_bytes(device)
     r["autocast"] = str(precision.dtype).replace("torch.", "") if precision.dtype else "off"
@@ -288,6 +294,20 @@ def _ratios(r: dict) -> dict:
         "train_step_over_encoder_cpu": r["train"]["cpu_s"] / enc["cpu_s"],
         "inference_over_encoder_cpu": r["infer"]["cpu_s"] / enc["cpu_s"],
         **_data_ratios(r),
+        **_checkpointing_ratios(r),
+    }
+
+
+def _checkpointing_ratios(r: dict) -> dict:
+    """P6 without activation checkpointing and the step time checkpointing adds (train_no_ckpt phase)."""
+    if not {"train", "infer", "train_no_ckpt"} <= set(r):
+        return {}
+    plain = r["train_no_ckpt"]
+    return {
+        "train_mem_over_inference_mem_no_ckpt": plain["peak_bytes"] / r["infer"]["peak_bytes"],
+        "activation_checkpointing_time_added": r["train"]["s"] / plain["s"] - 1,
+        "activation_checkpointing_cpu_time_added": r["train"]["cpu_s"] / plain["cpu_s"] - 1,
+        "activation_checkpointing_peak_ratio": r["train"]["peak_bytes"] / plain["peak_bytes"],
     }
 
 
@@ -319,7 +339,9 @@ def _table(out: dict) -> str:
         f"  matmul   bf16 {g(r['matmul']['bf16_flops_per_s'])} ({r['matmul']['bf16_n']}^2)   "
         f"fp32 {g(r['matmul']['fp32_flops_per_s'])} ({r['matmul']['fp32_n']}^2)",
     ]
-    for name in ("encoder", "train", "infer"):
+    for name in ("encoder", "train", "train_no_ckpt", "infer"):
+        if name not in r:
+            continue
         p = r[name]
         lines.append(
             f"  {name:8s} {p['s'] * 1e3:9.1f} ms (cpu {p['cpu_s'] * 1e3:8.1f} ms)  "
@@ -347,12 +369,25 @@ def _table(out: dict) -> str:
     lines.append(
         f"     encoder_fraction_of_best_peak    {q['encoder_fraction_of_best_peak']:8.3f}  (of any dtype's matmul)"
     )
+    lines += _checkpointing_lines(q)
     lines.append(
         f"     (CPU-time ratios: P1 {q['encoder_fraction_of_peak_cpu']:.3f}, "
         f"P2 {q['train_step_over_encoder_cpu']:.3f}, "
         f"P3 {q['inference_over_encoder_cpu']:.3f})"
     )
     return "\n".join(lines)
+
+
+def _checkpointing_lines(q: dict) -> list[str]:
+    """What activation checkpointing changes, when the train_no_ckpt phase ran."""
+    if "train_mem_over_inference_mem_no_ckpt" not in q:
+        return []
+    return [
+        f"     P6 without activation checkpointing {q['train_mem_over_inference_mem_no_ckpt']:8.3f}; "
+        f"with it the training peak is {q['activation_checkpointing_peak_ratio']:.3f}x and the step "
+        f"{100 * q['activation_checkpointing_time_added']:+.1f} % wall "
+        f"({100 * q['activation_checkpointing_cpu_time_added']:+.1f} % CPU)"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         precision = resolve_precision(cfg, torch.device(device))
     except ConfigError as err:
         raise SystemExit(f"benchmark.py: {err}") from None
+    checkpointing = cfg.model.encoder.activation_checkpointing or cfg.model.encoder2.activation_checkpointing
+    if checkpointing and "train" in phases and "train_no_ckpt" not in phases:  # P6 with and without it
+        phases.insert(phases.index("train") + 1, "train_no_ckpt")
     with tempfile.TemporaryDirectory(prefix="bench-dinov3-") as tmp:
         encoder = a.encoder
         if not encoder and set(phases) & {"encoder", "train", "infer", "feed", "ddp"}:
@@ -513,6 +551,10 @@ def _report(a, spec: dict, torch, precision, results: dict) -> dict:
         print(_table(out), flush=True)
     else:
         print(json.dumps(results, indent=1), flush=True)
+        checkpointing = _checkpointing_ratios(results)  # P6 with and without needs no other phase
+        if checkpointing:
+            out.update(checkpointing)
+            print("\n".join(_checkpointing_lines(checkpointing)), flush=True)
     return out
 
 

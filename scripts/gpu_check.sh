@@ -10,6 +10,8 @@
 #   train      2 epochs in bf16 through train.py (images/s, peak GPU memory)
 #   test       test.py --ckpt on the generated benchmark
 #   benchmark  scripts/benchmark.py --device cuda --batch 8,16,32 (ratios, data-loader waiting share)
+#   efficiency scripts/efficiency.py --device cuda: every shipped config's parameters, GFLOPs, training
+#              peak memory at its batch, inference images/s at batch 1 and 8 (docs/performance.md)
 # Everything is written under OUT; OUT/summary.md is one table of all of it (rewritten after each stage).
 #
 # Without a CUDA device it reports "no CUDA device" and exits 0 having run nothing.
@@ -67,13 +69,15 @@ fi
 if [ "$DEVICE" = cuda ]; then
     SIZE=384 N_TRAIN=1000 N_TEST=100 BATCH=16 ENCODER=(--hidden 768 --layers 12 --heads 12)
     MODEL=() BENCH=(--batch 8,16,32 --repeats 10 --warmup 3)
-    LIMITS=(pytest 300 data 60 train 150 test 60 benchmark 300)
+    LIMITS=(pytest 300 data 60 train 150 test 60 benchmark 300 efficiency 900)
+    EFFICIENCY=()  # every shipped config at its own size and batch
     WORKERS=$("$PY" -c "import os; print(min(8, os.cpu_count() or 1))")
 else  # dry run: the same stages at sizes a CPU finishes in a few minutes
     SIZE=64 N_TRAIN=12 N_TEST=4 BATCH=4 ENCODER=(--hidden 64 --layers 4 --heads 2)
     MODEL=(model.encoder.layers=[1,2,3,4] model.channels=16 model.context_heads=2)
     BENCH=(--batch 2,4 --tiny --threads 1)
-    LIMITS=(pytest 900 data 300 train 300 test 300 benchmark 900)
+    LIMITS=(pytest 900 data 300 train 300 test 300 benchmark 900 efficiency 300)
+    EFFICIENCY=(configs/demo.yaml --repeats 1)
     WORKERS=2
 fi
 declare -A LIMIT
@@ -99,6 +103,9 @@ stage test "${LIMIT[test]}" "$PY" test.py --ckpt "$CKPT" --out "$WORK/test"
 
 stage benchmark "${LIMIT[benchmark]}" "$PY" scripts/benchmark.py --device "$DEVICE" --size "$SIZE" \
     --encoder "$WORK/encoder" "${BENCH[@]}" --json "$OUT/benchmark.json" "${MODEL[@]}" train.amp=bf16
+
+stage efficiency "${LIMIT[efficiency]}" "$PY" scripts/efficiency.py --device "$DEVICE" --cache "$WORK/efficiency" \
+    --json "$OUT/efficiency.json" "${EFFICIENCY[@]}"
 
 "$PY" scripts/gpu_check_report.py summary "$OUT"
 echo "summary: $OUT/summary.md"

@@ -32,6 +32,7 @@ STAGE_TITLES = {
     "train": "training, 2 epochs bf16",
     "test": "test.py --ckpt",
     "benchmark": "scripts/benchmark.py",
+    "efficiency": "scripts/efficiency.py (every shipped config)",
 }
 
 
@@ -241,6 +242,11 @@ def summary(out: Path) -> int:
         *(f"| {k} | {v} |" for k, v in rows),
         "",
     ]
+    efficiency = _read_json(out / "efficiency.json")
+    if efficiency and efficiency.get("rows"):  # the GPU columns of docs/performance.md's efficiency table
+        from scripts.efficiency import table
+
+        lines += ["## Efficiency", "", table(efficiency["rows"], efficiency["device"]), ""]
     (out / "summary.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(dict(rows), indent=1, ensure_ascii=False))
     print("\n".join(lines))

@@ -188,7 +188,7 @@ DDP_ARGS: list[str] = []  # train.py's arguments of the DDP launches, less train
 def ddp_steps(request: pytest.FixtureRequest, folder: Path) -> dict[str, tuple[str | None, str]]:
     """The suite's DDP launches, of the fullest model: configs/e2net_dual.yaml with model.fusion=levels,
     a tiny SAM2 Hiera with an adapter after every block beside a 4-block DINOv3 (width 32) carrying
-    LoRA, an adapter on every block and its pyramid; 8 training images, 4 validation images, batch 2
+    LoRA, an adapter on every block and its pyramid, both trunks with activation checkpointing; 8 training images, 4 validation images, batch 2
     per process, 2 epochs (4 optimizer steps); best.pth follows the training loss gathered from both
     processes. Every trainable weight must get a gradient in every step, or DDP's reducer stops the run.
 
@@ -213,6 +213,7 @@ def ddp_steps(request: pytest.FixtureRequest, folder: Path) -> dict[str, tuple[s
         "model.encoder.image_size=32",
         "model.encoder.lora.rank=4",
         "model.encoder.adapter.blocks=all",
+        "model.encoder.activation_checkpointing=true",  # both trunks recompute their blocks (encoder2's by the recipe)
         f"model.encoder2.pretrained_path={sam2}",
         "model.encoder2.image_size=64",
         "model.fusion=levels",

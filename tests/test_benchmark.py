@@ -47,6 +47,17 @@ def test_data_ratios_from_the_loader_and_feed_phases():
     assert "data_wait_share_workers" not in benchmark._ratios(_phases("bfloat16"))  # feed phase left out
 
 
+def test_activation_checkpointing_ratios_from_the_train_no_ckpt_phase():
+    r = _phases("off")
+    assert "train_mem_over_inference_mem_no_ckpt" not in benchmark._ratios(r)  # phase not run
+    r["train_no_ckpt"] = {"s": 2.4, "cpu_s": 5.0, "flops": 300e9, "peak_bytes": 480}
+    q = benchmark._ratios(r)
+    assert q["train_mem_over_inference_mem_no_ckpt"] == pytest.approx(4.0)  # 480 / 120
+    assert q["activation_checkpointing_peak_ratio"] == pytest.approx(150 / 480)
+    assert q["activation_checkpointing_time_added"] == pytest.approx(0.25)  # 3.0 s against 2.4 s
+    assert q["activation_checkpointing_cpu_time_added"] == pytest.approx(0.2)
+
+
 def test_fp32_encoder_is_compared_with_the_fp32_peak():
     assert benchmark._ratios(_phases("off"))["encoder_fraction_of_peak"] == pytest.approx(1.4)
 

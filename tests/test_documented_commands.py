@@ -269,14 +269,15 @@ def _benchmark(argv, tiny, monkeypatch):
     assert runs[0]["phases"]["encoder"] != runs[1]["phases"]["encoder"]
 
 
-GPU_CHECK_SKIP = "pytest test benchmark"
+GPU_CHECK_SKIP = "pytest test benchmark efficiency"
 
 
 def background_steps(request, folder: Path, tests: set[str]) -> dict[str, str]:
     """scripts/gpu_check.sh's documented command as a CPU dry run, in the session's background launches
     (its stages are processes of one thread each); ``_gpu_check`` reads what it did. Left out: the
     pytest stage (this suite's cuda tests skip on a CPU) and the stages whose commands this module runs
-    in-process already (test.py --ckpt, and scripts/benchmark.py, also at two batch sizes)."""
+    in-process already (test.py --ckpt, scripts/benchmark.py, also at two batch sizes, and
+    scripts/efficiency.py's measurement)."""
     if "test_first_documented_command_runs[scripts/gpu_check.sh]" not in tests:
         return {}
     argv = next(a for _, a in COMMANDS if _key(a) == "scripts/gpu_check.sh")
@@ -292,7 +293,21 @@ def _gpu_check(argv, tiny, monkeypatch, background):
     skipped = dict.fromkeys(GPU_CHECK_SKIP.split(), "skipped (GPU_CHECK_SKIP)")
     assert stages == dict.fromkeys(("env", "data", "train"), "ok") | skipped
     summary = (out / "summary.md").read_text()
-    assert summary.count("| stage: ") == len(stages) and summary.count("skipped (GPU_CHECK_SKIP)") == 3, summary
+    assert summary.count("| stage: ") == len(stages) and summary.count("skipped (GPU_CHECK_SKIP)") == len(skipped), (
+        summary
+    )
+
+
+def _efficiency(argv, tiny, monkeypatch):
+    """One config's row, measured in-process on the tiny model (the documented command measures every
+    shipped config at its own size, for minutes): every column filled, and the table prints it."""
+    from scripts import efficiency
+
+    _parse_only(efficiency.main, argv, monkeypatch)
+    row = efficiency.measure(str(ROOT / "e2net_dinov3.yaml"), tiny["overrides"], "cpu", 2, [1, 2], 1, 1)
+    assert row["train_batch"] == 2 and row["trainable_params"] < row["params"] and row["gflops"] > 0
+    assert row["train_peak_bytes"] > 0 and row["images_per_s_b1"] > 0 and row["images_per_s_b2"] > 0
+    assert "| `e2net_dinov3.yaml` | 32 |" in efficiency.table([{"config": "e2net_dinov3.yaml", **row}], "cpu")
 
 
 def _check_dataset(argv, tiny, monkeypatch):
@@ -340,6 +355,7 @@ RUN = {
     "scripts/export.py": _export,
     "scripts/model_info.py": _model_info,
     "scripts/benchmark.py": _benchmark,
+    "scripts/efficiency.py": _efficiency,
     "scripts/gpu_check.sh": _gpu_check,
     "scripts/check_dataset.py": _check_dataset,
     "scripts/prepare_data.py": _prepare_data,
