@@ -72,7 +72,11 @@ def init_from(model: E2Net, cfg: DictConfig) -> None:
     path = Path(cfg.train.init_from)
     state = read_trained(path, required=("model",))
     check_fingerprint(state, path, encoder_fingerprint(model, cfg))
-    load_weights(model, state["model"], path, optional=("temporal.",))
+    advice = (
+        "train.init_from needs a checkpoint of this model: the model.* settings it was trained with "
+        "(model.temporal aside), or drop train.init_from to start from the pretrained encoder alone"
+    )
+    load_weights(model, state["model"], path, optional=("temporal.",), advice=advice)
     fresh = [k for k in model.trainable_state_dict() if k not in state["model"]]
     log.info(
         "initialised from %s (%d weights; %d new, starting as the identity)", path, len(state["model"]), len(fresh)

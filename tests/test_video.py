@@ -162,3 +162,16 @@ def test_clips_are_centred_and_read_only_annotated_frames() -> None:
     got, _ = ClipLoss(loss)(outputs, masks)
     want, _ = loss([o[keep] for o in outputs], masks.flatten(0, 1)[keep])
     assert torch.equal(got, want)
+
+
+def test_init_from_refuses_the_weights_of_another_model_naming_a_tensor(tiny_run, tiny_dinov3_factory) -> None:
+    from engine.checkpoint import CheckpointError
+    from engine.trained import init_from
+
+    args = tiny_model_args(Path("unused"), tiny_dinov3_factory(layers=4))[2:]  # the image run's, at width 16
+    init = f"train.init_from={tiny_run.straight / 'best.pth'}"
+    cfg = load_config(ROOT / "configs/vcod_dinov3.yaml", [*args, "model.channels=24", init])
+    with pytest.raises(
+        CheckpointError, match=r"another shape, e\.g\. '.+': \(16, .*\) in it, \(24, .*\) here\); train"
+    ):
+        init_from(build_model(cfg), cfg)

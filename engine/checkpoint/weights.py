@@ -21,14 +21,19 @@ from engine.checkpoint.files import CheckpointError
 log = logging.getLogger(__name__)
 
 
-def load_weights(model: nn.Module, weights: Any, path: Path, optional: tuple[str, ...] = ()) -> None:
+RESUME_ADVICE = "use the config it was trained with (config.yaml beside it), or start fresh with train.resume="
+
+
+def load_weights(
+    model: nn.Module, weights: Any, path: Path, optional: tuple[str, ...] = (), advice: str = RESUME_ADVICE
+) -> None:
     """Load a checkpoint's ``model`` entry, never discarding any of it and never loading a diverged one.
 
     Refused (``CheckpointError`` naming the file): an entry that is not a dict of tensors, a non-finite
     tensor, weights of parameters this config keeps frozen (they would be dropped silently), or
     weights that do not fit the model: every key of ``model.trainable_state_dict()`` must be there,
     with its shape, and nothing else; ``optional``: key prefixes the entry may lack (those weights keep
-    the model's own values).
+    the model's own values); ``advice``: how to fix a checkpoint that does not fit, ending the error.
     """
     if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(
@@ -49,10 +54,17 @@ def load_weights(model: nn.Module, weights: Any, path: Path, optional: tuple[str
             f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}): loading would discard them. "
             f"Use the model.encoder settings it was trained with (freeze, trainable_blocks): drop the override"
         )
-    advice = "use the config it was trained with (config.yaml beside it), or start fresh with train.resume="
+    own = model.state_dict()
+    reshaped = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if reshaped:
+        k = reshaped[0]
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit this model/config ({len(reshaped)} weights of another shape, e.g. "
+            f"'{k}': {tuple(weights[k].shape)} in it, {tuple(own[k].shape)} here); {advice}"
+        )
     try:
         result = model.load_state_dict(dict(weights), strict=False)  # the frozen weights are not in it
-    except (RuntimeError, ValueError, KeyError) as err:  # e.g. a tensor of another shape
+    except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit this model/config ({first_line(err, with_type=True)}); {advice}"
         ) from None
