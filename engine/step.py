@@ -68,7 +68,7 @@ def optimisation_step(
             group_loss += loss.detach() / group_size
         for k, v in {"loss": loss, **parts}.items():
             terms[k] = terms.get(k, 0) + v.detach()
-        images += x.shape[0]
+        images += x.shape[:-3].numel()  # a clip batch [B, T, 3, H, W] counts its B * T frames
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if grad_clip > 0:
